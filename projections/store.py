@@ -1,0 +1,81 @@
+"""The candle read model in Redis: ``candles:{exchange_id}:{symbol}:{timeframe}`` (DATA-01).
+
+Each series is a sorted set scored by bucket start (epoch ms); each member is the candle as JSON, so
+any client can read it (``ZRANGE candles:binance:BTC-USDT:1m -inf +inf BYSCORE``). A bucket is
+replaced by removing its score and adding the new member, inside the caller's MULTI. Series are
+bounded to ``history`` buckets; ``index:candles:{exchange_id}`` lists the series of an exchange.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+
+from projections.candles import Candle, CandleClosed
+from streams import keys
+from streams.log import translated
+
+_ENCODER = msgspec.json.Encoder()
+_CANDLE = msgspec.json.Decoder(Candle)
+_CLOSED = msgspec.json.Decoder(CandleClosed)
+
+
+def encode(obj: Candle | CandleClosed) -> bytes:
+    return _ENCODER.encode(obj)
+
+
+def decode_candle(raw: bytes) -> Candle:
+    return _CANDLE.decode(raw)
+
+
+def decode_closed(raw: bytes) -> CandleClosed:
+    return _CLOSED.decode(raw)
+
+
+async def load_series(
+    client: aioredis.Redis, wanted: Mapping[str, Iterable[int]]
+) -> dict[str, dict[int, Candle]]:
+    """For each series key: its newest bucket plus the buckets at the given starts, in one round trip."""
+    plan: list[str] = []
+    pipe = client.pipeline(transaction=False)
+    for key, starts in wanted.items():
+        plan.append(key)
+        pipe.zrange(key, 0, 0, desc=True)
+        for start in sorted(set(starts)):
+            plan.append(key)
+            pipe.zrange(key, start, start, byscore=True)
+    with translated("loading candle series"):
+        replies: list[Any] = await pipe.execute()
+    out: dict[str, dict[int, Candle]] = {key: {} for key in wanted}
+    for key, members in zip(plan, replies, strict=True):
+        for raw in members:
+            candle = decode_candle(raw)
+            out[key][candle.start] = candle
+    return out
+
+
+def queue_put(pipe: Any, key: str, candle: Candle, *, history: int) -> None:
+    """Queue (in a MULTI) the replacement of one bucket and the trim of the series to ``history``."""
+    pipe.zremrangebyscore(key, candle.start, candle.start)
+    pipe.zadd(key, {encode(candle): candle.start})
+    pipe.zremrangebyrank(key, 0, -(history + 1))
+    pipe.sadd(keys.candle_index(candle.exchange), key)
+
+
+async def read_candles(
+    client: aioredis.Redis, exchange_id: str, symbol: str, timeframe: str, *, limit: int
+) -> list[Candle]:
+    """The newest ``limit`` candles of a series, oldest first."""
+    key = keys.candles(exchange_id, symbol, timeframe)
+    with translated(f"reading {key}"):
+        members: list[bytes] = await client.zrange(key, 0, limit - 1, desc=True)
+    return [decode_candle(m) for m in reversed(members)]
+
+
+async def list_series(client: aioredis.Redis, exchange_id: str) -> list[str]:
+    with translated("reading the candle index"):
+        members: set[bytes] = await client.smembers(keys.candle_index(exchange_id))
+    return sorted(m.decode() for m in members)

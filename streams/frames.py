@@ -1,0 +1,269 @@
+"""msgspec wire types for the exchange frames tickfold folds, and their decoders (built once).
+
+Binance Spot, combined stream (``/stream?streams=...``)::
+
+    {"stream":"btcusdt@kline_1m","data":{"e":"kline","E":1617566591776,"s":"BTCUSDT","k":{"t":1617566580000,
+     "T":1617566639999,"s":"BTCUSDT","i":"1m","f":1,"L":2,"o":"1","c":"1","h":"1","l":"1","v":"1","n":71,
+     "x":false,"q":"1","V":"1","Q":"1","B":"0"}}}
+    {"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":1617566591315,"s":"BTCUSDT","a":665076760,
+     "p":"58001.03","q":"0.086","f":745522877,"l":745522877,"T":1617566591314,"m":true,"M":true}}
+
+Coinbase Advanced Trade::
+
+    {"channel":"candles","timestamp":"2026-08-09T21:05:51.491081826Z","sequence_num":138,
+     "events":[{"type":"update","candles":[{"start":"1786309500","high":"1919.6","low":"1919.27",
+     "open":"1919.58","close":"1919.41","volume":"36.36","product_id":"ETH-USD"}]}]}
+
+Numbers that arrive as strings stay strings (exact decimals); times become integer epoch
+milliseconds or nanoseconds. :func:`decode_frame` returns a typed frame, :data:`IGNORED` for frames
+that are valid but carry nothing to fold (subscription acks, channels we don't use), or raises
+:class:`FrameDecodeError` with the reason.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Final
+
+import msgspec
+
+from tickfold.errors import FrameDecodeError
+
+# --------------------------------------------------------------------------------------------- Binance
+
+
+class BinanceKline(msgspec.Struct, frozen=True):
+    open_time: int = msgspec.field(name="t")
+    close_time: int = msgspec.field(name="T")
+    symbol: str = msgspec.field(name="s")
+    interval: str = msgspec.field(name="i")
+    first_trade_id: int = msgspec.field(name="f")
+    last_trade_id: int = msgspec.field(name="L")
+    open: str = msgspec.field(name="o")
+    close: str = msgspec.field(name="c")
+    high: str = msgspec.field(name="h")
+    low: str = msgspec.field(name="l")
+    volume: str = msgspec.field(name="v")
+    trades: int = msgspec.field(name="n")
+    closed: bool = msgspec.field(name="x")
+    quote_volume: str = msgspec.field(name="q")
+    taker_buy_volume: str = msgspec.field(name="V")
+    taker_buy_quote_volume: str = msgspec.field(name="Q")
+
+
+class BinanceKlineEvent(msgspec.Struct, frozen=True, tag="kline", tag_field="e"):
+    event_time: int = msgspec.field(name="E")
+    symbol: str = msgspec.field(name="s")
+    kline: BinanceKline = msgspec.field(name="k")
+
+
+class BinanceAggTrade(msgspec.Struct, frozen=True, tag="aggTrade", tag_field="e"):
+    event_time: int = msgspec.field(name="E")
+    symbol: str = msgspec.field(name="s")
+    agg_id: int = msgspec.field(name="a")
+    price: str = msgspec.field(name="p")
+    qty: str = msgspec.field(name="q")
+    first_trade_id: int = msgspec.field(name="f")
+    last_trade_id: int = msgspec.field(name="l")
+    trade_time: int = msgspec.field(name="T")
+    buyer_is_maker: bool = msgspec.field(name="m")
+
+
+class BinanceTrade(msgspec.Struct, frozen=True, tag="trade", tag_field="e"):
+    event_time: int = msgspec.field(name="E")
+    symbol: str = msgspec.field(name="s")
+    trade_id: int = msgspec.field(name="t")
+    price: str = msgspec.field(name="p")
+    qty: str = msgspec.field(name="q")
+    trade_time: int = msgspec.field(name="T")
+    buyer_is_maker: bool = msgspec.field(name="m")
+
+
+BinanceEvent = BinanceKlineEvent | BinanceAggTrade | BinanceTrade
+
+
+class _BinanceEnvelope(msgspec.Struct, frozen=True):
+    stream: str | None = None
+    data: msgspec.Raw = msgspec.Raw()  # empty when absent
+    e: str | None = None  # present when a raw /ws/<stream> connection delivers the bare event
+    id: int | str | None = None  # replies to SUBSCRIBE & co. carry an id and no stream
+
+
+# -------------------------------------------------------------------------------------------- Coinbase
+
+
+class CoinbaseCandle(msgspec.Struct, frozen=True):
+    start: str
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+    product_id: str
+
+
+class CoinbaseCandlesEvent(msgspec.Struct, frozen=True):
+    type: str
+    candles: list[CoinbaseCandle]
+
+
+class CoinbaseTrade(msgspec.Struct, frozen=True):
+    product_id: str
+    trade_id: str
+    price: str
+    size: str
+    time: str
+    side: str  # the MAKER side; the taker side is the opposite
+
+
+class CoinbaseTradesEvent(msgspec.Struct, frozen=True):
+    type: str
+    trades: list[CoinbaseTrade]
+
+
+class CoinbaseTicker(msgspec.Struct, frozen=True):
+    product_id: str
+    price: str
+    volume_24_h: str | None = None
+    best_bid: str | None = None
+    best_ask: str | None = None
+
+
+class CoinbaseTickerEvent(msgspec.Struct, frozen=True):
+    type: str
+    tickers: list[CoinbaseTicker]
+
+
+class CoinbaseHeartbeatEvent(msgspec.Struct, frozen=True):
+    # current_time is Go time.String() output: never parsed. The counter is a string in the
+    # docs and an integer on the wire: accept both.
+    heartbeat_counter: int | str
+    current_time: str = ""
+
+
+class CoinbaseSubscriptionsEvent(msgspec.Struct, frozen=True):
+    subscriptions: dict[str, list[str]]
+
+
+class _CoinbaseEnvelope(msgspec.Struct, frozen=True):
+    channel: str
+    timestamp: str
+    sequence_num: int
+    events: msgspec.Raw
+    client_id: str = ""
+
+
+class CoinbaseFrame(msgspec.Struct, frozen=True):
+    """A decoded Advanced Trade frame: the envelope plus its typed events."""
+
+    channel: str
+    timestamp_ns: int
+    sequence_num: int
+    events: (
+        list[CoinbaseCandlesEvent]
+        | list[CoinbaseTradesEvent]
+        | list[CoinbaseTickerEvent]
+        | list[CoinbaseHeartbeatEvent]
+        | list[CoinbaseSubscriptionsEvent]
+    )
+
+
+class Ignored(msgspec.Struct, frozen=True):
+    """A well-formed frame with nothing to fold (subscription replies, channels we don't use)."""
+
+    what: str
+
+
+IGNORED_SUBSCRIBE_REPLY: Final = Ignored("subscribe reply")
+
+Frame = BinanceEvent | CoinbaseFrame | Ignored
+
+# ------------------------------------------------------------------------------------------- decoders
+
+_BINANCE_ENVELOPE = msgspec.json.Decoder(_BinanceEnvelope)
+_BINANCE_EVENT = msgspec.json.Decoder(BinanceEvent)
+_COINBASE_ENVELOPE = msgspec.json.Decoder(_CoinbaseEnvelope)
+_COINBASE_EVENTS: Final[dict[str, msgspec.json.Decoder[list[msgspec.Struct]]]] = {
+    "candles": msgspec.json.Decoder(list[CoinbaseCandlesEvent]),
+    "market_trades": msgspec.json.Decoder(list[CoinbaseTradesEvent]),
+    "ticker": msgspec.json.Decoder(list[CoinbaseTickerEvent]),
+    "heartbeats": msgspec.json.Decoder(list[CoinbaseHeartbeatEvent]),
+    "subscriptions": msgspec.json.Decoder(list[CoinbaseSubscriptionsEvent]),
+}
+_BINANCE_FOLDED = ("kline", "aggTrade", "trade")
+
+
+def decode_binance(raw: bytes | str) -> BinanceEvent | Ignored:
+    try:
+        env = _BINANCE_ENVELOPE.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise FrameDecodeError(f"binance: not a frame: {exc}") from None
+    if env.data:
+        body: bytes | str | msgspec.Raw = env.data
+        name = env.stream or ""
+        kind = name.split("@", 1)[1] if "@" in name else ""
+        if not (kind.startswith("kline_") or kind in ("aggTrade", "trade")):
+            return Ignored(f"stream {name or '?'}")
+    elif env.e is not None:
+        if env.e not in _BINANCE_FOLDED:
+            return Ignored(f"event {env.e}")
+        body = raw
+    elif env.id is not None:
+        return IGNORED_SUBSCRIBE_REPLY
+    else:
+        raise FrameDecodeError("binance: neither a combined-stream frame, an event nor a reply")
+    try:
+        return _BINANCE_EVENT.decode(body)
+    except msgspec.DecodeError as exc:
+        raise FrameDecodeError(f"binance {env.stream or env.e}: {exc}") from None
+
+
+def decode_coinbase(raw: bytes | str) -> CoinbaseFrame | Ignored:
+    try:
+        env = _COINBASE_ENVELOPE.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise FrameDecodeError(f"coinbase: not an Advanced Trade frame: {exc}") from None
+    decoder = _COINBASE_EVENTS.get(env.channel)
+    if decoder is None:
+        return Ignored(f"channel {env.channel}")
+    try:
+        events = decoder.decode(env.events)
+        ts = parse_rfc3339_ns(env.timestamp)
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise FrameDecodeError(f"coinbase {env.channel}: {exc}") from None
+    return CoinbaseFrame(env.channel, ts, env.sequence_num, events)  # type: ignore[arg-type]
+
+
+DECODERS = {"binance": decode_binance, "coinbase": decode_coinbase}
+
+
+def decode_frame(exchange_id: str, raw: bytes | str) -> Frame:
+    """Decode one raw frame of ``exchange_id``; raises FrameDecodeError with the reason."""
+    try:
+        decode = DECODERS[exchange_id]
+    except KeyError:
+        raise FrameDecodeError(f"no decoder for exchange {exchange_id!r}") from None
+    return decode(raw)
+
+
+def parse_rfc3339_ns(text: str) -> int:
+    """``2026-08-09T21:05:48.228568804Z`` -> epoch nanoseconds, keeping every fraction digit.
+
+    Python's ``fromisoformat`` keeps only microseconds; exchange timestamps carry nanoseconds and a
+    variable number of fraction digits.
+    """
+    head, dot, rest = text.partition(".")
+    if not dot:
+        return int(datetime.fromisoformat(text).timestamp()) * 1_000_000_000
+    digits = rest
+    tz = ""
+    for i, ch in enumerate(rest):
+        if not ch.isdigit():
+            digits, tz = rest[:i], rest[i:]
+            break
+    if not digits or len(digits) > 9:
+        raise ValueError(f"bad fraction in timestamp {text!r}")
+    seconds = datetime.fromisoformat(head + (tz or "Z"))
+    if seconds.tzinfo is None:
+        raise ValueError(f"timestamp without zone {text!r}")
+    return int(seconds.timestamp()) * 1_000_000_000 + int(digits.ljust(9, "0"))

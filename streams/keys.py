@@ -1,0 +1,110 @@
+"""Every Redis key, stream and channel name tickfold uses — the one place that owns their formats.
+
+Requirement keys (MISSION.md):
+
+    candles:{exchange_id}:{symbol}:{timeframe}                           DATA-01
+    indicator:{exchange_id}:{symbol}:{timeframe}:{type}                  DATA-02
+    usercandles:{user_id}:{exchange_id}:{symbol}:{timeframe}             DATA-03
+    channel:exchange:{exchange_id}:candle:close:{symbol}:{timeframe}     DATA-05
+    channel:alerts:{exchange_id}                                         VIS-01
+
+Streams and bookkeeping (DESIGN.md):
+
+    frames:{exchange_id}            raw WebSocket frames, exactly as received
+    frames:{exchange_id}:dead       frames that could not be folded, with the reason
+    closes:{exchange_id}            candle-close events
+    alerts:{exchange_id}            alert events
+    control                         commands + lifecycle events (the source of truth)
+    proj:{name}:{exchange_id}:last_id   the raw-stream position a projection reflects
+
+Every part is validated: empty parts and parts containing ``:`` or whitespace would make keys
+ambiguous, so they raise :class:`KeyFormatError`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from tickfold.errors import KeyFormatError
+
+CONTROL_STREAM = "control"
+CONTROL_CHANNEL = "channel:control"
+
+_EXCHANGE_RE = re.compile(r"^[a-z0-9_]+$")
+_TIMEFRAME_RE = re.compile(r"^[0-9]+[smhdwM]$")
+
+
+def _part(name: str, value: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise KeyFormatError(f"{name} must be a non-empty string, got {value!r}")
+    if ":" in value or any(ch.isspace() for ch in value) or "*" in value:
+        raise KeyFormatError(f"{name} {value!r} may not contain ':', '*' or whitespace")
+    return value
+
+
+def exchange_part(exchange_id: str) -> str:
+    _part("exchange_id", exchange_id)
+    if not _EXCHANGE_RE.match(exchange_id):
+        raise KeyFormatError(f"exchange_id {exchange_id!r} must match {_EXCHANGE_RE.pattern}")
+    return exchange_id
+
+
+def timeframe_part(timeframe: str) -> str:
+    _part("timeframe", timeframe)
+    if not _TIMEFRAME_RE.match(timeframe):
+        raise KeyFormatError(f"timeframe {timeframe!r} must look like 1m, 5m, 1h, 1d, 1w, 1M")
+    return timeframe
+
+
+def candles(exchange_id: str, symbol: str, timeframe: str) -> str:
+    return f"candles:{exchange_part(exchange_id)}:{_part('symbol', symbol)}:{timeframe_part(timeframe)}"
+
+
+def indicator(exchange_id: str, symbol: str, timeframe: str, kind: str) -> str:
+    return (
+        f"indicator:{exchange_part(exchange_id)}:{_part('symbol', symbol)}:"
+        f"{timeframe_part(timeframe)}:{_part('type', kind)}"
+    )
+
+
+def usercandles(user_id: str, exchange_id: str, symbol: str, timeframe: str) -> str:
+    return (
+        f"usercandles:{_part('user_id', user_id)}:{exchange_part(exchange_id)}:"
+        f"{_part('symbol', symbol)}:{timeframe_part(timeframe)}"
+    )
+
+
+def candle_close_channel(exchange_id: str, symbol: str, timeframe: str) -> str:
+    return (
+        f"channel:exchange:{exchange_part(exchange_id)}:candle:close:"
+        f"{_part('symbol', symbol)}:{timeframe_part(timeframe)}"
+    )
+
+
+def alerts_channel(exchange_id: str) -> str:
+    return f"channel:alerts:{exchange_part(exchange_id)}"
+
+
+def frames_stream(exchange_id: str) -> str:
+    return f"frames:{exchange_part(exchange_id)}"
+
+
+def dead_letter_stream(exchange_id: str) -> str:
+    return f"frames:{exchange_part(exchange_id)}:dead"
+
+
+def closes_stream(exchange_id: str) -> str:
+    return f"closes:{exchange_part(exchange_id)}"
+
+
+def alerts_stream(exchange_id: str) -> str:
+    return f"alerts:{exchange_part(exchange_id)}"
+
+
+def projection_position(projection: str, exchange_id: str) -> str:
+    return f"proj:{_part('projection', projection)}:{exchange_part(exchange_id)}:last_id"
+
+
+def candle_index(exchange_id: str) -> str:
+    """A set of the candle keys of one exchange (so readers need no SCAN)."""
+    return f"index:candles:{exchange_part(exchange_id)}"

@@ -1,0 +1,117 @@
+"""The stream log on Redis: connect, append raw frames (pipelined), consumer groups, dead letters.
+
+Raw frame entries carry two fields: ``frame`` (the WebSocket text exactly as received) and
+``recv_ns`` (receive time, epoch ns — for lag metrics only, never used inside a fold).
+
+Redis errors are translated here: a connection problem becomes :class:`StoreUnavailable`; nothing
+outside ``streams/`` imports ``redis.exceptions``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from streams import keys
+from tickfold.errors import StoreUnavailable
+from tickfold.settings import mask_url
+
+Entry = tuple[bytes, dict[bytes, bytes]]  # (stream id, fields)
+WatchError = redis.exceptions.WatchError
+ResponseError = redis.exceptions.ResponseError
+
+
+@contextlib.contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Turn redis-py transport errors into StoreUnavailable (the retryable error)."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"{what}: {exc}") from exc
+
+
+@contextlib.asynccontextmanager
+async def connect(url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client for ``url``, checked with PING; raises StoreUnavailable naming the (masked) URL."""
+    client: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=False)
+    try:
+        with translated(f"redis at {mask_url(url)} is not reachable"):
+            await client.ping()
+        yield client
+    finally:
+        await client.aclose()
+
+
+def parse_id(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def append_frames(
+    client: aioredis.Redis, exchange_id: str, frames: Iterable[tuple[bytes, int]], *, batch: int = 1000
+) -> int:
+    """XADD every (frame, recv_ns) to ``frames:{exchange_id}`` in pipelined batches; returns the count."""
+    stream = keys.frames_stream(exchange_id)
+    count = 0
+    pipe = client.pipeline(transaction=False)
+    pending = 0
+    with translated(f"appending to {stream}"):
+        for frame, recv_ns in frames:
+            pipe.xadd(stream, {"frame": frame, "recv_ns": recv_ns})
+            pending += 1
+            if pending >= batch:
+                await pipe.execute()
+                count += pending
+                pending = 0
+        if pending:
+            await pipe.execute()
+            count += pending
+    return count
+
+
+async def ensure_group(client: aioredis.Redis, stream: str, group: str) -> None:
+    """Create the consumer group at the start of the stream (and the stream) if it doesn't exist."""
+    with translated(f"creating group {group} on {stream}"):
+        try:
+            await client.xgroup_create(stream, group, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+async def read_group(
+    client: aioredis.Redis,
+    stream: str,
+    group: str,
+    consumer: str,
+    *,
+    count: int,
+    block_ms: int | None,
+    pending: bool = False,
+) -> list[Entry]:
+    """Entries for ``consumer``: its own unacknowledged ones (``pending=True``) or new ones."""
+    with translated(f"reading {stream}"):
+        reply: Any = await client.xreadgroup(
+            group, consumer, {stream: "0" if pending else ">"}, count=count, block=None if pending else block_ms
+        )
+    if not reply:
+        return []
+    entries: list[Entry] = reply[0][1]
+    # A pending entry that was deleted (trimmed) comes back with no fields.
+    return [(eid, fields) for eid, fields in entries if fields is not None]
+
+
+async def group_lag(client: aioredis.Redis, stream: str, group: str) -> tuple[int, int]:
+    """(entries not yet delivered, entries delivered but not acknowledged) for a group."""
+    with translated(f"inspecting {stream}"):
+        groups: Any = await client.xinfo_groups(stream)
+    for info in groups:
+        if info["name"] in (group, group.encode()):
+            lag = info.get("lag")
+            return (int(lag) if lag is not None else -1), int(info["pending"])
+    return -1, 0

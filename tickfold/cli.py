@@ -1,0 +1,90 @@
+"""The ``tickfold`` command line: parses flags, builds Settings once, hands off. No logic lives here.
+
+Exit codes: 0 success, 1 a runtime failure (server unreachable, a migration failed), 2 bad usage or
+configuration (the message names the key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from tickfold import commands
+from tickfold.errors import ConfigError, TickfoldError
+from tickfold.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tickfold",
+        description="Event-sourced market data on Redis Streams: raw exchange frames in, candles out.",
+        epilog="Settings also come from TICKFOLD_<NAME> environment variables and a TOML file "
+        "(--config or TICKFOLD_CONFIG). Without a Redis/PostgreSQL URL, private servers are started "
+        "with their data under --data-dir.",
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML settings file ([tickfold] table)")
+    p.add_argument("--redis-url", metavar="URL", help="Redis URL (redis://, rediss:// or unix://); env TICKFOLD_REDIS_URL")
+    p.add_argument("--database-url", metavar="URL", help="PostgreSQL URL; env TICKFOLD_DATABASE_URL")
+    p.add_argument("--data-dir", metavar="DIR", help="where private servers keep their data (default .tickfold)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("demo", help="the main job on recorded sessions: servers, migrate, ingest, process, show candles")
+
+    m = sub.add_parser("migrate", help="apply the numbered SQL migrations (once each, in order)")
+    m.add_argument("--status", action="store_true", help="only list migrations and whether they are applied")
+
+    i = sub.add_parser("ingest", help="append a recorded .jsonl session to an exchange's raw frame stream")
+    i.add_argument("exchange", help="exchange id: binance or coinbase")
+    i.add_argument("file", help="*.frames.jsonl (one raw frame per line) or *.recording.jsonl")
+
+    pr = sub.add_parser("process", help="run the candle processor(s); Ctrl-C/SIGTERM stops after the batch in hand")
+    pr.add_argument("--exchange", action="append", help="only this exchange (repeatable; default: all)")
+    pr.add_argument("--until-idle", action="store_true", help="drain the streams, then exit")
+    pr.add_argument("--batch-size", type=int, help="entries per batch (default 500)")
+
+    c = sub.add_parser("candles", help="show the candles of one series")
+    c.add_argument("exchange")
+    c.add_argument("symbol", help="BTCUSDT / BTC-USD (exchange form) or BTC-USDT (canonical BASE-QUOTE)")
+    c.add_argument("timeframe", help="1m, 5m, 1h, ...")
+    c.add_argument("--limit", type=int, default=20, help="newest N candles (default 20)")
+    c.add_argument("--json", action="store_true", help="a JSON array, oldest first")
+
+    d = sub.add_parser("dead", help="show the dead-letter stream of an exchange")
+    d.add_argument("exchange")
+    d.add_argument("--limit", type=int, default=20)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    overrides: dict[str, Any] = {
+        "redis_url": args.redis_url,
+        "database_url": args.database_url,
+        "data_dir": args.data_dir,
+        "batch_size": getattr(args, "batch_size", None),
+    }
+    try:
+        settings = Settings.load(os.environ, config_file=args.config, overrides=overrides)
+        return commands.dispatch(args.command, args, settings)
+    except ConfigError as exc:
+        print(f"tickfold: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except TickfoldError as exc:
+        print(f"tickfold: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tickfold: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

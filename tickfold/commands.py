@@ -1,0 +1,251 @@
+"""What each ``tickfold`` command does, on the servers :mod:`tickfold.runtime` picks."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import importlib.resources
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import redis.asyncio as aioredis
+import uvloop
+from rich.console import Console
+from rich.table import Table
+
+from processors.candles import CandleProcessor
+from processors.runner import Runner, RunStats
+from projections import store
+from projections.candles import Candle
+from streams import keys, log, recorded
+from streams.frames import DECODERS
+from streams.symbols import bundled
+from tickfold.errors import TickfoldError, UnknownExchange
+from tickfold.runtime import Servers, servers
+from tickfold.settings import Settings
+
+T = TypeVar("T")
+EXCHANGES = tuple(sorted(DECODERS))
+DEMO_RECORDINGS = {
+    "binance": "binance_2021-04-04_btcusdt_ethusdt_dotusdt.frames.jsonl",
+    "coinbase": "coinbase_2026-08-09_btc-usd_eth-usd.frames.jsonl",
+}
+
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
+err = Console(stderr=True, highlight=False)
+
+
+def _say(text: str) -> None:
+    err.print(f"[dim]{text}[/dim]")
+
+
+def check_exchange(exchange_id: str) -> str:
+    if exchange_id not in EXCHANGES:
+        raise UnknownExchange(f"unknown exchange {exchange_id!r}; known exchanges: {', '.join(EXCHANGES)}")
+    return exchange_id
+
+
+def dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int:
+    handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+        "demo": demo,
+        "migrate": migrate,
+        "ingest": ingest,
+        "process": process,
+        "candles": candles,
+        "dead": dead,
+    }
+    return handlers[command](args, settings)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return uvloop.run(coro)
+
+
+async def _with_redis(url: str, work: Callable[[aioredis.Redis], Awaitable[int]]) -> int:
+    async with log.connect(url) as client:
+        return await work(client)
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from migrations import runner
+
+    with servers(settings, _say, postgres=True) as srv:
+        assert srv.database_url is not None
+        if args.status:
+            rows = _run(runner.status(srv.database_url))
+            for version, name, applied in rows:
+                out.print(f"{version:03d} {name:<32} {'applied' if applied else 'pending'}")
+            return 0
+        done = _run(runner.migrate(srv.database_url, progress=_say))
+        out.print(f"{len(done)} migration(s) applied" if done else "database is up to date")
+    return 0
+
+
+def ingest(args: argparse.Namespace, settings: Settings) -> int:
+    exchange_id = check_exchange(args.exchange)
+    path = Path(args.file)
+    if not path.is_file():
+        raise TickfoldError(f"no such file: {path}")
+    with servers(settings, _say) as srv:
+        n = _run(_with_redis(srv.redis_url, lambda c: _ingest(c, exchange_id, path)))
+    out.print(f"appended {n} frames to {keys.frames_stream(exchange_id)}")
+    return 0
+
+
+async def _ingest(client: aioredis.Redis, exchange_id: str, path: Path) -> int:
+    try:
+        return await log.append_frames(client, exchange_id, recorded.read_frames(path))
+    except ValueError as exc:
+        raise TickfoldError(str(exc)) from None
+
+
+def process(args: argparse.Namespace, settings: Settings) -> int:
+    exchanges = [check_exchange(e) for e in (args.exchange or EXCHANGES)]
+    with servers(settings, _say) as srv:
+        return _run(_process(srv, settings, exchanges, until_idle=args.until_idle))
+
+
+async def _process(srv: Servers, settings: Settings, exchanges: Sequence[str], *, until_idle: bool) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with log.connect(srv.redis_url) as client:
+        results = await run_processors(client, settings, exchanges, until_idle=until_idle, stop=stop)
+    for exchange_id, stats in results.items():
+        t = stats.totals
+        out.print(
+            f"{exchange_id}: {t.processed} frames folded in {stats.batches} batches, "
+            f"{t.skipped} redelivered skipped, {t.dead} dead-lettered, {t.events} candle-close events"
+        )
+    return 0
+
+
+async def run_processors(
+    client: aioredis.Redis,
+    settings: Settings,
+    exchanges: Sequence[str],
+    *,
+    until_idle: bool,
+    stop: asyncio.Event | None = None,
+) -> dict[str, RunStats]:
+    runners = {
+        ex: Runner(
+            client,
+            CandleProcessor(ex, bundled(ex), history=settings.candle_history),
+            consumer=settings.consumer,
+            batch_size=settings.batch_size,
+            block_ms=settings.block_ms,
+        )
+        for ex in exchanges
+    }
+    done = await asyncio.gather(*(r.run(until_idle=until_idle, stop=stop) for r in runners.values()))
+    return dict(zip(runners, done, strict=True))
+
+
+def candles(args: argparse.Namespace, settings: Settings) -> int:
+    exchange_id = check_exchange(args.exchange)
+    symbol = bundled(exchange_id).resolve(args.symbol)
+    keys.timeframe_part(args.timeframe)
+    with servers(settings, _say) as srv:
+        rows = _run(_read(srv.redis_url, exchange_id, symbol, args.timeframe, args.limit))
+    if args.json:
+        sys.stdout.write(msgspec.json.encode([candle_json(c) for c in rows]).decode() + "\n")
+    else:
+        out.print(candle_table(exchange_id, symbol, args.timeframe, rows))
+    return 0
+
+
+async def _read(url: str, exchange_id: str, symbol: str, timeframe: str, limit: int) -> list[Candle]:
+    async with log.connect(url) as client:
+        return await store.read_candles(client, exchange_id, symbol, timeframe, limit=limit)
+
+
+def dead(args: argparse.Namespace, settings: Settings) -> int:
+    exchange_id = check_exchange(args.exchange)
+    with servers(settings, _say) as srv:
+        rows = _run(_dead(srv.redis_url, exchange_id, args.limit))
+    for entry_id, fields in rows:
+        reason = fields.get(b"reason", b"").decode(errors="replace")
+        frame = fields.get(b"frame", b"").decode(errors="replace")
+        out.print(f"{entry_id.decode()} (was {fields.get(b'original_id', b'?').decode()}): {reason}")
+        out.print(f"    {frame[:160]}")
+    out.print(f"{len(rows)} dead letter(s) shown")
+    return 0
+
+
+async def _dead(url: str, exchange_id: str, limit: int) -> list[log.Entry]:
+    async with log.connect(url) as client:
+        return list(await client.xrevrange(keys.dead_letter_stream(exchange_id), count=limit))
+
+
+def demo(args: argparse.Namespace, settings: Settings) -> int:
+    from migrations import runner
+
+    with servers(settings, _say, postgres=True) as srv:
+        assert srv.database_url is not None
+        applied = _run(runner.migrate(srv.database_url, progress=_say))
+        _say(f"migrations: {len(applied)} applied" if applied else "migrations: database is up to date")
+        return _run(_with_redis(srv.redis_url, lambda c: _demo(c, settings)))
+
+
+async def _demo(client: aioredis.Redis, settings: Settings) -> int:
+    data = importlib.resources.files("tickfold").joinpath("data/recordings")
+    for exchange_id, name in DEMO_RECORDINGS.items():
+        with importlib.resources.as_file(data.joinpath(name)) as path:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if await client.sismember("demo:ingested", digest):
+                _say(f"{exchange_id}: {name} was ingested by an earlier demo run; not appending it twice")
+                continue
+            n = await log.append_frames(client, exchange_id, recorded.read_frames(path))
+            await client.sadd("demo:ingested", digest)
+            _say(f"{exchange_id}: appended {n} recorded frames from {name}")
+    results = await run_processors(client, settings, list(DEMO_RECORDINGS), until_idle=True)
+    for exchange_id, stats in results.items():
+        t = stats.totals
+        _say(f"{exchange_id}: folded {t.processed} frames, {t.dead} dead-lettered, {t.events} candle closes")
+        for key in await store.list_series(client, exchange_id):
+            _, _, symbol, timeframe = key.split(":")
+            rows = await store.read_candles(client, exchange_id, symbol, timeframe, limit=8)
+            out.print(candle_table(exchange_id, symbol, timeframe, rows))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def candle_json(c: Candle) -> dict[str, Any]:
+    return {
+        "start": c.start,
+        "open": c.open,
+        "high": c.high,
+        "low": c.low,
+        "close": c.close,
+        "volume": c.volume,
+        "closed": c.closed,
+        "quote_volume": c.quote_volume,
+        "trades": c.trades,
+        "taker_buy_volume": c.taker_buy_volume,
+        "exchange": c.exchange,
+        "symbol": c.symbol,
+        "timeframe": c.timeframe,
+    }
+
+
+def candle_table(exchange_id: str, symbol: str, timeframe: str, rows: Sequence[Candle]) -> Table:
+    table = Table(title=f"{exchange_id} {symbol} {timeframe} — {len(rows)} newest candles")
+    for col in ("start (UTC)", "open", "high", "low", "close", "volume", "closed"):
+        table.add_column(col, justify="left" if col in ("start (UTC)", "closed") else "right", no_wrap=True)
+    for c in rows:
+        start = datetime.fromtimestamp(c.start / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+        table.add_row(start, c.open, c.high, c.low, c.close, c.volume, "yes" if c.closed else "open")
+    return table

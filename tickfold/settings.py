@@ -1,0 +1,152 @@
+"""Typed settings, read once: defaults < TOML file < environment < command-line flags.
+
+Nothing else in tickfold reads ``os.environ``; the CLI builds one :class:`Settings` and passes it in.
+A bad value fails at start-up with a :class:`ConfigError` naming the key (the environment variable,
+the TOML key or the flag it came from). URLs may carry passwords: :func:`mask_url` hides them in
+everything tickfold prints.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+
+from tickfold.errors import ConfigError
+
+ENV_PREFIX = "TICKFOLD_"
+CONFIG_ENV = "TICKFOLD_CONFIG"
+
+_REDIS_SCHEMES = {"redis", "rediss", "unix"}
+_PG_SCHEMES = {"postgres", "postgresql"}
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every knob tickfold has. ``None`` URLs mean: start private embedded servers."""
+
+    redis_url: str | None = None
+    database_url: str | None = None
+    data_dir: str = ".tickfold"
+    batch_size: int = 500
+    block_ms: int = 1000
+    candle_history: int = 5000
+    consumer: str = "worker-1"
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.redis_url is not None:
+            _check_url("redis_url", self.redis_url, _REDIS_SCHEMES)
+        if self.database_url is not None:
+            _check_url("database_url", self.database_url, _PG_SCHEMES)
+        for name in ("batch_size", "block_ms", "candle_history"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, f"must be > 0, got {getattr(self, name)}")
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError("log_level", f"must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        if not self.consumer or ":" in self.consumer:
+            raise ConfigError("consumer", f"must be a non-empty name without ':', got {self.consumer!r}")
+
+    @classmethod
+    def load(
+        cls,
+        environ: Mapping[str, str],
+        *,
+        config_file: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Settings:
+        """Build settings from a TOML file (``--config`` or ``TICKFOLD_CONFIG``), the environment
+        (``TICKFOLD_<FIELD>``) and explicit overrides (CLI flags), later sources winning."""
+        values: dict[str, Any] = {}
+        origin: dict[str, str] = {}
+        path = config_file or environ.get(CONFIG_ENV)
+        if path:
+            for key, value in _read_toml(path).items():
+                values[key] = value
+                origin[key] = f"{path}: {key}"
+        fields = set(cls.__struct_fields__)
+        for field in fields:
+            env_key = ENV_PREFIX + field.upper()
+            if env_key in environ:
+                values[field] = environ[env_key]
+                origin[field] = env_key
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                values[key] = value
+                origin[key] = "--" + key.replace("_", "-")
+        for key in values:
+            if key not in fields:
+                raise ConfigError(origin.get(key, key), f"unknown setting (known: {', '.join(sorted(fields))})")
+        try:
+            return msgspec.convert(values, cls, strict=False)
+        except ConfigError as exc:
+            raise ConfigError(origin.get(exc.key, exc.key), str(exc).split(": ", 1)[1]) from None
+        except msgspec.ValidationError as exc:
+            key = _field_of(str(exc))
+            raise ConfigError(origin.get(key, key), _strip_path(str(exc))) from None
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as a dict fit for printing: passwords replaced by ``***``."""
+        out = msgspec.structs.asdict(self)
+        for key in ("redis_url", "database_url"):
+            if out[key] is not None:
+                out[key] = mask_url(out[key])
+        return out
+
+
+def mask_url(url: str) -> str:
+    """Replace the password of a URL (if any) with ``***``; everything else stays readable."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    userinfo, sep, hostport = parts.netloc.rpartition("@")
+    if not sep or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit((parts.scheme, f"{user}:***@{hostport}", parts.path, parts.query, parts.fragment))
+
+
+def _check_url(key: str, url: str, schemes: set[str]) -> None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError on a non-numeric port
+    except ValueError as exc:
+        raise ConfigError(key, f"not a valid URL ({mask_url(url)}): {exc}") from None
+    if parts.scheme not in schemes:
+        raise ConfigError(
+            key, f"scheme must be one of {', '.join(sorted(schemes))}, got {parts.scheme!r} in {mask_url(url)}"
+        )
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigError(key, f"no host in {mask_url(url)}")
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(key, f"port out of range in {mask_url(url)}")
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with Path(path).open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(CONFIG_ENV, f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, f"invalid TOML: {exc}") from None
+    section = data.get("tickfold", data)
+    if not isinstance(section, dict):
+        raise ConfigError(path, "[tickfold] must be a table")
+    return section
+
+
+def _field_of(message: str) -> str:
+    # msgspec says e.g. "Expected `int`, got `str` - at `$.batch_size`"
+    marker = "at `$."
+    if marker in message:
+        return message.rsplit(marker, 1)[1].split("`", 1)[0].split("[", 1)[0]
+    return "settings"
+
+
+def _strip_path(message: str) -> str:
+    return message.split(" - at `", 1)[0]

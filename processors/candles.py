@@ -145,21 +145,19 @@ class CandleProcessor:
         with translated(f"committing candles of {self.exchange_id}"):
             async with client.pipeline(transaction=True) as pipe:
                 await pipe.watch(self.position_key)
-                raw_last = await pipe.get(self.position_key)
+                raw_last: Any = await pipe.get(self.position_key)
                 last_id = parse_id(raw_last) if raw_last else (0, 0)
                 updates, dead, skipped = self.plan(entries, last_id)
                 books = await self._books(client, updates)
                 for candle, close_older in updates:
                     book = books[keys.candles(candle.exchange, candle.symbol, candle.timeframe)]
                     closes.extend(book.apply(candle, close_older=close_older))
-                pipe.multi()
+                pipe.multi()  # type: ignore[no-untyped-call]
                 self._queue(pipe, books, closes, dead, entries, raw_last)
                 await pipe.execute()
             if closes:
                 await self._publish(client, closes)
-        return BatchResult(
-            processed=len(entries) - skipped, skipped=skipped, dead=len(dead), events=len(closes)
-        )
+        return BatchResult(processed=len(entries) - skipped, skipped=skipped, dead=len(dead), events=len(closes))
 
     async def _books(self, client: aioredis.Redis, updates: list[tuple[Candle, bool]]) -> dict[str, CandleBook]:
         wanted: dict[str, set[int]] = defaultdict(set)

@@ -12,6 +12,7 @@ A fold needs per-stream order, so each stream has one active consumer per group 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -80,7 +81,8 @@ class Runner:
         pending = True  # first drain what this consumer was given before and never acked
         while not stop.is_set():
             entries = await self._retrying(
-                lambda: read_group(
+                functools.partial(
+                    read_group,
                     self.client,
                     h.stream,
                     h.group,
@@ -97,7 +99,7 @@ class Runner:
                 if until_idle:
                     break
                 continue
-            result = await self._retrying(lambda: h.handle(self.client, entries))
+            result = await self._retrying(functools.partial(h.handle, self.client, entries))
             self.stats.add(result)
             log.debug("%s/%s: %s", h.stream, h.group, result)
         return self.stats

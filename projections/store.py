@@ -35,9 +35,7 @@ def decode_closed(raw: bytes) -> CandleClosed:
     return _CLOSED.decode(raw)
 
 
-async def load_series(
-    client: aioredis.Redis, wanted: Mapping[str, Iterable[int]]
-) -> dict[str, dict[int, Candle]]:
+async def load_series(client: aioredis.Redis, wanted: Mapping[str, Iterable[int]]) -> dict[str, dict[int, Candle]]:
     """For each series key: its newest bucket plus the buckets at the given starts, in one round trip."""
     plan: list[str] = []
     pipe = client.pipeline(transaction=False)
@@ -71,11 +69,11 @@ async def read_candles(
     """The newest ``limit`` candles of a series, oldest first."""
     key = keys.candles(exchange_id, symbol, timeframe)
     with translated(f"reading {key}"):
-        members: list[bytes] = await client.zrange(key, 0, limit - 1, desc=True)
+        members: Any = await client.zrange(key, 0, limit - 1, desc=True)
     return [decode_candle(m) for m in reversed(members)]
 
 
 async def list_series(client: aioredis.Redis, exchange_id: str) -> list[str]:
     with translated("reading the candle index"):
-        members: set[bytes] = await client.smembers(keys.candle_index(exchange_id))
+        members: Any = await client.smembers(keys.candle_index(exchange_id))
     return sorted(m.decode() for m in members)

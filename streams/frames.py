@@ -213,7 +213,8 @@ def decode_binance(raw: bytes | str) -> BinanceEvent | Ignored:
     else:
         raise FrameDecodeError("binance: neither a combined-stream frame, an event nor a reply")
     try:
-        return _BINANCE_EVENT.decode(body)
+        event: BinanceEvent = _BINANCE_EVENT.decode(body)
+        return event
     except msgspec.DecodeError as exc:
         raise FrameDecodeError(f"binance {env.stream or env.e}: {exc}") from None
 

@@ -115,3 +115,15 @@ async def group_lag(client: aioredis.Redis, stream: str, group: str) -> tuple[in
             lag = info.get("lag")
             return (int(lag) if lag is not None else -1), int(info["pending"])
     return -1, 0
+
+
+async def entries(
+    client: aioredis.Redis, stream: str, *, count: int | None = None, newest_first: bool = False
+) -> list[Entry]:
+    """Entries of a stream (XRANGE / XREVRANGE), typed."""
+    with translated(f"reading {stream}"):
+        if newest_first:
+            reply: Any = await client.xrevrange(stream, count=count)
+        else:
+            reply = await client.xrange(stream, count=count)
+    return [(eid, fields) for eid, fields in reply]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache
 
 import msgspec
 
@@ -77,7 +77,7 @@ def _coinbase_canonical(product_id: str) -> str:
     return f"{base}-{quote}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def bundled(exchange: str) -> SymbolMap:
     """The market list shipped with tickfold (Binance: an exchangeInfo snapshot; Coinbase: rule-based)."""
     if exchange != "binance":

@@ -27,7 +27,9 @@ def _parser() -> argparse.ArgumentParser:
         "with their data under --data-dir.",
     )
     p.add_argument("--config", metavar="FILE", help="TOML settings file ([tickfold] table)")
-    p.add_argument("--redis-url", metavar="URL", help="Redis URL (redis://, rediss:// or unix://); env TICKFOLD_REDIS_URL")
+    p.add_argument(
+        "--redis-url", metavar="URL", help="Redis URL (redis://, rediss:// or unix://); env TICKFOLD_REDIS_URL"
+    )
     p.add_argument("--database-url", metavar="URL", help="PostgreSQL URL; env TICKFOLD_DATABASE_URL")
     p.add_argument("--data-dir", metavar="DIR", help="where private servers keep their data (default .tickfold)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -185,7 +185,7 @@ def dead(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _dead(url: str, exchange_id: str, limit: int) -> list[log.Entry]:
     async with log.connect(url) as client:
-        return list(await client.xrevrange(keys.dead_letter_stream(exchange_id), count=limit))
+        return await log.entries(client, keys.dead_letter_stream(exchange_id), count=limit, newest_first=True)
 
 
 def demo(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,0 +1,161 @@
+"""The candle processor on a real Redis: redelivery, duplicates, dead letters, crashes and clean stops."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from streams import keys, log
+from tests.realdata import BINANCE_0404, BINANCE_0814, COINBASE_AT, require
+from tests.support import all_candles, close_events, drain, ingest
+
+pytestmark = pytest.mark.redis
+
+GROUP = "candles"
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    c = aioredis.Redis.from_url(redis_url)
+    yield c
+    await c.aclose()
+
+
+async def test_redelivered_frames_change_nothing(client: aioredis.Redis) -> None:
+    n = await ingest(client, "binance", BINANCE_0404)
+    await drain(client, ["binance"])
+    candles = await all_candles(client, "binance")
+    closes = await close_events(client, "binance")
+    # every entry delivered again, as after a crash before the ack: the group rewinds to the start
+    await client.xgroup_setid(keys.frames_stream("binance"), GROUP, "0")
+    stats = (await drain(client, ["binance"]))["binance"]
+    assert stats.totals.skipped == n and stats.totals.processed == 0
+    assert await all_candles(client, "binance") == candles
+    assert await close_events(client, "binance") == closes
+    assert (await client.xpending(keys.frames_stream("binance"), GROUP))["pending"] == 0
+
+
+async def test_the_same_frame_appended_twice_changes_nothing(client: aioredis.Redis) -> None:
+    await ingest(client, "binance", BINANCE_0404)
+    await drain(client, ["binance"])
+    candles = await all_candles(client, "binance")
+    closes = await close_events(client, "binance")
+    await ingest(client, "binance", BINANCE_0404)  # every frame a second time, under new ids
+    stats = (await drain(client, ["binance"]))["binance"]
+    assert stats.totals.processed == 2028
+    assert await all_candles(client, "binance") == candles
+    assert await close_events(client, "binance") == closes
+
+
+async def test_entries_delivered_before_a_crash_are_processed_on_restart(client: aioredis.Redis) -> None:
+    await ingest(client, "coinbase", COINBASE_AT)
+    stream = keys.frames_stream("coinbase")
+    await log.ensure_group(client, stream, GROUP)
+    # a consumer took 100 entries and died before committing anything
+    taken = await log.read_group(client, stream, GROUP, "worker-1", count=100, block_ms=None)
+    assert len(taken) == 100
+    await drain(client, ["coinbase"])
+    assert (await client.xpending(stream, GROUP))["pending"] == 0
+    # same result as a run that never crashed
+    crashed = await all_candles(client, "coinbase")
+    await client.flushdb()
+    await ingest(client, "coinbase", COINBASE_AT)
+    await drain(client, ["coinbase"])
+    assert await all_candles(client, "coinbase") == crashed
+
+
+async def test_malformed_frames_go_to_the_dead_letter_stream_and_the_rest_is_folded(client: aioredis.Redis) -> None:
+    lines = require(BINANCE_0404).read_bytes().splitlines()
+    kline = next(line for line in lines if b"btcusdt@kline_1m" in line)
+    bad = [
+        b"{not json",
+        b'{"stream":"btcusdt@kline_1m","data":{"e":"kline","E":1617566600000,"s":"BTCUSDT"}}',
+        kline.replace(b"btcusdt", b"fooxyz").replace(b"BTCUSDT", b"FOOXYZ"),  # a symbol not in the market list
+    ]
+    frames = [(lines[0], 1), *[(b, 2) for b in bad], *[(line, 3) for line in lines[1:]]]
+    await log.append_frames(client, "binance", frames)
+    stats = (await drain(client, ["binance"]))["binance"]
+    assert stats.totals.dead == 3
+    dead = await log.entries(client, keys.dead_letter_stream("binance"))
+    assert [fields[b"frame"] for _, fields in dead] == bad
+    reasons = [fields[b"reason"].decode() for _, fields in dead]
+    assert "not a frame" in reasons[0]
+    assert "missing required field" in reasons[1]
+    assert "FOOXYZ" in reasons[2] and "market list" in reasons[2]
+    ids = [e[0] for e in await log.entries(client, keys.frames_stream("binance"))]
+    assert [fields[b"original_id"] for _, fields in dead] == ids[1:4]
+    # everything after the bad frames was still folded
+    clean = await all_candles(client, "binance")
+    await client.flushdb()
+    await ingest(client, "binance", BINANCE_0404)
+    await drain(client, ["binance"])
+    assert await all_candles(client, "binance") == clean
+    assert (await client.xpending(keys.frames_stream("binance"), GROUP))["pending"] == 0
+
+
+def _process(redis_url: str, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tickfold.cli", "--redis-url", redis_url, "process", "--batch-size", "3", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+async def _wait_for_progress(client: aioredis.Redis, exchange_id: str, at_least: int = 1) -> None:
+    stream = keys.frames_stream(exchange_id)
+    for _ in range(400):
+        groups = await client.xinfo_groups(stream) if await client.exists(stream) else []
+        if groups and groups[0]["entries-read"] and groups[0]["entries-read"] >= at_least:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"processor made no progress on {stream}")
+
+
+async def test_kill_9_at_any_moment_loses_nothing_and_double_counts_nothing(redis_url: str) -> None:
+    crash_url, clean_url = redis_url, redis_url.rsplit("/", 1)[0] + "/1"
+    clean = aioredis.Redis.from_url(clean_url)
+    crash = aioredis.Redis.from_url(crash_url)
+    try:
+        await clean.flushdb()
+        for c in (clean, crash):
+            for path in (BINANCE_0404, BINANCE_0814):
+                await ingest(c, "binance", path)
+            await ingest(c, "coinbase", COINBASE_AT)
+        await drain(clean, ["binance", "coinbase"])
+        for progress in (50, 400, 900):
+            proc = _process(crash_url)
+            await _wait_for_progress(crash, "binance", progress)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=10)
+        await drain(crash, ["binance", "coinbase"])
+        for ex in ("binance", "coinbase"):
+            assert await all_candles(crash, ex) == await all_candles(clean, ex)
+            assert await close_events(crash, ex) == await close_events(clean, ex)
+            assert (await crash.xpending(keys.frames_stream(ex), GROUP))["pending"] == 0
+    finally:
+        await clean.flushdb()
+        await clean.aclose()
+        await crash.aclose()
+
+
+async def test_sigterm_commits_the_batch_in_hand_and_exits_0(client: aioredis.Redis, redis_url: str) -> None:
+    for _ in range(3):
+        await ingest(client, "binance", BINANCE_0404)
+    proc = _process(redis_url, "--exchange", "binance")
+    await _wait_for_progress(client, "binance", 30)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    stream = keys.frames_stream("binance")
+    # nothing left delivered-but-unacked, and the stored position is the newest acked entry
+    assert (await client.xpending(stream, GROUP))["pending"] == 0
+    info = (await client.xinfo_groups(stream))[0]
+    assert info["last-delivered-id"] == await client.get(keys.projection_position("candles", "binance"))
+    assert b"frames folded" in out

@@ -1,0 +1,346 @@
+"""What every WebSocket adapter shares: connect with backoff, read, stamp, enqueue; staleness; rotation.
+
+An adapter owns one or more *shards* (connections carrying a fixed set of subscriptions). Each shard
+runs :meth:`WsAdapter._shard`:
+
+* connect (``exchange:connecting``), subscribe, read (``exchange:connected``); every frame is stamped
+  with its receive time and enqueued for the :class:`FrameSink` unchanged;
+* a connection silent for ``stale_after_s`` (heartbeats included) is declared stale, closed and
+  reopened; judged per connection, never per symbol;
+* after a drop, reconnect with exponential backoff and jitter, capped; a connection that lived
+  ``healthy_after_s`` resets the backoff, one that dies young grows it (no reconnect storms);
+* rotation (``rotate_after_s``, or the exchange announcing a shutdown): a second connection is opened
+  *before* the first is closed; while both run, frames are de-duplicated by their exact text, and the
+  old one is closed once the new one has caught up (it delivered a frame the old one already had);
+* only transport errors are retried; a bug in the adapter propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from control import events as ev
+from streams.adapters.sink import ControlEmitter, FrameSink, now_ns
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 10 * 1024 * 1024  # Coinbase level2 snapshots reach 5 MB; the SDK allows 10 MiB
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """``delay(n)`` for the n-th consecutive failure: half of min(cap, base·factor^(n-1)) plus jitter up to
+    the other half ("equal jitter": spread out, yet never shorter than half the nominal delay)."""
+
+    base_s: float = 0.5
+    factor: float = 2.0
+    cap_s: float = 30.0
+
+    def delay(self, failures: int, rng: random.Random) -> float:
+        nominal = min(self.cap_s, self.base_s * self.factor ** max(failures - 1, 0))
+        return nominal / 2 + rng.uniform(0, nominal / 2)
+
+
+class TokenBucket:
+    """At most ``rate`` messages per second (bursts up to ``burst``): exchanges disconnect clients that send faster."""
+
+    def __init__(self, rate: float, burst: int = 1) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    async def acquire(self) -> None:
+        while True:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return
+            await asyncio.sleep((1 - self.tokens) / self.rate)
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    ws_url: str
+    symbols: tuple[str, ...]  # the exchange's own symbols (BTCUSDT, BTC-USD)
+    timeframes: tuple[str, ...] = ("1m",)
+    stale_after_s: float = 10.0
+    heartbeat_every_s: float = 15.0
+    healthy_after_s: float = 30.0
+    rotate_after_s: float | None = None
+    overlap_timeout_s: float = 30.0
+    dedupe_grace_s: float = 5.0
+    open_timeout_s: float = 10.0
+    backoff: Backoff = field(default_factory=Backoff)
+    seed: int | None = None
+
+
+@dataclass
+class Conn:
+    """One live WebSocket connection of a shard."""
+
+    id: str
+    ws: ClientConnection
+    opened: float
+    last_frame: float
+    frames: int = 0
+    reason: str | None = None
+    caught_up: asyncio.Event = field(default_factory=asyncio.Event)
+    reader: asyncio.Task[None] | None = None
+
+
+@dataclass
+class Shard:
+    name: str
+    subscriptions: tuple[str, ...]
+    reconnect_now: asyncio.Event = field(default_factory=asyncio.Event)
+    reconnect_reason: str = ""
+
+
+class WsAdapter:
+    """Base of the exchange adapters; subclasses say how to subscribe and what to look at in a frame."""
+
+    exchange_id: str = ""
+
+    def __init__(self, config: AdapterConfig, sink: FrameSink, control: ControlEmitter) -> None:
+        self.config = config
+        self.sink = sink
+        self.control = control
+        self.rng = random.Random(config.seed)
+        self.stop = asyncio.Event()
+        self._ids = itertools.count(1)
+        self._dedupe: set[bytes] | None = None
+        self._dedupe_users = 0
+        self.frames_since_heartbeat = 0
+
+    # ---------------------------------------------------------------- what an exchange module provides
+
+    def shards(self) -> list[Shard]:
+        raise NotImplementedError
+
+    def url(self, shard: Shard) -> str:
+        return self.config.ws_url
+
+    async def subscribe(self, conn: Conn, shard: Shard) -> None:
+        raise NotImplementedError
+
+    def inspect(self, conn: Conn, shard: Shard, frame: bytes) -> None:
+        """Look at a frame the adapter must understand (sequence numbers, shutdown notices); no I/O."""
+
+    def on_open(self, conn: Conn, shard: Shard) -> None:
+        """Reset per-connection tracking state."""
+
+    # ------------------------------------------------------------------------------------ the machinery
+
+    def emit(self, event_type: type[ev.ControlEvent], conn_id: str = "", **fields: Any) -> None:
+        self.control.emit(event_type(exchange=self.exchange_id, at_ns=now_ns(), connection=conn_id, **fields))
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run every shard until ``stop`` is set; then close, drain the sink, and return."""
+        if stop is not None:
+            self.stop = stop
+        writers = [asyncio.create_task(self.sink.run()), asyncio.create_task(self.control.run())]
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for shard in self.shards():
+                    tg.create_task(self._shard(shard))
+                tg.create_task(self._heartbeats())
+        finally:
+            await self.sink.close()
+            await self.control.close()
+            await asyncio.gather(*writers)
+
+    async def _heartbeats(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), self.config.heartbeat_every_s)
+            if self.frames_since_heartbeat:
+                self.emit(ev.Heartbeat, frames=self.frames_since_heartbeat)
+                self.frames_since_heartbeat = 0
+
+    async def _shard(self, shard: Shard) -> None:
+        failures = 0
+        current: Conn | None = None
+        while not self.stop.is_set():
+            if current is None:
+                current, failures = await self._connect(shard, failures)
+                if current is None:
+                    return
+            why = await self._wait(current, shard)
+            if why == "stop":
+                await self._close(current, "stopped", retry_in=None)
+                return
+            if why == "ended":
+                lived = time.monotonic() - current.opened
+                failures = 1 if lived >= self.config.healthy_after_s else failures + 1
+                delay = self.config.backoff.delay(failures, self.rng)
+                self._disconnected(current, current.reason or "closed", delay)
+                current = None
+                await self._sleep(delay)
+                continue
+            # rotation or an announced shutdown: open the next connection before closing this one
+            reason = shard.reconnect_reason or "rotation"
+            shard.reconnect_now.clear()
+            shard.reconnect_reason = ""
+            current = await self._rotate(current, shard, reason)
+
+    async def _connect(
+        self, shard: Shard, failures: int, caught_up: asyncio.Event | None = None
+    ) -> tuple[Conn | None, int]:
+        while not self.stop.is_set():
+            conn_id = f"{shard.name}#{next(self._ids)}"
+            url = self.url(shard)
+            self.emit(ev.Connecting, conn_id, url=url, attempt=failures + 1)
+            try:
+                ws = await websockets.connect(
+                    url,
+                    max_size=MAX_FRAME_BYTES,
+                    open_timeout=self.config.open_timeout_s,
+                    ping_interval=None,  # both exchanges keep the connection alive themselves
+                    proxy=None,
+                    compression=None,
+                )
+            except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+                failures += 1
+                delay = self.config.backoff.delay(failures, self.rng)
+                self.emit(ev.Disconnected, conn_id, reason=f"connect failed: {exc}", retry_in_s=delay)
+                await self._sleep(delay)
+                continue
+            now = time.monotonic()
+            conn = Conn(conn_id, ws, opened=now, last_frame=now, caught_up=caught_up or asyncio.Event())
+            self.on_open(conn, shard)
+            conn.reader = asyncio.create_task(self._read(conn, shard))
+            try:
+                await self.subscribe(conn, shard)
+            except websockets.WebSocketException as exc:
+                conn.reason = f"subscribe failed: {exc}"
+            self.emit(ev.Connected, conn_id, url=url, subscriptions=list(shard.subscriptions))
+            return conn, failures
+        return None, failures
+
+    async def _read(self, conn: Conn, shard: Shard) -> None:
+        ws, sink = conn.ws, self.sink
+        watchdog = asyncio.create_task(self._watch(conn))
+        try:
+            while True:
+                frame = await ws.recv(decode=False)
+                stamp = now_ns()
+                conn.last_frame = time.monotonic()
+                conn.frames += 1
+                if self._dedupe is not None:
+                    if frame in self._dedupe:
+                        conn.caught_up.set()
+                        continue
+                    self._dedupe.add(frame)
+                self.inspect(conn, shard, frame)
+                self.frames_since_heartbeat += 1
+                if not sink.put_nowait(frame, stamp):
+                    await sink.put(frame, stamp)
+        except websockets.ConnectionClosed as exc:
+            if conn.reason is None:
+                rcvd = exc.rcvd
+                conn.reason = (
+                    f"closed by server (code {rcvd.code}{', ' + rcvd.reason if rcvd.reason else ''})"
+                    if rcvd
+                    else "connection lost"
+                )
+        finally:
+            watchdog.cancel()
+
+    async def _watch(self, conn: Conn) -> None:
+        limit = self.config.stale_after_s
+        while True:
+            silent = time.monotonic() - conn.last_frame
+            if silent >= limit:
+                conn.reason = f"stale: no frame for {silent:.1f}s"
+                self.emit(ev.Stale, conn.id, silent_s=round(silent, 3))
+                await conn.ws.close(code=1000, reason="stale")
+                return
+            await asyncio.sleep(min(limit - silent, limit / 4) + 0.001)
+
+    async def _wait(self, conn: Conn, shard: Shard) -> str:
+        assert conn.reader is not None
+        waits: dict[str, asyncio.Future[Any]] = {
+            "ended": asyncio.ensure_future(asyncio.shield(conn.reader)),
+            "stop": asyncio.ensure_future(self.stop.wait()),
+            "rotate": asyncio.ensure_future(shard.reconnect_now.wait()),
+        }
+        if self.config.rotate_after_s is not None:
+            remaining = self.config.rotate_after_s - (time.monotonic() - conn.opened)
+            waits["rotate-timer"] = asyncio.ensure_future(asyncio.sleep(max(remaining, 0)))
+        done, pending = await asyncio.wait(waits.values(), return_when=asyncio.FIRST_COMPLETED)
+        for fut in pending:
+            fut.cancel()
+        for name, fut in waits.items():
+            if fut in done:
+                return "rotate" if name.startswith("rotate") else name
+        raise AssertionError("unreachable")
+
+    async def _rotate(self, old: Conn, shard: Shard, reason: str) -> Conn | None:
+        self._dedupe_users += 1
+        if self._dedupe is None:
+            self._dedupe = set()
+        caught_up = old.caught_up = asyncio.Event()  # a duplicate seen on either side: both carry the feed
+        try:
+            new, _ = await self._connect(shard, 0, caught_up)
+            if new is None:
+                await self._close(old, "stopped", retry_in=None)
+                return None
+            assert old.reader is not None
+            waits: list[asyncio.Future[Any]] = [
+                asyncio.ensure_future(caught_up.wait()),
+                asyncio.ensure_future(asyncio.shield(old.reader)),
+            ]
+            await asyncio.wait(waits, timeout=self.config.overlap_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            await self._close(old, reason, retry_in=0.0)
+            return new
+        finally:
+            # the new connection may still deliver frames the old one already had: keep de-duplicating a little
+            asyncio.get_running_loop().call_later(self.config.dedupe_grace_s, self._release_dedupe)
+
+    def _release_dedupe(self) -> None:
+        self._dedupe_users -= 1
+        if self._dedupe_users == 0:
+            self._dedupe = None
+
+    async def _close(self, conn: Conn, reason: str, *, retry_in: float | None) -> None:
+        conn.reason = conn.reason or reason
+        with contextlib.suppress(websockets.WebSocketException, OSError):
+            await conn.ws.close(code=1000, reason=reason[:100])
+        if conn.reader is not None:
+            with contextlib.suppress(Exception):
+                await conn.reader
+        self._disconnected(conn, reason, retry_in)
+
+    def _disconnected(self, conn: Conn, reason: str, retry_in: float | None) -> None:
+        self.emit(ev.Disconnected, conn.id, reason=reason, retry_in_s=retry_in)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
+
+
+def _close_reason(exc: websockets.ConnectionClosed) -> str:
+    rcvd = exc.rcvd
+    if rcvd is None:
+        return "connection lost"
+    return f"closed by server (code {rcvd.code}{', ' + rcvd.reason if rcvd.reason else ''})"
+
+
+def chunks(items: Sequence[str], size: int) -> list[tuple[str, ...]]:
+    return [tuple(items[i : i + size]) for i in range(0, len(items), size)]

@@ -59,6 +59,27 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("dead", help="show the dead-letter stream of an exchange")
     d.add_argument("exchange")
     d.add_argument("--limit", type=int, default=20)
+
+    ex = sub.add_parser("exchanges", help="list exchanges, or point one at other URLs (e.g. the simulator)")
+    ex_sub = ex.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ex_list = ex_sub.add_parser("list", help="the exchanges table")
+    ex_list.add_argument("--json", action="store_true")
+    ex_set = ex_sub.add_parser("set", help="change an exchange's WebSocket / REST URL")
+    ex_set.add_argument("exchange")
+    ex_set.add_argument("--ws-url", metavar="URL")
+    ex_set.add_argument("--rest-url", metavar="URL")
+
+    live = sub.add_parser("ingest-live", help="connect one exchange adapter and append its frames until stopped")
+    live.add_argument("exchange")
+    live.add_argument("--symbols", required=True, help="comma-separated, e.g. BTC-USDT,ETH-USDT or BTCUSDT")
+    live.add_argument("--timeframes", default="1m", help="Binance kline intervals, comma-separated (default 1m)")
+    live.add_argument("--duration", type=float, help="stop after this many seconds")
+
+    sim = sub.add_parser("simulate", help="run the local exchange simulator (Binance + Coinbase, WS + REST)")
+    sim.add_argument("--port", type=int, default=8765)
+    sim.add_argument("--recorded", action="store_true", help="replay the shipped recordings (looping)")
+    sim.add_argument("--symbols", type=int, default=0, help="also simulate N synthetic symbols per exchange")
+    sim.add_argument("--rate", type=float, default=100.0, help="synthetic messages per second per exchange")
     return p
 
 

@@ -26,6 +26,7 @@ from projections.candles import Candle
 from streams import keys, log, recorded
 from streams.frames import DECODERS
 from streams.symbols import bundled
+from tickfold import commands_live
 from tickfold.errors import TickfoldError, UnknownExchange
 from tickfold.runtime import Servers, servers
 from tickfold.settings import Settings
@@ -59,6 +60,9 @@ def dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int:
         "process": process,
         "candles": candles,
         "dead": dead,
+        "exchanges": commands_live.exchanges,
+        "ingest-live": commands_live.ingest_live,
+        "simulate": commands_live.simulate,
     }
     return handlers[command](args, settings)
 

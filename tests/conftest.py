@@ -1,0 +1,61 @@
+"""Shared fixtures: private, real Redis and PostgreSQL servers for the whole session.
+
+Each server runs from a temporary directory on a free loopback port, so tests can kill and restart
+it. If a server can't start, the fixture fails with the reason; no test is skipped for a missing
+server.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from tickfold.embedded import EmbeddedPostgres, EmbeddedRedis, start_postgres, start_redis
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = start_redis(tmp_path_factory.mktemp("redis"), appendonly=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis_url(redis_server: EmbeddedRedis) -> str:
+    """The session server's URL, emptied for this test."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await client.flushall()
+    finally:
+        await client.aclose()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    root = tmp_path_factory.getbasetemp()
+    root.chmod(0o755)  # PostgreSQL may run as an unprivileged user who must reach its data dir
+    server = start_postgres(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def pg_dsn(pg_server: EmbeddedPostgres) -> AsyncIterator[str]:
+    """A brand-new empty database on the session server, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex}"
+    admin = await asyncpg.connect(pg_server.dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield pg_server.dsn_for(name)
+    admin = await asyncpg.connect(pg_server.dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()

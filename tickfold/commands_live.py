@@ -1,0 +1,126 @@
+"""Commands that touch live feeds: ``exchanges list|set``, ``ingest-live`` and ``simulate``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from control import exchanges as repo
+from streams import log
+from streams.adapters.factory import build_adapter
+from streams.symbols import bundled
+from tickfold.errors import TickfoldError
+from tickfold.runtime import servers
+from tickfold.settings import Settings
+
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False)
+
+
+def _say(text: str) -> None:
+    err.print(f"[dim]{text}[/dim]")
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def exchanges(args: argparse.Namespace, settings: Settings) -> int:
+    import uvloop
+
+    with servers(settings, _say, postgres=True) as srv:
+        assert srv.database_url is not None
+        dsn = srv.database_url
+        if args.action == "set":
+            if args.ws_url is None and args.rest_url is None:
+                raise TickfoldError("exchanges set: give --ws-url and/or --rest-url")
+            row = uvloop.run(repo.set_urls(dsn, args.exchange, ws_url=args.ws_url, rest_url=args.rest_url))
+            out.print(f"{row.id}: ws {', '.join(row.ws_urls)}  rest {row.rest_url}")
+            return 0
+        rows = uvloop.run(repo.list_exchanges(dsn))
+    if getattr(args, "json", False):
+        sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
+        return 0
+    table = Table(title="exchanges")
+    for col in ("id", "name", "kind", "enabled", "WebSocket", "REST", "timeframes"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r.id,
+            r.display_name,
+            r.adapter_kind,
+            "yes" if r.enabled else "no",
+            "\n".join(r.ws_urls),
+            r.rest_url,
+            " ".join(r.supported_timeframes),
+        )
+    out.print(table)
+    return 0
+
+
+def ingest_live(args: argparse.Namespace, settings: Settings) -> int:
+    import uvloop
+
+    with servers(settings, _say, postgres=True) as srv:
+        assert srv.database_url is not None
+        return uvloop.run(_ingest_live(args, srv.redis_url, srv.database_url))
+
+
+async def _ingest_live(args: argparse.Namespace, redis_url: str, dsn: str) -> int:
+    row = await repo.get_exchange(dsn, args.exchange)
+    symbol_map = bundled(row.id)
+    symbols = tuple(symbol_map.native(symbol_map.resolve(s)) for s in args.symbols.split(","))
+    timeframes = tuple(args.timeframes.split(","))
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    async with log.connect(redis_url) as client:
+        adapter = build_adapter(row, client, symbols=symbols, timeframes=timeframes)
+        _say(f"{row.id}: connecting to {row.ws_urls[0]} for {', '.join(symbols)}; Ctrl-C stops")
+        task = asyncio.create_task(adapter.run(stop))
+        if args.duration:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), args.duration)
+            stop.set()
+        await task
+    out.print(f"{row.id}: appended {adapter.sink.appended} frames to frames:{row.id}")
+    return 0
+
+
+def simulate(args: argparse.Namespace, settings: Settings) -> int:
+    import uvloop
+
+    return uvloop.run(_simulate(args))
+
+
+async def _simulate(args: argparse.Namespace) -> int:
+    import importlib.resources
+
+    from streams.simulator import Simulator
+
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    data = importlib.resources.files("tickfold").joinpath("data/recordings")
+    async with Simulator(port=args.port) as sim:
+        if args.recorded:
+            from tickfold.commands import DEMO_RECORDINGS
+
+            for exchange_id, name in DEMO_RECORDINGS.items():
+                with importlib.resources.as_file(data.joinpath(name)) as path:
+                    sim.add_recording(exchange_id, path, loop=True)
+        if args.symbols:
+            for exchange_id in ("binance", "coinbase"):
+                sim.add_synthetic(exchange_id, args.symbols, rate=args.rate)
+        for line in sim.describe():
+            out.print(line)
+        out.print("Ctrl-C stops the simulator.")
+        await stop.wait()
+    return 0

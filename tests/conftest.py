@@ -7,8 +7,11 @@ server.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -36,12 +39,14 @@ async def redis_url(redis_server: EmbeddedRedis) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    root = tmp_path_factory.getbasetemp()
-    root.chmod(0o755)  # PostgreSQL may run as an unprivileged user who must reach its data dir
-    server = start_postgres(tmp_path_factory.mktemp("postgres"))
+def pg_server() -> Iterator[EmbeddedPostgres]:
+    # Not under pytest's tmp dir: as root, PostgreSQL runs as an unprivileged user who must reach it.
+    root = Path(tempfile.mkdtemp(prefix="tickfold-test-pg-"))
+    root.chmod(0o755)
+    server = start_postgres(root / "data")
     yield server
     server.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

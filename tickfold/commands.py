@@ -39,7 +39,7 @@ DEMO_RECORDINGS = {
 }
 
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _say(text: str) -> None:

@@ -21,7 +21,7 @@ from tickfold.runtime import servers
 from tickfold.settings import Settings
 
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _say(text: str) -> None:

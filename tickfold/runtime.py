@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tickfold import embedded
 from tickfold.settings import Settings, mask_url
 
 Say = Callable[[str], None]
@@ -50,8 +51,6 @@ def _running(state: Path) -> dict[str, object] | None:
 
 @contextlib.contextmanager
 def _embedded_redis(root: Path, say: Say) -> Iterator[str]:
-    from tickfold import embedded
-
     state = root / "redis" / "server.json"
     info = _running(state)
     if info is not None:
@@ -71,8 +70,6 @@ def _embedded_redis(root: Path, say: Say) -> Iterator[str]:
 
 @contextlib.contextmanager
 def _embedded_postgres(root: Path, say: Say) -> Iterator[str]:
-    from tickfold import embedded
-
     state = root / "postgres.json"
     info = _running(state)
     if info is not None:

@@ -1,0 +1,1 @@
+"""tickfold's benchmark suite: ``python -m benchmarks [NAME...] [--quick] [--json FILE]``."""

@@ -1,0 +1,119 @@
+"""Append raw frames (pipelined XADD) and fold them into candles (the candle processor, one process).
+
+Frames are the recorded Binance session, repeated with the kline event times shifted so every copy
+is a new minute: the fold does real work (new candles, closes), not only redeliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from benchmarks.harness import Figure, redis_benchmark_xadd
+from processors.candles import CandleProcessor
+from processors.runner import Runner
+from streams import keys, log
+from streams.symbols import bundled
+
+RECORDING = (
+    Path(__file__).resolve().parents[1]
+    / "tickfold/data/recordings/binance_2021-04-04_btcusdt_ethusdt_dotusdt.frames.jsonl"
+)
+
+
+def frames(copies: int) -> list[bytes]:
+    lines = RECORDING.read_bytes().splitlines()
+    out: list[bytes] = []
+    for i in range(copies):
+        shift = i * 120_000
+        for line in lines:
+            if b"@kline_" in line:
+                msg = json.loads(line)
+                k = msg["data"]["k"]
+                k["t"] += shift
+                k["T"] += shift
+                msg["data"]["E"] += shift
+                out.append(json.dumps(msg, separators=(",", ":")).encode())
+            else:
+                out.append(line)
+    return out
+
+
+async def _ingest(url: str, data: list[bytes]) -> float:
+    client = aioredis.Redis.from_url(url)
+    try:
+        await client.delete(keys.frames_stream("binance"))
+        start = time.perf_counter()
+        await log.append_frames(client, "binance", ((f, 0) for f in data), batch=1000)
+        return len(data) / (time.perf_counter() - start)
+    finally:
+        await client.aclose()
+
+
+async def _fold(url: str, n: int) -> float:
+    client = aioredis.Redis.from_url(url)
+    try:
+        for key in [k async for k in client.scan_iter("candles:*")]:
+            await client.delete(key)
+        await client.delete(keys.projection_position("candles", "binance"), keys.closes_stream("binance"))
+        await client.xgroup_destroy(keys.frames_stream("binance"), "candles")
+        runner = Runner(client, CandleProcessor("binance", bundled("binance"), history=5000),
+                        consumer="bench", batch_size=1000)  # fmt: skip
+        start = time.perf_counter()
+        stats = await runner.run(until_idle=True)
+        elapsed = time.perf_counter() - start
+        assert stats.totals.processed == n, stats
+        return n / elapsed
+    finally:
+        await client.aclose()
+
+
+async def _bare_read_ack(url: str, n: int) -> float:
+    """The ceiling of the fold: XREADGROUP COUNT 1000 + XACK and nothing else."""
+    client = aioredis.Redis.from_url(url)
+    stream = keys.frames_stream("binance")
+    try:
+        await client.xgroup_create(stream, "bare", id="0")
+        start = time.perf_counter()
+        done = 0
+        while True:
+            reply: Any = await client.xreadgroup("bare", "c", {stream: ">"}, count=1000)
+            if not reply:
+                break
+            ids = [eid for eid, _ in reply[0][1]]
+            await client.xack(stream, "bare", *ids)
+            done += len(ids)
+        assert done == n
+        return n / (time.perf_counter() - start)
+    finally:
+        await client.xgroup_destroy(stream, "bare")
+        await client.aclose()
+
+
+def run(url: str, port: int, *, quick: bool, repeats: int) -> list[Figure]:
+    data = frames(5 if quick else 50)
+    ceiling = [redis_benchmark_xadd(port, requests=100_000 if quick else 1_000_000) for _ in range(repeats)]
+    ingest, fold, bare = [], [], []
+    for _ in range(repeats):
+        ingest.append(asyncio.run(_ingest(url, data)))
+        bare.append(asyncio.run(_bare_read_ack(url, len(data))))
+        fold.append(asyncio.run(_fold(url, len(data))))
+    xadd = sorted(ceiling)[len(ceiling) // 2]
+    bare_median = sorted(bare)[len(bare) // 2]
+    return [
+        Figure("redis-benchmark XADD (50 clients, pipeline 128)", "req/s", ceiling),
+        Figure("ingest: append_frames, pipelined XADD x1000", "frames/s", ingest, "redis-benchmark XADD", xadd),
+        Figure("bare XREADGROUP 1000 + XACK (redis-py)", "entries/s", bare),
+        Figure(
+            f"fold: candle processor, 1 process ({len(data):,} frames)",
+            "frames/s",
+            fold,
+            "bare XREADGROUP+XACK",
+            bare_median,
+        ),
+    ]

@@ -93,7 +93,7 @@ def _trades(draw: st.DrawFn) -> list[Trade]:
                 time_ms=draw(st.integers(0, 600_000)),
                 taker_buy=draw(st.booleans()),
                 trades=draw(st.integers(1, 3)),
-            )  # fmt: skip
+            )
         )
     return out
 

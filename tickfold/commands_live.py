@@ -102,9 +102,10 @@ def simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _simulate(args: argparse.Namespace) -> int:
+    import importlib
     import importlib.resources
 
-    from streams.simulator import Simulator
+    Simulator = importlib.import_module("streams.simulator").Simulator
 
     stop = asyncio.Event()
     _stop_on_signals(stop)

@@ -17,8 +17,9 @@ One batch is one atomic step (STYLE habit 2)::
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -36,7 +37,7 @@ from streams.frames import (
     decode_frame,
 )
 from streams.log import Entry, WatchError, parse_id, translated
-from streams.symbols import SymbolMap
+from streams.symbols import SymbolMap, UnknownSymbol
 from tickfold.errors import FrameDecodeError, KeyFormatError, ProjectionConflict
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ class DeadLetter(msgspec.Struct, frozen=True):
     entry_id: bytes
     fields: dict[bytes, bytes]
     reason: str
+    unknown_symbol: bool = False
 
 
 class CandleProcessor:
@@ -105,9 +107,20 @@ class CandleProcessor:
 
     group = GROUP
 
-    def __init__(self, exchange_id: str, symbols: SymbolMap, *, history: int) -> None:
+    def __init__(
+        self,
+        exchange_id: str,
+        symbols: SymbolMap,
+        *,
+        history: int,
+        refresh_symbols: Callable[[], Awaitable[SymbolMap]] | None = None,
+        refresh_every_s: float = 30.0,
+    ) -> None:
         self.exchange_id = exchange_id
         self.symbols = symbols
+        self.refresh_symbols = refresh_symbols
+        self.refresh_every_s = refresh_every_s
+        self._refreshed = float("-inf")
         self.history = history
         self.stream = keys.frames_stream(exchange_id)
         self.position_key = keys.projection_position(PROJECTION, exchange_id)
@@ -129,7 +142,7 @@ class CandleProcessor:
                     raise FrameDecodeError("entry has no 'frame' field")
                 updates.extend(snapshots(self.exchange_id, decode_frame(self.exchange_id, raw), self.symbols))
             except (FrameDecodeError, KeyFormatError) as exc:
-                dead.append(DeadLetter(entry_id, fields, str(exc)))
+                dead.append(DeadLetter(entry_id, fields, str(exc), isinstance(exc, UnknownSymbol)))
         return updates, dead, skipped
 
     async def handle(self, client: aioredis.Redis, entries: Sequence[Entry]) -> BatchResult:
@@ -148,6 +161,8 @@ class CandleProcessor:
                 raw_last: Any = await pipe.get(self.position_key)
                 last_id = parse_id(raw_last) if raw_last else (0, 0)
                 updates, dead, skipped = self.plan(entries, last_id)
+                if any(d.unknown_symbol for d in dead) and await self._refresh():
+                    updates, dead, skipped = self.plan(entries, last_id)  # a market listed since the last sync
                 books = await self._books(client, updates)
                 for candle, close_older in updates:
                     book = books[keys.candles(candle.exchange, candle.symbol, candle.timeframe)]
@@ -158,6 +173,14 @@ class CandleProcessor:
             if closes:
                 await self._publish(client, closes)
         return BatchResult(processed=len(entries) - skipped, skipped=skipped, dead=len(dead), events=len(closes))
+
+    async def _refresh(self) -> bool:
+        """Re-read the market list (at most every ``refresh_every_s``; monotonic clock, not event time)."""
+        if self.refresh_symbols is None or time.monotonic() - self._refreshed < self.refresh_every_s:
+            return False
+        self._refreshed = time.monotonic()
+        self.symbols = await self.refresh_symbols()
+        return True
 
     async def _books(self, client: aioredis.Redis, updates: list[tuple[Candle, bool]]) -> dict[str, CandleBook]:
         wanted: dict[str, set[int]] = defaultdict(set)

@@ -16,6 +16,7 @@ Streams and bookkeeping (DESIGN.md):
     alerts:{exchange_id}            alert events
     control                         commands + lifecycle events (the source of truth)
     proj:{name}:{exchange_id}:last_id   the raw-stream position a projection reflects
+    markets:{exchange_id}           native symbol -> market (base, quote, status), from exchange metadata
 
 Every part is validated: empty parts and parts containing ``:`` or whitespace would make keys
 ambiguous, so they raise :class:`KeyFormatError`.
@@ -103,6 +104,11 @@ def alerts_stream(exchange_id: str) -> str:
 
 def projection_position(projection: str, exchange_id: str) -> str:
     return f"proj:{_part('projection', projection)}:{exchange_part(exchange_id)}:last_id"
+
+
+def markets(exchange_id: str) -> str:
+    """A hash: exchange-native symbol -> market JSON (base, quote, status), from the exchange's metadata."""
+    return f"markets:{exchange_part(exchange_id)}"
 
 
 def candle_index(exchange_id: str) -> str:

@@ -13,9 +13,12 @@ import importlib.resources
 import json
 from collections.abc import Iterable
 from functools import cache
+from typing import Any
 
 import msgspec
 
+from streams import keys
+from streams.log import translated
 from tickfold.errors import KeyFormatError
 
 
@@ -42,6 +45,10 @@ class SymbolMap:
         self.exchange = exchange
         self._by_native = {m.native: m for m in markets}
         self._by_canonical = {m.canonical: m for m in self._by_native.values()}
+
+    @property
+    def markets(self) -> dict[str, Market]:
+        return dict(self._by_native)
 
     def canonical(self, native: str) -> str:
         """The canonical name of a symbol as it appears in the exchange's frames."""
@@ -75,6 +82,34 @@ def _coinbase_canonical(product_id: str) -> str:
     if not sep or not base or not quote or "-" in quote:
         raise UnknownSymbol(f"coinbase product id {product_id!r} is not BASE-QUOTE")
     return f"{base}-{quote}"
+
+
+_MARKET_JSON = msgspec.json.Encoder()
+_MARKET = msgspec.json.Decoder(Market)
+
+
+async def store_markets(client: Any, exchange_id: str, markets: Iterable[Market]) -> int:
+    """Replace the market list of an exchange in Redis (``markets:{exchange_id}``); returns the count."""
+    key = keys.markets(exchange_id)
+    mapping = {m.native: _MARKET_JSON.encode(m) for m in markets}
+    with translated(f"writing {key}"):
+        pipe = client.pipeline(transaction=True)
+        pipe.delete(key)
+        if mapping:
+            pipe.hset(key, mapping=mapping)
+        await pipe.execute()
+    return len(mapping)
+
+
+async def load_symbol_map(client: Any, exchange_id: str) -> SymbolMap:
+    """The markets synced from the exchange (``tickfold markets sync``), over the bundled snapshot."""
+    with translated(f"reading {keys.markets(exchange_id)}"):
+        stored: dict[bytes, bytes] = await client.hgetall(keys.markets(exchange_id))
+    markets = bundled(exchange_id).markets
+    for raw in stored.values():
+        m = _MARKET.decode(raw)
+        markets[m.native] = m
+    return SymbolMap(exchange_id, markets.values())
 
 
 @cache

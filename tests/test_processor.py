@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -159,3 +160,24 @@ async def test_sigterm_commits_the_batch_in_hand_and_exits_0(client: aioredis.Re
     info = (await client.xinfo_groups(stream))[0]
     assert info["last-delivered-id"] == await client.get(keys.projection_position("candles", "binance"))
     assert b"frames folded" in out
+
+
+async def test_a_market_listed_after_the_last_sync_is_folded_once_synced(client: aioredis.Redis) -> None:
+    from processors.candles import CandleProcessor
+    from processors.runner import Runner
+    from streams.symbols import Market, load_symbol_map, store_markets
+
+    kline = next(line for line in require(BINANCE_0404).read_bytes().splitlines() if b"btcusdt@kline_1m" in line)
+    fresh = kline.replace(b"btcusdt", b"newusdt").replace(b"BTCUSDT", b"NEWUSDT")
+    proc = CandleProcessor(
+        "binance", await load_symbol_map(client, "binance"), history=100,
+        refresh_symbols=lambda: load_symbol_map(client, "binance"), refresh_every_s=0.0,
+    )  # fmt: skip
+    runner = Runner(client, proc, consumer="w")
+    await log.append_frames(client, "binance", [(fresh, 1)])
+    assert (await runner.run(until_idle=True)).totals.dead == 1  # not in any market list yet
+    await store_markets(client, "binance", [Market("binance", "NEWUSDT", "NEW", "USDT")])
+    await log.append_frames(client, "binance", [(fresh, 2)])
+    assert (await runner.run(until_idle=True)).totals.dead == 1  # the second one was folded
+    folded = (await all_candles(client, "binance"))[("NEW-USDT", "1m", 1617566580000)]
+    assert folded.trades == json.loads(fresh)["data"]["k"]["n"]

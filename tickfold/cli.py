@@ -75,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     live.add_argument("--timeframes", default="1m", help="Binance kline intervals, comma-separated (default 1m)")
     live.add_argument("--duration", type=float, help="stop after this many seconds")
 
+    mk = sub.add_parser("markets", help="exchange market lists (symbol -> base/quote/status)")
+    mk_sub = mk.add_subparsers(dest="action", required=True, metavar="ACTION")
+    mk_sync = mk_sub.add_parser("sync", help="fetch the market list from the exchange's REST API into Redis")
+    mk_sync.add_argument("exchange")
+
     sim = sub.add_parser("simulate", help="run the local exchange simulator (Binance + Coinbase, WS + REST)")
     sim.add_argument("--port", type=int, default=8765)
     sim.add_argument("--recorded", action="store_true", help="replay the shipped recordings (looping)")

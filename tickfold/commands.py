@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import importlib.resources
 import signal
@@ -25,7 +26,7 @@ from projections import store
 from projections.candles import Candle
 from streams import keys, log, recorded
 from streams.frames import DECODERS
-from streams.symbols import bundled
+from streams.symbols import bundled, load_symbol_map
 from tickfold import commands_live
 from tickfold.errors import TickfoldError, UnknownExchange
 from tickfold.runtime import Servers, servers
@@ -63,6 +64,7 @@ def dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int:
         "exchanges": commands_live.exchanges,
         "ingest-live": commands_live.ingest_live,
         "simulate": commands_live.simulate,
+        "markets": commands_live.markets,
     }
     return handlers[command](args, settings)
 
@@ -145,7 +147,12 @@ async def run_processors(
     runners = {
         ex: Runner(
             client,
-            CandleProcessor(ex, bundled(ex), history=settings.candle_history),
+            CandleProcessor(
+                ex,
+                await load_symbol_map(client, ex),
+                history=settings.candle_history,
+                refresh_symbols=functools.partial(load_symbol_map, client, ex),
+            ),
             consumer=settings.consumer,
             batch_size=settings.batch_size,
             block_ms=settings.block_ms,

@@ -14,8 +14,8 @@ from rich.table import Table
 
 from control import exchanges as repo
 from streams import log
-from streams.adapters.factory import build_adapter
-from streams.symbols import bundled
+from streams.adapters.factory import ExchangeRow, build_adapter
+from streams.symbols import Market, load_symbol_map, store_markets
 from tickfold.errors import TickfoldError
 from tickfold.runtime import servers
 from tickfold.settings import Settings
@@ -76,8 +76,16 @@ def ingest_live(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _ingest_live(args: argparse.Namespace, redis_url: str, dsn: str) -> int:
+    from streams.rest import RestError
+
     row = await repo.get_exchange(dsn, args.exchange)
-    symbol_map = bundled(row.id)
+    async with log.connect(redis_url) as client:
+        try:
+            n = await store_markets(client, row.id, await fetch_markets(row))
+            _say(f"{row.id}: {n} markets synced from {row.rest_url}")
+        except RestError as exc:
+            _say(f"{row.id}: market list not refreshed ({exc}); using the stored one")
+        symbol_map = await load_symbol_map(client, row.id)
     symbols = tuple(symbol_map.native(symbol_map.resolve(s)) for s in args.symbols.split(","))
     timeframes = tuple(args.timeframes.split(","))
     stop = asyncio.Event()
@@ -125,3 +133,34 @@ async def _simulate(args: argparse.Namespace) -> int:
         out.print("Ctrl-C stops the simulator.")
         await stop.wait()
     return 0
+
+
+def markets(args: argparse.Namespace, settings: Settings) -> int:
+    import uvloop
+
+    with servers(settings, _say, postgres=True) as srv:
+        assert srv.database_url is not None
+        n, trading = uvloop.run(_sync_markets(srv.redis_url, srv.database_url, args.exchange))
+    out.print(f"{args.exchange}: {n} markets stored ({trading} trading) in markets:{args.exchange}")
+    return 0
+
+
+async def fetch_markets(row: ExchangeRow) -> list[Market]:
+    """The exchange's market list from its REST metadata (the row's REST URL, e.g. the simulator's)."""
+    from streams.rest import BinanceRestClient, CoinbaseRestClient
+
+    if row.adapter_kind == "binance_spot":
+        async with BinanceRestClient(row.rest_url) as bn:
+            return await bn.markets()
+    if row.adapter_kind == "coinbase_advanced_trade":
+        async with CoinbaseRestClient(row.rest_url) as cb:
+            return await cb.markets()
+    raise TickfoldError(f"no REST client for adapter kind {row.adapter_kind!r}")
+
+
+async def _sync_markets(redis_url: str, dsn: str, exchange_id: str) -> tuple[int, int]:
+    row = await repo.get_exchange(dsn, exchange_id)
+    found = await fetch_markets(row)
+    async with log.connect(redis_url) as client:
+        n = await store_markets(client, row.id, [msgspec.structs.replace(m, exchange=row.id) for m in found])
+    return n, sum(1 for m in found if m.status == "TRADING")

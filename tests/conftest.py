@@ -18,11 +18,15 @@ import pytest
 import redis.asyncio as aioredis
 
 from tickfold.embedded import EmbeddedPostgres, EmbeddedRedis, start_postgres, start_redis
+from tickfold.errors import ServerStartError
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    server = start_redis(tmp_path_factory.mktemp("redis"), appendonly=False)
+    try:
+        server = start_redis(tmp_path_factory.mktemp("redis"), appendonly=False)
+    except ServerStartError as exc:
+        pytest.fail(f"the private Redis for the tests could not start: {exc}", pytrace=False)
     yield server
     server.stop()
 
@@ -40,10 +44,14 @@ async def redis_url(redis_server: EmbeddedRedis) -> str:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[EmbeddedPostgres]:
-    # Not under pytest's tmp dir: as root, PostgreSQL runs as an unprivileged user who must reach it.
+    # Not under pytest's tmp dir (mode 700): as root, PostgreSQL runs as an unprivileged user who must reach it.
     root = Path(tempfile.mkdtemp(prefix="tickfold-test-pg-"))
     root.chmod(0o755)
-    server = start_postgres(root / "data")
+    try:
+        server = start_postgres(root / "data", fsync=False)
+    except ServerStartError as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"the private PostgreSQL for the tests could not start: {exc}", pytrace=False)
     yield server
     server.stop()
     shutil.rmtree(root, ignore_errors=True)

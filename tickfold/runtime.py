@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,9 +29,7 @@ class Servers:
 
 
 def _alive(pid: int, port: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
+    if not embedded.is_alive(pid):
         return False
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
         return True
@@ -77,9 +74,10 @@ def _embedded_postgres(root: Path, say: Say) -> Iterator[str]:
         yield str(info["url"])
         return
     server = embedded.start_postgres(root / "postgres")
-    pid = _postmaster_pid(server.data_dir)
-    state.write_text(json.dumps({"pid": pid, "port": server.port, "url": server.dsn, "origin": server.origin}))
+    state.write_text(json.dumps({"pid": server.pid, "port": server.port, "url": server.dsn, "origin": server.origin}))
     say(f"PostgreSQL: started private {server.origin} at {server.dsn} (data in {server.data_dir})")
+    if server.note:
+        say(f"PostgreSQL: {server.note}")
     try:
         yield server.dsn
     finally:
@@ -87,12 +85,6 @@ def _embedded_postgres(root: Path, say: Say) -> Iterator[str]:
         server.stop()
         say("PostgreSQL: private server stopped (data kept)")
 
-
-def _postmaster_pid(data_dir: Path) -> int:
-    try:
-        return int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
-    except (OSError, ValueError):
-        return -1
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ Streams and bookkeeping (DESIGN.md):
     control                         commands + lifecycle events (the source of truth)
     proj:{name}:{exchange_id}:last_id   the raw-stream position a projection reflects
     markets:{exchange_id}           native symbol -> market (base, quote, status), from exchange metadata
+    gaps:{exchange_id}:{symbol}:{timeframe}   buckets that could not be fetched (sorted set of starts)
 
 Every part is validated: empty parts and parts containing ``:`` or whitespace would make keys
 ambiguous, so they raise :class:`KeyFormatError`.
@@ -114,3 +115,8 @@ def markets(exchange_id: str) -> str:
 def candle_index(exchange_id: str) -> str:
     """A set of the candle keys of one exchange (so readers need no SCAN)."""
     return f"index:candles:{exchange_part(exchange_id)}"
+
+
+def gaps(exchange_id: str, symbol: str, timeframe: str) -> str:
+    """A sorted set of the bucket starts (epoch ms, as score and member) known missing and not recoverable."""
+    return f"gaps:{exchange_part(exchange_id)}:{_part('symbol', symbol)}:{timeframe_part(timeframe)}"

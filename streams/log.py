@@ -127,3 +127,8 @@ async def entries(
         else:
             reply = await client.xrange(stream, count=count)
     return [(eid, fields) for eid, fields in reply]
+
+
+async def raw_entries(client: aioredis.Redis, exchange_id: str) -> list[Entry]:
+    """Every raw frame entry of an exchange (all of its raw streams), each stream in order."""
+    return await entries(client, keys.frames_stream(exchange_id))

@@ -82,9 +82,13 @@ def _parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="run the local exchange simulator (Binance + Coinbase, WS + REST)")
     sim.add_argument("--port", type=int, default=8765)
-    sim.add_argument("--recorded", action="store_true", help="replay the shipped recordings (looping)")
-    sim.add_argument("--symbols", type=int, default=0, help="also simulate N synthetic symbols per exchange")
-    sim.add_argument("--rate", type=float, default=100.0, help="synthetic messages per second per exchange")
+    sim.add_argument("--recorded", action="store_true", help="replay the shipped recordings (looping, re-timed to now)")
+    sim.add_argument(
+        "--symbols", type=int, default=0, help="synthetic symbols per exchange (default: BTC and ETH against USD(T))"
+    )
+    sim.add_argument("--rate", type=float, default=20.0, help="synthetic trades per second per exchange")
+    sim.add_argument("--speed", type=float, default=1.0, help="replay speed of --recorded (2 = twice real time)")
+    sim.add_argument("--seed", type=int, default=42, help="seed of the synthetic markets")
     return p
 
 

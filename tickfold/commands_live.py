@@ -110,28 +110,31 @@ def simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _simulate(args: argparse.Namespace) -> int:
-    import importlib
     import importlib.resources
 
-    Simulator = importlib.import_module("streams.simulator").Simulator
+    from streams.simulator import serve_forever
+    from tickfold.commands import DEMO_RECORDINGS
 
     stop = asyncio.Event()
     _stop_on_signals(stop)
     data = importlib.resources.files("tickfold").joinpath("data/recordings")
-    async with Simulator(port=args.port) as sim:
+    with contextlib.ExitStack() as files:
+        recordings = []
         if args.recorded:
-            from tickfold.commands import DEMO_RECORDINGS
-
-            for exchange_id, name in DEMO_RECORDINGS.items():
-                with importlib.resources.as_file(data.joinpath(name)) as path:
-                    sim.add_recording(exchange_id, path, loop=True)
-        if args.symbols:
-            for exchange_id in ("binance", "coinbase"):
-                sim.add_synthetic(exchange_id, args.symbols, rate=args.rate)
-        for line in sim.describe():
-            out.print(line)
-        out.print("Ctrl-C stops the simulator.")
-        await stop.wait()
+            for ex, name in DEMO_RECORDINGS.items():
+                recordings.append((ex, files.enter_context(importlib.resources.as_file(data.joinpath(name)))))
+        symbols: int | tuple[str, ...] = args.symbols if args.symbols else ()
+        await serve_forever(
+            args.port,
+            seed=args.seed,
+            rate=args.rate,
+            binance_symbols=symbols or ("BTCUSDT", "ETHUSDT"),
+            coinbase_symbols=symbols or ("BTC-USD", "ETH-USD"),
+            recordings=recordings,
+            speed=args.speed,
+            print_line=out.print,
+            stop=stop,
+        )
     return 0
 
 

@@ -16,8 +16,9 @@ import redis.asyncio as aioredis
 
 from benchmarks.harness import Figure, redis_benchmark_xadd
 from processors.candles import CandleProcessor
-from processors.runner import Runner
+from processors.runner import Runner, RunnerConfig
 from streams import keys, log
+from streams.partitions import streams
 from streams.symbols import bundled
 
 RECORDING = (
@@ -47,7 +48,9 @@ def frames(copies: int) -> list[bytes]:
 async def _ingest(url: str, data: list[bytes]) -> float:
     client = aioredis.Redis.from_url(url)
     try:
-        await client.delete(keys.frames_stream("binance"))
+        old = [k async for k in client.scan_iter("frames:binance*")]
+        if old:
+            await client.delete(*old)
         start = time.perf_counter()
         await log.append_frames(client, "binance", ((f, 0) for f in data), batch=1000)
         return len(data) / (time.perf_counter() - start)
@@ -60,10 +63,18 @@ async def _fold(url: str, n: int) -> float:
     try:
         for key in [k async for k in client.scan_iter("candles:*")]:
             await client.delete(key)
-        await client.delete(keys.projection_position("candles", "binance"), keys.closes_stream("binance"))
-        await client.xgroup_destroy(keys.frames_stream("binance"), "candles")
-        runner = Runner(client, CandleProcessor("binance", bundled("binance"), history=5000),
-                        consumer="bench", batch_size=1000)  # fmt: skip
+        await client.delete(
+            *[k async for k in client.scan_iter("proj:candles:binance:*")], keys.closes_stream("binance")
+        )
+        partitions = await log.ensure_partitions(client, "binance")
+        for stream in streams("binance", partitions):
+            await client.xgroup_destroy(stream, "candles")
+        symbols = bundled("binance")
+
+        def make(p: int) -> CandleProcessor:
+            return CandleProcessor("binance", p, symbols, history=5000)
+
+        runner = Runner(client, "binance", "candles", partitions, make, RunnerConfig(consumer="bench", batch_size=1000))
         start = time.perf_counter()
         stats = await runner.run(until_idle=True)
         elapsed = time.perf_counter() - start
@@ -76,22 +87,25 @@ async def _fold(url: str, n: int) -> float:
 async def _bare_read_ack(url: str, n: int) -> float:
     """The ceiling of the fold: XREADGROUP COUNT 1000 + XACK and nothing else."""
     client = aioredis.Redis.from_url(url)
-    stream = keys.frames_stream("binance")
+    names = streams("binance", await log.ensure_partitions(client, "binance"))
     try:
-        await client.xgroup_create(stream, "bare", id="0")
+        for stream in names:
+            await client.xgroup_create(stream, "bare", id="0", mkstream=True)
         start = time.perf_counter()
         done = 0
         while True:
-            reply: Any = await client.xreadgroup("bare", "c", {stream: ">"}, count=1000)
+            reply: Any = await client.xreadgroup("bare", "c", dict.fromkeys(names, ">"), count=1000)
             if not reply:
                 break
-            ids = [eid for eid, _ in reply[0][1]]
-            await client.xack(stream, "bare", *ids)
-            done += len(ids)
+            for stream, entries in reply:
+                ids = [eid for eid, _ in entries]
+                await client.xack(stream, "bare", *ids)
+                done += len(ids)
         assert done == n
         return n / (time.perf_counter() - start)
     finally:
-        await client.xgroup_destroy(stream, "bare")
+        for stream in names:
+            await client.xgroup_destroy(stream, "bare")
         await client.aclose()
 
 

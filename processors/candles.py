@@ -1,15 +1,18 @@
 """The candle processor: raw frames of one exchange -> candle projections and candle-close events.
 
-One batch is one atomic step (STYLE habit 2)::
+One processor folds one partition ``frames:{ex}:p{n}`` (every frame of a symbol is in the same
+partition, and the partition has one owner: see processors/runner.py). One batch is one atomic step
+(STYLE habit 2)::
 
-    WATCH proj:candles:{ex}:last_id          (a second writer makes EXEC fail: ProjectionConflict)
+    WATCH proj:candles:{ex}:p{n}:last_id lease:candles:{ex}:p{n}
+    GET lease... == our token?               else LeaseLost: another instance owns the partition now
     decode -> fold (pure, event time)        entries with id <= last_id are redeliveries: skipped
-    MULTI
+    MULTI                                    (a change to a watched key makes EXEC fail: nothing written)
       ZREM/ZADD candles:{ex}:{symbol}:{tf}   the changed buckets
       XADD closes:{ex}                       candle-close (and correction) events
       XADD frames:{ex}:dead                  frames that could not be folded, with the reason
-      SET proj:candles:{ex}:last_id          the position the projection now reflects
-      XACK frames:{ex} candles <ids>         acknowledged only together with the above
+      SET proj:candles:{ex}:p{n}:last_id     the position the projection now reflects
+      XACK frames:{ex}:p{n} candles <ids>    acknowledged only together with the above
     EXEC
     PUBLISH channel:exchange:{ex}:candle:close:{symbol}:{tf}   (pub/sub is at-most-once; closes:{ex} is durable)
 """
@@ -25,6 +28,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
+from processors.leases import Fence
 from processors.runner import BatchResult
 from projections import store
 from projections.candles import Candle, CandleBook, CandleClosed
@@ -110,6 +114,7 @@ class CandleProcessor:
     def __init__(
         self,
         exchange_id: str,
+        partition: int,
         symbols: SymbolMap,
         *,
         history: int,
@@ -122,8 +127,9 @@ class CandleProcessor:
         self.refresh_every_s = refresh_every_s
         self._refreshed = float("-inf")
         self.history = history
-        self.stream = keys.frames_stream(exchange_id)
-        self.position_key = keys.projection_position(PROJECTION, exchange_id)
+        self.partition = partition
+        self.stream = keys.frames_stream(exchange_id, partition)
+        self.position_key = keys.projection_position(PROJECTION, exchange_id, partition)
 
     def plan(
         self, entries: Sequence[Entry], last_id: tuple[int, int]
@@ -145,19 +151,20 @@ class CandleProcessor:
                 dead.append(DeadLetter(entry_id, fields, str(exc), isinstance(exc, UnknownSymbol)))
         return updates, dead, skipped
 
-    async def handle(self, client: aioredis.Redis, entries: Sequence[Entry]) -> BatchResult:
+    async def handle(self, client: aioredis.Redis, entries: Sequence[Entry], fence: Fence) -> BatchResult:
         for _ in range(_MAX_CONFLICT_RETRIES):
             try:
-                return await self._commit(client, entries)
+                return await self._commit(client, entries, fence)
             except WatchError:
                 log.info("%s: position moved under us, re-folding the batch", self.position_key)
         raise ProjectionConflict(f"{self.position_key} kept changing during {_MAX_CONFLICT_RETRIES} attempts")
 
-    async def _commit(self, client: aioredis.Redis, entries: Sequence[Entry]) -> BatchResult:
+    async def _commit(self, client: aioredis.Redis, entries: Sequence[Entry], fence: Fence) -> BatchResult:
         closes: list[CandleClosed] = []
-        with translated(f"committing candles of {self.exchange_id}"):
+        with translated(f"committing candles of {self.stream}"):
             async with client.pipeline(transaction=True) as pipe:
-                await pipe.watch(self.position_key)
+                await pipe.watch(self.position_key, fence.key)
+                await fence.check(pipe)
                 raw_last: Any = await pipe.get(self.position_key)
                 last_id = parse_id(raw_last) if raw_last else (0, 0)
                 updates, dead, skipped = self.plan(entries, last_id)
@@ -206,7 +213,13 @@ class CandleProcessor:
             pipe.xadd(closes_stream, {"event": store.encode(event)})
         dead_stream = keys.dead_letter_stream(self.exchange_id)
         for d in dead:
-            pipe.xadd(dead_stream, {**d.fields, b"reason": d.reason.encode(), b"original_id": d.entry_id})
+            fields = {
+                **d.fields,
+                b"reason": d.reason.encode(),
+                b"original_id": d.entry_id,
+                b"stream": self.stream.encode(),
+            }
+            pipe.xadd(dead_stream, fields)
         newest = max((e[0] for e in entries), key=parse_id)
         if raw_last is None or parse_id(newest) > parse_id(raw_last):
             pipe.set(self.position_key, newest)

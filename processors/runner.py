@@ -1,26 +1,38 @@
-"""The consumer-group runner: read -> handle (fold, commit projection + position + ack) -> repeat.
+"""The consumer-group runner: own partitions, recover their pending entries, read -> handle -> repeat.
 
-On start the runner first re-reads its own pending entries (delivered before a crash, never acked),
-then new ones. ``until_idle=True`` drains the stream and returns; otherwise it runs until ``stop`` is
-set, and then finishes (commits and acks) the batch in hand before returning. Only transport errors
-are retried (with capped backoff); decode errors never reach it (handlers dead-letter them) and real
-bugs propagate.
+An exchange's raw frames are split over P partition streams (:mod:`streams.partitions`); a fold needs
+per-key order, so each partition has one owner at a time (:mod:`processors.leases`). Any number of
+runner instances (processes) of one group share the partitions; each handles the partitions it
+holds, in stream order, every commit fenced by its lease.
 
-A fold needs per-stream order, so each stream has one active consumer per group (DESIGN invariant 4).
+When an instance takes over a partition it first claims every entry still pending there (XAUTOCLAIM;
+they were delivered to an owner that died or stalled past the lease TTL, which is the configurable
+claim idle time), dead-letters those delivered more than ``max_deliveries`` times (an entry that keeps
+killing its processor must not stop the partition forever), folds the rest, then reads new entries.
+Consumers that left nothing pending and have been idle longer than the TTL are removed from the group.
+
+``until_idle=True`` drains and returns once no partition of the exchange has anything undelivered or
+pending, whoever holds it, so several instances started together all exit when the work is done.
+Otherwise it runs until ``stop`` is set, finishes the batch in hand, gives its leases back and
+returns. Only transport errors are retried (capped backoff); real bugs propagate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 
-from streams.log import Entry, ensure_group, read_group
+from processors.leases import Fence, LeaseLost, Membership
+from streams import keys
+from streams.log import Entry, ensure_group, parse_id, translated
 from tickfold.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -39,6 +51,8 @@ class BatchResult:
 class RunStats:
     batches: int = 0
     totals: BatchResult = field(default_factory=BatchResult)
+    claimed: int = 0
+    partitions_taken: int = 0
 
     def add(self, r: BatchResult) -> None:
         self.batches += 1
@@ -49,68 +63,210 @@ class RunStats:
 
 
 class Handler(Protocol):
+    """Folds the entries of one partition stream; commits fenced by ``fence``, then XACKs."""
+
     group: str
     stream: str
 
-    async def handle(self, client: aioredis.Redis, entries: Sequence[Entry]) -> BatchResult: ...
+    async def handle(self, client: aioredis.Redis, entries: Sequence[Entry], fence: Fence) -> BatchResult: ...
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    consumer: str
+    batch_size: int = 500
+    block_ms: int = 1000
+    lease_ttl_ms: int = 5000
+    max_deliveries: int = 10
+    max_retries: int = 8
 
 
 class Runner:
+    """One instance of a group over the partitions of one exchange."""
+
     def __init__(
         self,
         client: aioredis.Redis,
-        handler: Handler,
-        *,
-        consumer: str,
-        batch_size: int = 500,
-        block_ms: int = 1000,
-        max_retries: int = 8,
+        exchange_id: str,
+        group: str,
+        partitions: int,
+        make_handler: Callable[[int], Handler],
+        config: RunnerConfig,
     ) -> None:
         self.client = client
-        self.handler = handler
-        self.consumer = consumer
-        self.batch_size = batch_size
-        self.block_ms = block_ms
-        self.max_retries = max_retries
+        self.exchange_id = exchange_id
+        self.group = group
+        self.partitions = partitions
+        self.config = config
+        self.handlers = [make_handler(p) for p in range(partitions)]
+        self.membership = Membership(client, group, exchange_id, config.consumer, partitions, config.lease_ttl_ms)
         self.stats = RunStats()
+
+    @property
+    def consumer(self) -> str:
+        return self.config.consumer
 
     async def run(self, *, until_idle: bool = False, stop: asyncio.Event | None = None) -> RunStats:
         stop = stop or asyncio.Event()
-        h = self.handler
-        await ensure_group(self.client, h.stream, h.group)
-        pending = True  # first drain what this consumer was given before and never acked
-        while not stop.is_set():
-            entries = await self._retrying(
-                functools.partial(
-                    read_group,
-                    self.client,
-                    h.stream,
-                    h.group,
-                    self.consumer,
-                    count=self.batch_size,
-                    block_ms=None if until_idle else self.block_ms,
-                    pending=pending,
-                )
-            )
-            if not entries:
-                if pending:
-                    pending = False
+        cfg = self.config
+        for h in self.handlers:
+            await self._retrying(functools.partial(ensure_group, self.client, h.stream, h.group))
+        renew_every = cfg.lease_ttl_ms / 3000
+        next_balance = 0.0
+        try:
+            while not stop.is_set():
+                if time.monotonic() >= next_balance:
+                    gained, lost = await self._retrying(self.membership.balance)
+                    next_balance = time.monotonic() + renew_every
+                    if lost:
+                        log.info("%s: partitions %s moved to other instances", self.exchange_id, lost)
+                    for p in gained:
+                        self.stats.partitions_taken += 1
+                        await self._recover(p)
+                held = sorted(self.membership.held)
+                block = min(cfg.block_ms, int(renew_every * 1000))
+                got = await self._read(held, block_ms=None if until_idle else block) if held else {}
+                if not any(got.values()):
+                    if until_idle and await self._retrying(self._all_idle):
+                        break
+                    if until_idle or not held:  # others are still working, or nothing is ours yet
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), min(0.05 if until_idle else renew_every, 1.0))
                     continue
-                if until_idle:
-                    break
-                continue
-            result = await self._retrying(functools.partial(h.handle, self.client, entries))
-            self.stats.add(result)
-            log.debug("%s/%s: %s", h.stream, h.group, result)
+                for p, entries in got.items():
+                    if entries:
+                        await self._handle(p, entries)
+        finally:
+            with contextlib.suppress(StoreUnavailable):
+                await self.membership.leave()
         return self.stats
+
+    async def _read(self, held: list[int], *, block_ms: int | None) -> dict[int, list[Entry]]:
+        streams: dict[Any, Any] = {self.handlers[p].stream: ">" for p in held}
+        by_stream = {self.handlers[p].stream: p for p in held}
+
+        async def read() -> Any:
+            with translated(f"reading the raw streams of {self.exchange_id}"):
+                return await self.client.xreadgroup(
+                    self.group, self.consumer, streams, count=self.config.batch_size, block=block_ms
+                )
+
+        reply = await self._retrying(read)
+        out: dict[int, list[Entry]] = {}
+        for stream, entries in reply or []:
+            name = stream.decode() if isinstance(stream, bytes) else stream
+            out[by_stream[name]] = [(eid, f) for eid, f in entries if f is not None]
+        return out
+
+    async def _handle(self, partition: int, entries: Sequence[Entry]) -> None:
+        fence = self.membership.fence(partition)
+        try:
+            result = await self._retrying(
+                functools.partial(self.handlers[partition].handle, self.client, entries, fence)
+            )
+        except LeaseLost:
+            log.warning("%s p%d: lease lost; the batch is left to the new owner", self.exchange_id, partition)
+            self.membership.held.discard(partition)
+            return
+        self.stats.add(result)
+
+    async def _recover(self, partition: int) -> None:
+        """Claim everything pending in a partition just taken over; fold it (poison to dead letters)."""
+        h = self.handlers[partition]
+        cursor: bytes | str = "0-0"
+        while partition in self.membership.held:
+
+            async def claim(cursor: bytes | str = cursor) -> Any:
+                with translated(f"claiming pending entries of {h.stream}"):
+                    return await self.client.xautoclaim(
+                        h.stream, self.group, self.consumer, 0, start_id=cursor, count=self.config.batch_size
+                    )
+
+            reply = await self._retrying(claim)
+            cursor, claimed = reply[0], [(eid, f) for eid, f in reply[1] if f is not None]
+            if claimed:
+                self.stats.claimed += len(claimed)
+                poison = await self._retrying(functools.partial(self._over_delivered, h.stream, claimed))
+                if poison:
+                    await self._dead_letter(partition, [e for e in claimed if e[0] in poison], poison)
+                    claimed = [e for e in claimed if e[0] not in poison]
+                if claimed:
+                    await self._handle(partition, claimed)
+            if parse_id(cursor) == (0, 0):
+                break
+        await self._retrying(functools.partial(self._forget_gone_consumers, h.stream))
+
+    async def _over_delivered(self, stream: str, claimed: list[Entry]) -> dict[bytes, int]:
+        with translated(f"inspecting pending entries of {stream}"):
+            rows: Any = await self.client.xpending_range(
+                stream, self.group, claimed[0][0], claimed[-1][0], len(claimed), consumername=self.consumer
+            )
+        return {
+            r["message_id"]: int(r["times_delivered"])
+            for r in rows
+            if int(r["times_delivered"]) > self.config.max_deliveries
+        }
+
+    async def _dead_letter(self, partition: int, entries: list[Entry], counts: dict[bytes, int]) -> None:
+        h = self.handlers[partition]
+        fence = self.membership.fence(partition)
+        dead = keys.dead_letter_stream(self.exchange_id)
+
+        async def commit() -> None:
+            with translated(f"dead-lettering entries of {h.stream}"):
+                async with self.client.pipeline(transaction=True) as pipe:
+                    await pipe.watch(fence.key)
+                    await fence.check(pipe)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    limit = self.config.max_deliveries
+                    for eid, fields in entries:
+                        reason = f"delivered {counts[eid]} times without being committed (limit {limit})"
+                        why = {b"reason": reason.encode(), b"original_id": eid, b"stream": h.stream.encode()}
+                        pipe.xadd(dead, {**fields, **why})  # type: ignore[dict-item]
+                    pipe.xack(h.stream, self.group, *[e[0] for e in entries])
+                    await pipe.execute()
+
+        try:
+            await self._retrying(commit)
+        except LeaseLost:
+            self.membership.held.discard(partition)
+            return
+        log.warning("%s: %d entries dead-lettered after too many deliveries", h.stream, len(entries))
+        self.stats.totals.dead += len(entries)
+
+    async def _forget_gone_consumers(self, stream: str) -> None:
+        with translated(f"inspecting consumers of {stream}"):
+            consumers: Any = await self.client.xinfo_consumers(stream, self.group)
+            for c in consumers:
+                name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                if name != self.consumer and int(c["pending"]) == 0 and int(c["idle"]) > self.config.lease_ttl_ms:
+                    await self.client.xgroup_delconsumer(stream, self.group, name)
+
+    async def _all_idle(self) -> bool:
+        """True when no partition has entries undelivered to the group or delivered and not acknowledged."""
+        pipe = self.client.pipeline(transaction=False)
+        for h in self.handlers:
+            pipe.xinfo_groups(h.stream)
+            pipe.xinfo_stream(h.stream)
+        with translated(f"inspecting the raw streams of {self.exchange_id}"):
+            replies: Any = await pipe.execute(raise_on_error=False)
+        for groups, stream in zip(replies[::2], replies[1::2], strict=True):
+            if isinstance(groups, Exception) or isinstance(stream, Exception):
+                return False
+            info = next((g for g in groups if g["name"] in (self.group, self.group.encode())), None)
+            if info is None:
+                return False
+            if int(info["pending"]) or parse_id(info["last-delivered-id"]) < parse_id(stream["last-generated-id"]):
+                return False
+        return True
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         delay = 0.1
-        for attempt in range(self.max_retries + 1):
+        for attempt in range(self.config.max_retries + 1):
             try:
                 return await call()
             except StoreUnavailable as exc:
-                if attempt == self.max_retries:
+                if attempt == self.config.max_retries:
                     raise
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)

@@ -10,12 +10,16 @@ Requirement keys (MISSION.md):
 
 Streams and bookkeeping (DESIGN.md):
 
-    frames:{exchange_id}            raw WebSocket frames, exactly as received
+    frames:{exchange_id}:p{n}       raw WebSocket frames, exactly as received, partition n (by symbol)
+    frames:{exchange_id}:partitions how many partitions the exchange's raw frames have (fixed once written)
     frames:{exchange_id}:dead       frames that could not be folded, with the reason
     closes:{exchange_id}            candle-close events
     alerts:{exchange_id}            alert events
     control                         commands + lifecycle events (the source of truth)
-    proj:{name}:{exchange_id}:last_id   the raw-stream position a projection reflects
+    proj:{name}:{exchange_id}:p{n}:last_id    the raw-stream position a projection reflects
+    proj:{name}:{exchange_id}:p{n}:watermark  the newest event time (ns) seen in that partition
+    lease:{group}:{exchange_id}:p{n}          which consumer owns a partition (token, with a TTL)
+    workers:{group}:{exchange_id}             live consumers of a group (sorted set, score = expiry ms)
     markets:{exchange_id}           native symbol -> market (base, quote, status), from exchange metadata
     gaps:{exchange_id}:{symbol}:{timeframe}   buckets that could not be fetched (sorted set of starts)
 
@@ -87,8 +91,18 @@ def alerts_channel(exchange_id: str) -> str:
     return f"channel:alerts:{exchange_part(exchange_id)}"
 
 
-def frames_stream(exchange_id: str) -> str:
-    return f"frames:{exchange_part(exchange_id)}"
+def _partition(partition: int) -> str:
+    if not isinstance(partition, int) or partition < 0:
+        raise KeyFormatError(f"partition must be an int >= 0, got {partition!r}")
+    return f"p{partition}"
+
+
+def frames_stream(exchange_id: str, partition: int) -> str:
+    return f"frames:{exchange_part(exchange_id)}:{_partition(partition)}"
+
+
+def frames_partitions(exchange_id: str) -> str:
+    return f"frames:{exchange_part(exchange_id)}:partitions"
 
 
 def dead_letter_stream(exchange_id: str) -> str:
@@ -103,8 +117,20 @@ def alerts_stream(exchange_id: str) -> str:
     return f"alerts:{exchange_part(exchange_id)}"
 
 
-def projection_position(projection: str, exchange_id: str) -> str:
-    return f"proj:{_part('projection', projection)}:{exchange_part(exchange_id)}:last_id"
+def projection_position(projection: str, exchange_id: str, partition: int) -> str:
+    return f"proj:{_part('projection', projection)}:{exchange_part(exchange_id)}:{_partition(partition)}:last_id"
+
+
+def projection_watermark(projection: str, exchange_id: str, partition: int) -> str:
+    return f"proj:{_part('projection', projection)}:{exchange_part(exchange_id)}:{_partition(partition)}:watermark"
+
+
+def lease(group: str, exchange_id: str, partition: int) -> str:
+    return f"lease:{_part('group', group)}:{exchange_part(exchange_id)}:{_partition(partition)}"
+
+
+def workers(group: str, exchange_id: str) -> str:
+    return f"workers:{_part('group', group)}:{exchange_part(exchange_id)}"
 
 
 def markets(exchange_id: str) -> str:

@@ -10,6 +10,7 @@ outside ``streams/`` imports ``redis.exceptions``.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
@@ -17,9 +18,12 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from streams import keys
+from streams.partitions import DEFAULT_PARTITIONS, route
+from streams.partitions import streams as partition_streams
 from tickfold.errors import StoreUnavailable
 from tickfold.settings import mask_url
 
+_log = logging.getLogger(__name__)
 Entry = tuple[bytes, dict[bytes, bytes]]  # (stream id, fields)
 WatchError = redis.exceptions.WatchError
 ResponseError = redis.exceptions.ResponseError
@@ -53,16 +57,23 @@ def parse_id(entry_id: bytes | str) -> tuple[int, int]:
 
 
 async def append_frames(
-    client: aioredis.Redis, exchange_id: str, frames: Iterable[tuple[bytes, int]], *, batch: int = 1000
+    client: aioredis.Redis,
+    exchange_id: str,
+    frames: Iterable[tuple[bytes, int]],
+    *,
+    batch: int = 1000,
+    partitions: int = DEFAULT_PARTITIONS,
 ) -> int:
-    """XADD every (frame, recv_ns) to ``frames:{exchange_id}`` in pipelined batches; returns the count."""
-    stream = keys.frames_stream(exchange_id)
+    """XADD every (frame, recv_ns) to its partition of ``frames:{exchange_id}`` in pipelined batches;
+    returns the count. ``partitions`` applies only if the exchange has none stored yet."""
     count = 0
+    n = await ensure_partitions(client, exchange_id, partitions)
+    streams = [keys.frames_stream(exchange_id, p) for p in range(n)]
     pipe = client.pipeline(transaction=False)
     pending = 0
-    with translated(f"appending to {stream}"):
+    with translated(f"appending to the raw streams of {exchange_id}"):
         for frame, recv_ns in frames:
-            pipe.xadd(stream, {"frame": frame, "recv_ns": recv_ns})
+            pipe.xadd(streams[route(exchange_id, frame, n)], {"frame": frame, "recv_ns": recv_ns})
             pending += 1
             if pending >= batch:
                 await pipe.execute()
@@ -130,5 +141,34 @@ async def entries(
 
 
 async def raw_entries(client: aioredis.Redis, exchange_id: str) -> list[Entry]:
-    """Every raw frame entry of an exchange (all of its raw streams), each stream in order."""
-    return await entries(client, keys.frames_stream(exchange_id))
+    """Every raw frame entry of an exchange (all of its partitions), each partition in order."""
+    out: list[Entry] = []
+    for stream in partition_streams(exchange_id, await stored_partitions(client, exchange_id) or 0):
+        out.extend(await entries(client, stream))
+    return out
+
+
+async def ensure_partitions(client: aioredis.Redis, exchange_id: str, wanted: int = DEFAULT_PARTITIONS) -> int:
+    """The exchange's partition count: the stored one, or ``wanted`` stored now (first writer/reader wins)."""
+    if wanted < 1:
+        raise ValueError(f"partitions must be >= 1, got {wanted}")
+    key = keys.frames_partitions(exchange_id)
+    with translated(f"reading {key}"):
+        await client.set(key, wanted, nx=True)
+        stored: Any = await client.get(key)
+    count = int(stored)
+    if count != wanted:
+        _log.warning(
+            "%s has %d partitions (fixed when its first frame was written); the configured %d is not applied",
+            exchange_id,
+            count,
+            wanted,
+        )
+    return count
+
+
+async def stored_partitions(client: aioredis.Redis, exchange_id: str) -> int | None:
+    """The stored partition count, or None while nothing was written for the exchange."""
+    with translated(f"reading {keys.frames_partitions(exchange_id)}"):
+        stored: Any = await client.get(keys.frames_partitions(exchange_id))
+    return int(stored) if stored is not None else None

@@ -40,7 +40,7 @@ def test_unreachable_redis_fails_clearly_without_the_password() -> None:
 def test_ingest_process_and_read_candles_as_json(redis_url: str) -> None:
     assert tickfold(redis_url, "ingest", "binance", str(require(BINANCE_0404))).returncode == 0
     ingested = tickfold(redis_url, "ingest", "coinbase", str(require(COINBASE_AT)))
-    assert "appended 255 frames to frames:coinbase" in ingested.stdout
+    assert "appended 255 frames to the raw streams of coinbase" in ingested.stdout
     proc = tickfold(redis_url, "process", "--until-idle")
     assert proc.returncode == 0, proc.stderr
     assert "binance: 2028 frames folded" in proc.stdout

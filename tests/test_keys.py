@@ -14,7 +14,10 @@ def test_requirement_key_formats() -> None:
     assert keys.usercandles("u42", "binance", "ETH-USDT", "1h") == "usercandles:u42:binance:ETH-USDT:1h"
     assert keys.candle_close_channel("binance", "BTC-USDT", "1m") == "channel:exchange:binance:candle:close:BTC-USDT:1m"
     assert keys.alerts_channel("coinbase") == "channel:alerts:coinbase"
-    assert keys.frames_stream("binance") == "frames:binance"
+    assert keys.frames_stream("binance", 3) == "frames:binance:p3"
+    assert keys.frames_partitions("binance") == "frames:binance:partitions"
+    assert keys.projection_position("candles", "binance", 0) == "proj:candles:binance:p0:last_id"
+    assert keys.lease("candles", "coinbase", 2) == "lease:candles:coinbase:p2"
     assert keys.dead_letter_stream("binance") == "frames:binance:dead"
     assert keys.closes_stream("coinbase") == "closes:coinbase"
     assert keys.CONTROL_STREAM == "control"
@@ -34,6 +37,8 @@ def test_requirement_key_formats() -> None:
         lambda: keys.usercandles("", "binance", "BTC-USDT", "1m"),
         lambda: keys.usercandles("user:1", "binance", "BTC-USDT", "1m"),
         lambda: keys.candles("binance", "BTC*", "1m"),
+        lambda: keys.frames_stream("binance", -1),
+        lambda: keys.lease("candles", "binance", -2),
     ],
 )
 def test_inputs_that_would_break_a_key_are_rejected(call: object) -> None:

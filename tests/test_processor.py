@@ -13,13 +13,19 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from projections.candles import CandleClosed
 from streams import keys, log
 from tests.realdata import BINANCE_0404, BINANCE_0814, COINBASE_AT, require
-from tests.support import all_candles, close_events, drain, ingest
+from tests.support import all_candles, close_events, drain, entries_read, ingest, pending, raw_streams
 
 pytestmark = pytest.mark.redis
 
 GROUP = "candles"
+
+
+def sorted_closes(events: list[CandleClosed]) -> list[CandleClosed]:
+    """Close events in a canonical order: partitions interleave differently from run to run."""
+    return sorted(events, key=lambda e: (e.candle.symbol, e.candle.timeframe, e.candle.start, e.candle.event_ns))
 
 
 @pytest.fixture
@@ -35,12 +41,13 @@ async def test_redelivered_frames_change_nothing(client: aioredis.Redis) -> None
     candles = await all_candles(client, "binance")
     closes = await close_events(client, "binance")
     # every entry delivered again, as after a crash before the ack: the group rewinds to the start
-    await client.xgroup_setid(keys.frames_stream("binance"), GROUP, "0")
+    for stream in await raw_streams(client, "binance"):
+        await client.xgroup_setid(stream, GROUP, "0")
     stats = (await drain(client, ["binance"]))["binance"]
     assert stats.totals.skipped == n and stats.totals.processed == 0
     assert await all_candles(client, "binance") == candles
     assert await close_events(client, "binance") == closes
-    assert (await client.xpending(keys.frames_stream("binance"), GROUP))["pending"] == 0
+    assert await pending(client, "binance") == 0
 
 
 async def test_the_same_frame_appended_twice_changes_nothing(client: aioredis.Redis) -> None:
@@ -57,13 +64,14 @@ async def test_the_same_frame_appended_twice_changes_nothing(client: aioredis.Re
 
 async def test_entries_delivered_before_a_crash_are_processed_on_restart(client: aioredis.Redis) -> None:
     await ingest(client, "coinbase", COINBASE_AT)
-    stream = keys.frames_stream("coinbase")
-    await log.ensure_group(client, stream, GROUP)
-    # a consumer took 100 entries and died before committing anything
-    taken = await log.read_group(client, stream, GROUP, "worker-1", count=100, block_ms=None)
-    assert len(taken) == 100
-    await drain(client, ["coinbase"])
-    assert (await client.xpending(stream, GROUP))["pending"] == 0
+    # a consumer took 100 entries of every partition and died before committing anything
+    for stream in await raw_streams(client, "coinbase"):
+        await log.ensure_group(client, stream, GROUP)
+        await log.read_group(client, stream, GROUP, "dead-worker", count=100, block_ms=None)
+    assert await pending(client, "coinbase") > 100
+    stats = (await drain(client, ["coinbase"]))["coinbase"]
+    assert stats.claimed == 0 or stats.claimed > 100
+    assert await pending(client, "coinbase") == 0
     # same result as a run that never crashed
     crashed = await all_candles(client, "coinbase")
     await client.flushdb()
@@ -85,20 +93,22 @@ async def test_malformed_frames_go_to_the_dead_letter_stream_and_the_rest_is_fol
     stats = (await drain(client, ["binance"]))["binance"]
     assert stats.totals.dead == 3
     dead = await log.entries(client, keys.dead_letter_stream("binance"))
-    assert [fields[b"frame"] for _, fields in dead] == bad
-    reasons = [fields[b"reason"].decode() for _, fields in dead]
+    by_frame = {fields[b"frame"]: fields[b"reason"].decode() for _, fields in dead}
+    assert sorted(by_frame) == sorted(bad)  # partitions interleave: compare without order
+    reasons = [by_frame[b] for b in bad]
     assert "not a frame" in reasons[0]
     assert "missing required field" in reasons[1]
     assert "FOOXYZ" in reasons[2] and "market list" in reasons[2]
-    ids = [e[0] for e in await log.entries(client, keys.frames_stream("binance"))]
-    assert [fields[b"original_id"] for _, fields in dead] == ids[1:4]
+    for _, fields in dead:  # each dead letter names the entry it came from
+        original = await log.entries(client, fields[b"stream"].decode())
+        assert dict(original)[fields[b"original_id"]][b"frame"] == fields[b"frame"]
     # everything after the bad frames was still folded
     clean = await all_candles(client, "binance")
     await client.flushdb()
     await ingest(client, "binance", BINANCE_0404)
     await drain(client, ["binance"])
     assert await all_candles(client, "binance") == clean
-    assert (await client.xpending(keys.frames_stream("binance"), GROUP))["pending"] == 0
+    assert await pending(client, "binance") == 0
 
 
 def _process(redis_url: str, *extra: str) -> subprocess.Popen[bytes]:
@@ -106,17 +116,16 @@ def _process(redis_url: str, *extra: str) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "tickfold.cli", "--redis-url", redis_url, "process", "--batch-size", "3", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env={**os.environ, "TICKFOLD_LEASE_TTL_MS": "600"},  # a killed owner's partitions free up quickly
     )
 
 
 async def _wait_for_progress(client: aioredis.Redis, exchange_id: str, at_least: int = 1) -> None:
-    stream = keys.frames_stream(exchange_id)
-    for _ in range(400):
-        groups = await client.xinfo_groups(stream) if await client.exists(stream) else []
-        if groups and groups[0]["entries-read"] and groups[0]["entries-read"] >= at_least:
+    for _ in range(500):
+        if await entries_read(client, exchange_id) >= at_least:
             return
         await asyncio.sleep(0.02)
-    raise AssertionError(f"processor made no progress on {stream}")
+    raise AssertionError(f"processor made no progress on {exchange_id}")
 
 
 async def test_kill_9_at_any_moment_loses_nothing_and_double_counts_nothing(redis_url: str) -> None:
@@ -135,11 +144,11 @@ async def test_kill_9_at_any_moment_loses_nothing_and_double_counts_nothing(redi
             await _wait_for_progress(crash, "binance", progress)
             os.kill(proc.pid, signal.SIGKILL)
             proc.communicate(timeout=10)
-        await drain(crash, ["binance", "coinbase"])
+        await drain(crash, ["binance", "coinbase"], lease_ttl_ms=600)
         for ex in ("binance", "coinbase"):
             assert await all_candles(crash, ex) == await all_candles(clean, ex)
-            assert await close_events(crash, ex) == await close_events(clean, ex)
-            assert (await crash.xpending(keys.frames_stream(ex), GROUP))["pending"] == 0
+            assert sorted_closes(await close_events(crash, ex)) == sorted_closes(await close_events(clean, ex))
+            assert await pending(crash, ex) == 0
     finally:
         await clean.flushdb()
         await clean.aclose()
@@ -154,27 +163,32 @@ async def test_sigterm_commits_the_batch_in_hand_and_exits_0(client: aioredis.Re
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()
-    stream = keys.frames_stream("binance")
-    # nothing left delivered-but-unacked, and the stored position is the newest acked entry
-    assert (await client.xpending(stream, GROUP))["pending"] == 0
-    info = (await client.xinfo_groups(stream))[0]
-    assert info["last-delivered-id"] == await client.get(keys.projection_position("candles", "binance"))
+    # nothing left delivered-but-unacked, and each stored position is the newest acked entry
+    assert await pending(client, "binance") == 0
+    for p, stream in enumerate(await raw_streams(client, "binance")):
+        info = (await client.xinfo_groups(stream))[0]
+        if info["last-delivered-id"] != b"0-0":  # (a partition no symbol hashed to has no position)
+            assert info["last-delivered-id"] == await client.get(keys.projection_position("candles", "binance", p))
     assert b"frames folded" in out
 
 
 async def test_a_market_listed_after_the_last_sync_is_folded_once_synced(client: aioredis.Redis) -> None:
     from processors.candles import CandleProcessor
-    from processors.runner import Runner
+    from processors.runner import Runner, RunnerConfig
     from streams.symbols import Market, load_symbol_map, store_markets
 
     kline = next(line for line in require(BINANCE_0404).read_bytes().splitlines() if b"btcusdt@kline_1m" in line)
     fresh = kline.replace(b"btcusdt", b"newusdt").replace(b"BTCUSDT", b"NEWUSDT")
-    proc = CandleProcessor(
-        "binance", await load_symbol_map(client, "binance"), history=100,
-        refresh_symbols=lambda: load_symbol_map(client, "binance"), refresh_every_s=0.0,
-    )  # fmt: skip
-    runner = Runner(client, proc, consumer="w")
-    await log.append_frames(client, "binance", [(fresh, 1)])
+    symbols = await load_symbol_map(client, "binance")
+
+    def make(p: int) -> CandleProcessor:
+        return CandleProcessor(
+            "binance", p, symbols, history=100,
+            refresh_symbols=lambda: load_symbol_map(client, "binance"), refresh_every_s=0.0,
+        )  # fmt: skip
+
+    await log.append_frames(client, "binance", [(fresh, 1)], partitions=2)
+    runner = Runner(client, "binance", GROUP, 2, make, RunnerConfig(consumer="w"))
     assert (await runner.run(until_idle=True)).totals.dead == 1  # not in any market list yet
     await store_markets(client, "binance", [Market("binance", "NEWUSDT", "NEW", "USDT")])
     await log.append_frames(client, "binance", [(fresh, 2)])

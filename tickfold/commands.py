@@ -20,13 +20,13 @@ import uvloop
 from rich.console import Console
 from rich.table import Table
 
-from processors.candles import CandleProcessor
-from processors.runner import Runner, RunStats
+from processors.candles import GROUP, CandleProcessor
+from processors.runner import Runner, RunnerConfig, RunStats
 from projections import store
 from projections.candles import Candle
 from streams import keys, log, recorded
 from streams.frames import DECODERS
-from streams.symbols import bundled, load_symbol_map
+from streams.symbols import SymbolMap, bundled, load_symbol_map
 from tickfold import commands_live
 from tickfold.errors import TickfoldError, UnknownExchange
 from tickfold.runtime import Servers, servers
@@ -102,14 +102,14 @@ def ingest(args: argparse.Namespace, settings: Settings) -> int:
     if not path.is_file():
         raise TickfoldError(f"no such file: {path}")
     with servers(settings, _say) as srv:
-        n = _run(_with_redis(srv.redis_url, lambda c: _ingest(c, exchange_id, path)))
-    out.print(f"appended {n} frames to {keys.frames_stream(exchange_id)}")
+        n = _run(_with_redis(srv.redis_url, lambda c: _ingest(c, exchange_id, path, settings.partitions)))
+    out.print(f"appended {n} frames to the raw streams of {exchange_id} (frames:{exchange_id}:p*)")
     return 0
 
 
-async def _ingest(client: aioredis.Redis, exchange_id: str, path: Path) -> int:
+async def _ingest(client: aioredis.Redis, exchange_id: str, path: Path, partitions: int) -> int:
     try:
-        return await log.append_frames(client, exchange_id, recorded.read_frames(path))
+        return await log.append_frames(client, exchange_id, recorded.read_frames(path), partitions=partitions)
     except ValueError as exc:
         raise TickfoldError(str(exc)) from None
 
@@ -144,21 +144,28 @@ async def run_processors(
     until_idle: bool,
     stop: asyncio.Event | None = None,
 ) -> dict[str, RunStats]:
-    runners = {
-        ex: Runner(
-            client,
-            CandleProcessor(
+    config = RunnerConfig(
+        consumer=settings.consumer_name(),
+        batch_size=settings.batch_size,
+        block_ms=settings.block_ms,
+        lease_ttl_ms=settings.lease_ttl_ms,
+        max_deliveries=settings.max_deliveries,
+    )
+    runners: dict[str, Runner] = {}
+    for ex in exchanges:
+        symbols = await load_symbol_map(client, ex)
+        partitions = await log.ensure_partitions(client, ex, settings.partitions)
+
+        def make(p: int, ex: str = ex, symbols: SymbolMap = symbols) -> CandleProcessor:
+            return CandleProcessor(
                 ex,
-                await load_symbol_map(client, ex),
+                p,
+                symbols,
                 history=settings.candle_history,
                 refresh_symbols=functools.partial(load_symbol_map, client, ex),
-            ),
-            consumer=settings.consumer,
-            batch_size=settings.batch_size,
-            block_ms=settings.block_ms,
-        )
-        for ex in exchanges
-    }
+            )
+
+        runners[ex] = Runner(client, ex, GROUP, partitions, make, config)
     done = await asyncio.gather(*(r.run(until_idle=until_idle, stop=stop) for r in runners.values()))
     return dict(zip(runners, done, strict=True))
 
@@ -217,7 +224,7 @@ async def _demo(client: aioredis.Redis, settings: Settings) -> int:
             if await client.sismember("demo:ingested", digest):
                 _say(f"{exchange_id}: {name} was ingested by an earlier demo run; not appending it twice")
                 continue
-            n = await log.append_frames(client, exchange_id, recorded.read_frames(path))
+            n = await log.append_frames(client, exchange_id, recorded.read_frames(path), partitions=settings.partitions)
             await client.sadd("demo:ingested", digest)
             _say(f"{exchange_id}: appended {n} recorded frames from {name}")
     results = await run_processors(client, settings, list(DEMO_RECORDINGS), until_idle=True)

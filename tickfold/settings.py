@@ -8,6 +8,8 @@ everything tickfold prints.
 
 from __future__ import annotations
 
+import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,7 +36,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     batch_size: int = 500
     block_ms: int = 1000
     candle_history: int = 5000
-    consumer: str = "worker-1"
+    consumer: str = ""  # empty: {hostname}-{pid}
+    partitions: int = 4  # raw-stream partitions per exchange (fixed once an exchange's first frame is written)
+    lease_ttl_ms: int = 5000  # a dead processor's partitions (and pending entries) are claimed after this long
+    max_deliveries: int = 10  # an entry delivered more often than this goes to the dead-letter stream
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -42,13 +47,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             _check_url("redis_url", self.redis_url, _REDIS_SCHEMES)
         if self.database_url is not None:
             _check_url("database_url", self.database_url, _PG_SCHEMES)
-        for name in ("batch_size", "block_ms", "candle_history"):
+        for name in ("batch_size", "block_ms", "candle_history", "partitions", "lease_ttl_ms", "max_deliveries"):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, f"must be > 0, got {getattr(self, name)}")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError("log_level", f"must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
-        if not self.consumer or ":" in self.consumer:
-            raise ConfigError("consumer", f"must be a non-empty name without ':', got {self.consumer!r}")
+        if ":" in self.consumer or any(ch.isspace() for ch in self.consumer):
+            raise ConfigError("consumer", f"must be a name without ':' or spaces, got {self.consumer!r}")
+        if self.lease_ttl_ms < 3 * 100:
+            raise ConfigError(
+                "lease_ttl_ms", f"must be >= 300 (leases are renewed every third of it), got {self.lease_ttl_ms}"
+            )
+
+    def consumer_name(self) -> str:
+        """This process's consumer name in the groups: ``consumer``, or ``{hostname}-{pid}``."""
+        return self.consumer or f"{socket.gethostname()}-{os.getpid()}"
 
     @classmethod
     def load(

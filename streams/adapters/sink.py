@@ -16,7 +16,8 @@ import redis.asyncio as aioredis
 
 from control import events as ev
 from streams import keys
-from streams.log import translated
+from streams.log import ensure_partitions, translated
+from streams.partitions import DEFAULT_PARTITIONS, route
 from tickfold.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,21 @@ async def _retry_forever(what: str, call: object) -> None:
 
 
 class FrameSink:
-    """Appends (frame, recv_ns) to ``frames:{exchange_id}`` in pipelined batches."""
+    """Appends (frame, recv_ns) to the exchange's raw streams ``frames:{exchange_id}:p{n}`` (each frame to
+    its symbol's partition, see streams/partitions.py) in pipelined batches."""
 
-    def __init__(self, client: aioredis.Redis, exchange_id: str, *, batch: int = 512, max_queue: int = 200_000) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        exchange_id: str,
+        *,
+        batch: int = 512,
+        max_queue: int = 200_000,
+        partitions: int = DEFAULT_PARTITIONS,
+    ) -> None:
         self.client = client
-        self.stream = keys.frames_stream(exchange_id)
+        self.exchange_id = exchange_id
+        self.partitions = partitions  # replaced by the stored count when run() starts
         self.batch = batch
         self.queue: asyncio.Queue[tuple[bytes, int] | object] = asyncio.Queue(max_queue)
         self.appended = 0
@@ -60,7 +71,14 @@ class FrameSink:
 
     async def run(self) -> None:
         """Drain the queue until :meth:`close`; returns once everything queued before it is in Redis."""
-        stream = self.stream
+        exchange_id = self.exchange_id
+
+        async def partitions() -> None:
+            self.partitions = await ensure_partitions(self.client, exchange_id, self.partitions)
+
+        await _retry_forever(f"frames:{exchange_id}:partitions", partitions)
+        n = self.partitions
+        streams = [keys.frames_stream(exchange_id, p) for p in range(n)]
         while True:
             item = await self.queue.get()
             items = [item]
@@ -74,13 +92,13 @@ class FrameSink:
             if frames:
                 pipe = self.client.pipeline(transaction=False)
                 for frame, recv_ns in frames:
-                    pipe.xadd(stream, {"frame": frame, "recv_ns": recv_ns})
+                    pipe.xadd(streams[route(exchange_id, frame, n)], {"frame": frame, "recv_ns": recv_ns})
 
                 async def execute(pipe: aioredis.client.Pipeline = pipe) -> None:
-                    with translated(f"appending to {stream}"):
+                    with translated(f"appending to the raw streams of {exchange_id}"):
                         await pipe.execute()
 
-                await _retry_forever(stream, execute)
+                await _retry_forever(f"frames:{exchange_id}", execute)
                 self.appended += len(frames)
             if done:
                 return

@@ -19,10 +19,13 @@ partition, and the partition has one owner: see processors/runner.py). One batch
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -32,13 +35,19 @@ from processors.leases import Fence
 from processors.runner import BatchResult
 from projections import store
 from projections.candles import Candle, CandleBook, CandleClosed
+from projections.trades import Trade, TradeBucket, apply_trade, to_candle
+from projections.watermark import bucket_end, bucket_start, close_due, duration_ms
 from streams import keys
 from streams.frames import (
+    BinanceAggTrade,
     BinanceKlineEvent,
+    BinanceTrade,
     CoinbaseCandlesEvent,
     CoinbaseFrame,
+    CoinbaseTradesEvent,
     Frame,
     decode_frame,
+    parse_rfc3339_ns,
 )
 from streams.log import Entry, WatchError, parse_id, translated
 from streams.symbols import SymbolMap, UnknownSymbol
@@ -99,6 +108,53 @@ def snapshots(exchange_id: str, frame: Frame, symbols: SymbolMap) -> list[tuple[
     return []
 
 
+def trades_of(exchange_id: str, frame: Frame, symbols: SymbolMap) -> list[Trade]:
+    """The trades a decoded frame carries (Binance aggTrade / trade, Coinbase market_trades). Pure."""
+    if isinstance(frame, BinanceAggTrade):
+        return [
+            Trade(
+                exchange=exchange_id, symbol=symbols.canonical(frame.symbol), trade_id=frame.agg_id,
+                price=Decimal(frame.price), qty=Decimal(frame.qty), time_ms=frame.trade_time,
+                taker_buy=not frame.buyer_is_maker, trades=frame.last_trade_id - frame.first_trade_id + 1,
+            )
+        ]  # fmt: skip
+    if isinstance(frame, BinanceTrade):
+        return [
+            Trade(
+                exchange=exchange_id, symbol=symbols.canonical(frame.symbol), trade_id=frame.trade_id,
+                price=Decimal(frame.price), qty=Decimal(frame.qty), time_ms=frame.trade_time,
+                taker_buy=not frame.buyer_is_maker,
+            )
+        ]  # fmt: skip
+    if isinstance(frame, CoinbaseFrame) and frame.channel == "market_trades":
+        out: list[Trade] = []
+        for event in frame.events:
+            assert isinstance(event, CoinbaseTradesEvent)
+            for t in event.trades:
+                try:
+                    trade_id, price, qty = int(t.trade_id), Decimal(t.price), Decimal(t.size)
+                    time_ms = parse_rfc3339_ns(t.time) // 1_000_000
+                except (ValueError, ArithmeticError) as exc:
+                    raise FrameDecodeError(f"market_trades: bad trade {t.trade_id!r}: {exc}") from None
+                out.append(
+                    Trade(
+                        exchange=exchange_id, symbol=symbols.canonical(t.product_id), trade_id=trade_id,
+                        price=price, qty=qty, time_ms=time_ms, taker_buy=t.side == "SELL",
+                    )
+                )  # fmt: skip
+        return out
+    return []
+
+
+def event_ns(frame: Frame) -> int:
+    """The exchange event time of a frame (ns), 0 when it has none. Moves the partition's watermark."""
+    if isinstance(frame, BinanceKlineEvent | BinanceAggTrade | BinanceTrade):
+        return frame.event_time * 1_000_000
+    if isinstance(frame, CoinbaseFrame):
+        return frame.timestamp_ns
+    return 0
+
+
 class DeadLetter(msgspec.Struct, frozen=True):
     entry_id: bytes
     fields: dict[bytes, bytes]
@@ -106,8 +162,35 @@ class DeadLetter(msgspec.Struct, frozen=True):
     unknown_symbol: bool = False
 
 
+@dataclass
+class Item:
+    """One decoded entry: what it changes, and its event time."""
+
+    entry: Entry
+    updates: list[tuple[Candle, bool]]
+    trades: list[Trade]
+    event_ns: int
+
+
+@dataclass
+class Plan:
+    """A decoded batch, in stream order."""
+
+    items: list[Item] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    skipped: int = 0
+
+    @property
+    def event_ns(self) -> int:
+        return max((i.event_ns for i in self.items), default=0)
+
+
+_STATE = msgspec.msgpack.Encoder()
+_STATE_DECODER = msgspec.msgpack.Decoder(TradeBucket)
+
+
 class CandleProcessor:
-    """Folds ``frames:{exchange_id}`` into candle projections; see the module docstring."""
+    """Folds one partition ``frames:{exchange_id}:p{n}`` into candle projections; see the module docstring."""
 
     group = GROUP
 
@@ -118,6 +201,9 @@ class CandleProcessor:
         symbols: SymbolMap,
         *,
         history: int,
+        trade_timeframes: tuple[str, ...] = (),
+        close_grace_ms: int = 5000,
+        state_window: int = 60,
         refresh_symbols: Callable[[], Awaitable[SymbolMap]] | None = None,
         refresh_every_s: float = 30.0,
     ) -> None:
@@ -127,29 +213,34 @@ class CandleProcessor:
         self.refresh_every_s = refresh_every_s
         self._refreshed = float("-inf")
         self.history = history
+        self.trade_timeframes = trade_timeframes
+        self.close_grace_ms = close_grace_ms
+        self.state_window = state_window
         self.partition = partition
         self.stream = keys.frames_stream(exchange_id, partition)
         self.position_key = keys.projection_position(PROJECTION, exchange_id, partition)
+        self.watermark_key = keys.projection_watermark(PROJECTION, exchange_id, partition)
+        self.open_key = keys.open_candles(PROJECTION, exchange_id, partition)
 
-    def plan(
-        self, entries: Sequence[Entry], last_id: tuple[int, int]
-    ) -> tuple[list[tuple[Candle, bool]], list[DeadLetter], int]:
-        """Decode a batch: (snapshots in stream order, dead letters, entries skipped as already folded)."""
-        updates: list[tuple[Candle, bool]] = []
-        dead: list[DeadLetter] = []
-        skipped = 0
+    def plan(self, entries: Sequence[Entry], last_id: tuple[int, int]) -> Plan:
+        """Decode a batch; entries at or before ``last_id`` were folded already and are skipped."""
+        out = Plan()
         for entry_id, fields in entries:
             if parse_id(entry_id) <= last_id:
-                skipped += 1
+                out.skipped += 1
                 continue
             raw = fields.get(b"frame")
             try:
                 if raw is None:
                     raise FrameDecodeError("entry has no 'frame' field")
-                updates.extend(snapshots(self.exchange_id, decode_frame(self.exchange_id, raw), self.symbols))
+                frame = decode_frame(self.exchange_id, raw)
+                updates = snapshots(self.exchange_id, frame, self.symbols)
+                trades = trades_of(self.exchange_id, frame, self.symbols) if self.trade_timeframes else []
             except (FrameDecodeError, KeyFormatError) as exc:
-                dead.append(DeadLetter(entry_id, fields, str(exc), isinstance(exc, UnknownSymbol)))
-        return updates, dead, skipped
+                out.dead.append(DeadLetter(entry_id, fields, str(exc), isinstance(exc, UnknownSymbol)))
+                continue
+            out.items.append(Item((entry_id, fields), updates, trades, event_ns(frame)))
+        return out
 
     async def handle(self, client: aioredis.Redis, entries: Sequence[Entry], fence: Fence) -> BatchResult:
         for _ in range(_MAX_CONFLICT_RETRIES):
@@ -160,26 +251,29 @@ class CandleProcessor:
         raise ProjectionConflict(f"{self.position_key} kept changing during {_MAX_CONFLICT_RETRIES} attempts")
 
     async def _commit(self, client: aioredis.Redis, entries: Sequence[Entry], fence: Fence) -> BatchResult:
-        closes: list[CandleClosed] = []
         with translated(f"committing candles of {self.stream}"):
             async with client.pipeline(transaction=True) as pipe:
                 await pipe.watch(self.position_key, fence.key)
                 await fence.check(pipe)
                 raw_last: Any = await pipe.get(self.position_key)
+                raw_mark: Any = await pipe.get(self.watermark_key)
                 last_id = parse_id(raw_last) if raw_last else (0, 0)
-                updates, dead, skipped = self.plan(entries, last_id)
-                if any(d.unknown_symbol for d in dead) and await self._refresh():
-                    updates, dead, skipped = self.plan(entries, last_id)  # a market listed since the last sync
-                books = await self._books(client, updates)
-                for candle, close_older in updates:
-                    book = books[keys.candles(candle.exchange, candle.symbol, candle.timeframe)]
-                    closes.extend(book.apply(candle, close_older=close_older))
+                plan = self.plan(entries, last_id)
+                if any(d.unknown_symbol for d in plan.dead) and await self._refresh():
+                    plan = self.plan(entries, last_id)  # a market listed since the last sync
+                watermark = max(int(raw_mark or 0), plan.event_ns)
+                due = await self._due(client, watermark)
+                books, states = await self._load(client, plan, due)
+                stored_states = {k for k, v in states.items() if v is not None}
+                closes = self._fold(plan, books, states, due, int(raw_mark or 0))
                 pipe.multi()  # type: ignore[no-untyped-call]
-                self._queue(pipe, books, closes, dead, entries, raw_last)
+                self._queue(pipe, books, states, stored_states, due, closes, plan.dead, entries, raw_last, watermark)
                 await pipe.execute()
             if closes:
                 await self._publish(client, closes)
-        return BatchResult(processed=len(entries) - skipped, skipped=skipped, dead=len(dead), events=len(closes))
+        return BatchResult(
+            processed=len(entries) - plan.skipped, skipped=plan.skipped, dead=len(plan.dead), events=len(closes)
+        )
 
     async def _refresh(self) -> bool:
         """Re-read the market list (at most every ``refresh_every_s``; monotonic clock, not event time)."""
@@ -189,40 +283,167 @@ class CandleProcessor:
         self.symbols = await self.refresh_symbols()
         return True
 
-    async def _books(self, client: aioredis.Redis, updates: list[tuple[Candle, bool]]) -> dict[str, CandleBook]:
+    async def _due(self, client: aioredis.Redis, watermark_ns: int) -> list[tuple[str, int]]:
+        """Open candles of this partition whose end + grace is at or before the watermark."""
+        limit_ms = watermark_ns // 1_000_000 - self.close_grace_ms
+        members: Any = await client.zrangebyscore(self.open_key, "-inf", limit_ms)
+        out: list[tuple[str, int]] = []
+        for m in members:
+            key, _, start = m.decode().rpartition("|")
+            out.append((key, int(start)))
+        return out
+
+    async def _load(
+        self, client: aioredis.Redis, plan: Plan, due: list[tuple[str, int]]
+    ) -> tuple[dict[str, CandleBook], dict[tuple[str, int], TradeBucket | None]]:
         wanted: dict[str, set[int]] = defaultdict(set)
-        for candle, _ in updates:
+        for candle, _ in (u for i in plan.items for u in i.updates):
             wanted[keys.candles(candle.exchange, candle.symbol, candle.timeframe)].add(candle.start)
+        state_wanted: set[tuple[str, int]] = set()
+        for tf in self.trade_timeframes:
+            for t in (t for i in plan.items for t in i.trades):
+                start = bucket_start(tf, t.time_ms)
+                wanted[keys.candles(t.exchange, t.symbol, tf)].add(start)
+                state_wanted.add((keys.trade_state(t.exchange, t.symbol, tf), start))
+        for key, start in due:
+            wanted[key].add(start)
         loaded = await store.load_series(client, wanted)
-        return {key: CandleBook(candles) for key, candles in loaded.items()}
+        states: dict[tuple[str, int], TradeBucket | None] = {}
+        if state_wanted:
+            order = sorted(state_wanted)
+            pipe = client.pipeline(transaction=False)
+            for key, start in order:
+                pipe.zrange(key, start, start, byscore=True)
+            replies: Any = await pipe.execute()
+            for item, members in zip(order, replies, strict=True):
+                states[item] = _STATE_DECODER.decode(members[0]) if members else None
+        return {key: CandleBook(candles) for key, candles in loaded.items()}, states
+
+    def _fold(
+        self,
+        plan: Plan,
+        books: dict[str, CandleBook],
+        states: dict[tuple[str, int], TradeBucket | None],
+        due: list[tuple[str, int]],
+        before: int,
+    ) -> list[CandleClosed]:
+        """Apply the batch entry by entry: its candle snapshots, its trades, then the watermark it moves
+        and the open candles that closes. Per entry, so batch boundaries never change the outcome."""
+        closes: list[CandleClosed] = []
+        grace_ns = self.close_grace_ms * 1_000_000
+        pending: list[tuple[int, str, int]] = []  # (end + grace in ns, series key, start): may close here
+        for key, start in due:
+            if (c := books[key].candles.get(start)) is not None and not c.closed:
+                heapq.heappush(pending, (bucket_end(c.timeframe, start) * 1_000_000 + grace_ns, key, start))
+        mark = before  # the partition's watermark before this batch
+        for item in plan.items:
+            touched: list[tuple[str, int]] = []
+            for candle, close_older in item.updates:
+                key = keys.candles(candle.exchange, candle.symbol, candle.timeframe)
+                closes.extend(books[key].apply(candle, close_older=close_older))
+                touched.append((key, candle.start))
+            for tf in self.trade_timeframes:
+                touched.extend(self._apply_trades(item, tf, books, states, plan.dead, closes))
+            for key, start in touched:
+                c = books[key].candles.get(start)
+                if c is not None and not c.closed:
+                    heapq.heappush(pending, (bucket_end(c.timeframe, start) * 1_000_000 + grace_ns, key, start))
+            mark = max(mark, item.event_ns)
+            while pending and pending[0][0] <= mark:
+                _, key, start = heapq.heappop(pending)
+                c = books[key].candles.get(start)
+                if c is not None and not c.closed:
+                    for event in close_due([c], mark, self.close_grace_ms):
+                        books[key].put(event.candle)
+                        closes.append(event)
+        return closes
+
+    def _apply_trades(
+        self,
+        item: Item,
+        tf: str,
+        books: dict[str, CandleBook],
+        states: dict[tuple[str, int], TradeBucket | None],
+        dead: list[DeadLetter],
+        closes: list[CandleClosed],
+    ) -> list[tuple[str, int]]:
+        touched: dict[tuple[str, int], tuple[str, str]] = {}
+        late = False
+        for t in item.trades:
+            start = bucket_start(tf, t.time_ms)
+            skey = keys.trade_state(t.exchange, t.symbol, tf)
+            ckey = keys.candles(t.exchange, t.symbol, tf)
+            if states.get((skey, start)) is None and start in books[ckey].candles:
+                # the bucket's exact state (needed to tell a new trade from a repeat) is no longer kept
+                if not late:  # the frame's other trades are folded; this one is set aside, visibly
+                    why = (
+                        f"trade {t.trade_id} for {tf} bucket {start} is older than the last {self.state_window} buckets"
+                    )
+                    dead.append(DeadLetter(item.entry[0], item.entry[1], why))
+                late = True
+                continue
+            states[(skey, start)] = apply_trade(states.get((skey, start)), t, duration_ms(tf, start))
+            touched[(skey, start)] = (ckey, t.symbol)
+        out: list[tuple[str, int]] = []
+        for (skey, start), (ckey, symbol) in sorted(touched.items()):
+            bucket = states[(skey, start)]
+            assert bucket is not None
+            built = to_candle(bucket, exchange=self.exchange_id, symbol=symbol, timeframe=tf)
+            closes.extend(books[ckey].apply(built))
+            out.append((ckey, start))
+        return out
 
     def _queue(
         self,
         pipe: Any,
         books: dict[str, CandleBook],
+        states: dict[tuple[str, int], TradeBucket | None],
+        stored_states: set[tuple[str, int]],
+        due: list[tuple[str, int]],
         closes: list[CandleClosed],
         dead: list[DeadLetter],
         entries: Sequence[Entry],
         raw_last: bytes | None,
+        watermark: int,
     ) -> None:
+        closed_members = [
+            f"{key}|{start}" for key, start in due if (c := books[key].candles.get(start)) is None or c.closed
+        ]
+        opened: dict[str, int] = {}
         for key, book in books.items():
-            for start in sorted(book.dirty):
-                store.queue_put(pipe, key, book.candles[start], history=self.history)
+            dirty = [book.candles[start] for start in sorted(book.dirty)]
+            store.queue_series(pipe, key, dirty, history=self.history, stored=book.stored)
+            for candle in dirty:
+                member = f"{key}|{candle.start}"
+                if candle.closed:
+                    closed_members.append(member)
+                else:
+                    opened[member] = bucket_end(candle.timeframe, candle.start)
+        if closed_members:
+            pipe.zrem(self.open_key, *closed_members)
+        if opened:
+            pipe.zadd(self.open_key, opened)
+        by_series: dict[str, dict[bytes, int]] = defaultdict(dict)
+        for (skey, start), bucket in states.items():
+            if bucket is not None:
+                by_series[skey][_STATE.encode(bucket)] = start
+        for skey, members in by_series.items():
+            for start in members.values():
+                if (skey, start) in stored_states:
+                    pipe.zremrangebyscore(skey, start, start)
+            pipe.zadd(skey, members)
+            pipe.zremrangebyrank(skey, 0, -(self.state_window + 1))
         closes_stream = keys.closes_stream(self.exchange_id)
         for event in closes:
             pipe.xadd(closes_stream, {"event": store.encode(event)})
         dead_stream = keys.dead_letter_stream(self.exchange_id)
         for d in dead:
-            fields = {
-                **d.fields,
-                b"reason": d.reason.encode(),
-                b"original_id": d.entry_id,
-                b"stream": self.stream.encode(),
-            }
-            pipe.xadd(dead_stream, fields)
+            why = {b"reason": d.reason.encode(), b"original_id": d.entry_id, b"stream": self.stream.encode()}
+            pipe.xadd(dead_stream, {**d.fields, **why})
         newest = max((e[0] for e in entries), key=parse_id)
         if raw_last is None or parse_id(newest) > parse_id(raw_last):
             pipe.set(self.position_key, newest)
+        pipe.set(self.watermark_key, watermark)
         pipe.xack(self.stream, self.group, *[e[0] for e in entries])
 
     async def _publish(self, client: aioredis.Redis, closes: list[CandleClosed]) -> None:

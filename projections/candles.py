@@ -80,6 +80,7 @@ class CandleBook:
 
     def __init__(self, candles: dict[int, Candle]) -> None:
         self.candles = dict(candles)
+        self.stored = frozenset(candles)  # buckets that exist in the store (a put must replace them)
         self.latest = max(candles) if candles else None
         self.dirty: set[int] = set()
 
@@ -100,6 +101,10 @@ class CandleBook:
         if event is not None:
             events.append(event)
         return events
+
+    def put(self, candle: Candle) -> None:
+        """Store a candle decided elsewhere (a watermark close) as changed."""
+        self._put(candle)
 
     def _put(self, candle: Candle) -> None:
         self.candles[candle.start] = candle

@@ -8,7 +8,7 @@ bounded to ``history`` buckets; ``index:candles:{exchange_id}`` lists the series
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -57,10 +57,22 @@ async def load_series(client: aioredis.Redis, wanted: Mapping[str, Iterable[int]
 
 def queue_put(pipe: Any, key: str, candle: Candle, *, history: int) -> None:
     """Queue (in a MULTI) the replacement of one bucket and the trim of the series to ``history``."""
-    pipe.zremrangebyscore(key, candle.start, candle.start)
-    pipe.zadd(key, {encode(candle): candle.start})
+    queue_series(pipe, key, [candle], history=history)
+
+
+def queue_series(
+    pipe: Any, key: str, candles: list[Candle], *, history: int, stored: Collection[int] | None = None
+) -> None:
+    """Queue (in a MULTI) the replacement of several buckets of one series, then one trim to ``history``.
+    ``stored``: the starts known to exist (only those need removing first); None: any may exist."""
+    if not candles:
+        return
+    for candle in candles:
+        if stored is None or candle.start in stored:
+            pipe.zremrangebyscore(key, candle.start, candle.start)
+    pipe.zadd(key, {encode(c): c.start for c in candles})
     pipe.zremrangebyrank(key, 0, -(history + 1))
-    pipe.sadd(keys.candle_index(candle.exchange), key)
+    pipe.sadd(keys.candle_index(candles[0].exchange), key)
 
 
 async def read_candles(

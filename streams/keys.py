@@ -18,6 +18,8 @@ Streams and bookkeeping (DESIGN.md):
     control                         commands + lifecycle events (the source of truth)
     proj:{name}:{exchange_id}:p{n}:last_id    the raw-stream position a projection reflects
     proj:{name}:{exchange_id}:p{n}:watermark  the newest event time (ns) seen in that partition
+    proj:{name}:{exchange_id}:p{n}:open       open candles of that partition (series|start, scored by end ms)
+    tradestate:{exchange_id}:{symbol}:{timeframe}   exact state of trade-built buckets (sorted set by start)
     lease:{group}:{exchange_id}:p{n}          which consumer owns a partition (token, with a TTL)
     workers:{group}:{exchange_id}             live consumers of a group (sorted set, score = expiry ms)
     markets:{exchange_id}           native symbol -> market (base, quote, status), from exchange metadata
@@ -29,6 +31,7 @@ ambiguous, so they raise :class:`KeyFormatError`.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from tickfold.errors import KeyFormatError
@@ -48,6 +51,7 @@ def _part(name: str, value: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=65_536)
 def exchange_part(exchange_id: str) -> str:
     _part("exchange_id", exchange_id)
     if not _EXCHANGE_RE.match(exchange_id):
@@ -55,6 +59,7 @@ def exchange_part(exchange_id: str) -> str:
     return exchange_id
 
 
+@functools.lru_cache(maxsize=65_536)
 def timeframe_part(timeframe: str) -> str:
     _part("timeframe", timeframe)
     if not _TIMEFRAME_RE.match(timeframe):
@@ -62,6 +67,7 @@ def timeframe_part(timeframe: str) -> str:
     return timeframe
 
 
+@functools.lru_cache(maxsize=65_536)
 def candles(exchange_id: str, symbol: str, timeframe: str) -> str:
     return f"candles:{exchange_part(exchange_id)}:{_part('symbol', symbol)}:{timeframe_part(timeframe)}"
 
@@ -80,6 +86,7 @@ def usercandles(user_id: str, exchange_id: str, symbol: str, timeframe: str) -> 
     )
 
 
+@functools.lru_cache(maxsize=65_536)
 def candle_close_channel(exchange_id: str, symbol: str, timeframe: str) -> str:
     return (
         f"channel:exchange:{exchange_part(exchange_id)}:candle:close:"
@@ -146,3 +153,12 @@ def candle_index(exchange_id: str) -> str:
 def gaps(exchange_id: str, symbol: str, timeframe: str) -> str:
     """A sorted set of the bucket starts (epoch ms, as score and member) known missing and not recoverable."""
     return f"gaps:{exchange_part(exchange_id)}:{_part('symbol', symbol)}:{timeframe_part(timeframe)}"
+
+
+def open_candles(projection: str, exchange_id: str, partition: int) -> str:
+    return f"proj:{_part('projection', projection)}:{exchange_part(exchange_id)}:{_partition(partition)}:open"
+
+
+@functools.lru_cache(maxsize=65_536)
+def trade_state(exchange_id: str, symbol: str, timeframe: str) -> str:
+    return f"tradestate:{exchange_part(exchange_id)}:{_part('symbol', symbol)}:{timeframe_part(timeframe)}"

@@ -27,7 +27,7 @@ from projections.candles import Candle
 from streams import keys, log, recorded
 from streams.frames import DECODERS
 from streams.symbols import SymbolMap, bundled, load_symbol_map
-from tickfold import commands_live
+from tickfold import commands_gaps, commands_live
 from tickfold.errors import TickfoldError, UnknownExchange
 from tickfold.runtime import Servers, servers
 from tickfold.settings import Settings
@@ -64,6 +64,7 @@ def dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int:
         "exchanges": commands_live.exchanges,
         "ingest-live": commands_live.ingest_live,
         "simulate": commands_live.simulate,
+        "gaps": commands_gaps.gaps,
         "markets": commands_live.markets,
     }
     return handlers[command](args, settings)
@@ -162,6 +163,8 @@ async def run_processors(
                 p,
                 symbols,
                 history=settings.candle_history,
+                trade_timeframes=settings.trade_timeframes(ex),
+                close_grace_ms=settings.close_grace_ms,
                 refresh_symbols=functools.partial(load_symbol_map, client, ex),
             )
 

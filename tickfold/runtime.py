@@ -86,7 +86,6 @@ def _embedded_postgres(root: Path, say: Say) -> Iterator[str]:
         say("PostgreSQL: private server stopped (data kept)")
 
 
-
 @contextlib.contextmanager
 def servers(settings: Settings, say: Say, *, postgres: bool = False) -> Iterator[Servers]:
     """The servers a command uses, announced with ``say`` (passwords masked)."""

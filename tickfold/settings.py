@@ -36,10 +36,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     batch_size: int = 500
     block_ms: int = 1000
     candle_history: int = 5000
+    backfill_history: int = 300  # closed candles per symbol/timeframe the warm-up backfills from REST
     consumer: str = ""  # empty: {hostname}-{pid}
     partitions: int = 4  # raw-stream partitions per exchange (fixed once an exchange's first frame is written)
     lease_ttl_ms: int = 5000  # a dead processor's partitions (and pending entries) are claimed after this long
     max_deliveries: int = 10  # an entry delivered more often than this goes to the dead-letter stream
+    trade_candles: str = "coinbase:1m"  # exchange:timeframe pairs built from trades (comma-separated)
+    close_grace_ms: int = 5000  # an open candle closes once event time passes its end plus this
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -47,17 +50,30 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             _check_url("redis_url", self.redis_url, _REDIS_SCHEMES)
         if self.database_url is not None:
             _check_url("database_url", self.database_url, _PG_SCHEMES)
-        for name in ("batch_size", "block_ms", "candle_history", "partitions", "lease_ttl_ms", "max_deliveries"):
+        positive = ("batch_size", "block_ms", "candle_history", "backfill_history", "partitions", "lease_ttl_ms")
+        for name in (*positive, "max_deliveries"):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, f"must be > 0, got {getattr(self, name)}")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError("log_level", f"must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         if ":" in self.consumer or any(ch.isspace() for ch in self.consumer):
             raise ConfigError("consumer", f"must be a name without ':' or spaces, got {self.consumer!r}")
+        for pair in filter(None, self.trade_candles.split(",")):
+            ex, sep, tf = pair.strip().partition(":")
+            if not sep or not ex or not tf or not tf[:-1].isdigit() or tf[-1] not in "mhdwM":
+                raise ConfigError("trade_candles", f"expected exchange:timeframe pairs like coinbase:1m, got {pair!r}")
+        if self.close_grace_ms < 0:
+            raise ConfigError("close_grace_ms", f"must be >= 0, got {self.close_grace_ms}")
         if self.lease_ttl_ms < 3 * 100:
             raise ConfigError(
                 "lease_ttl_ms", f"must be >= 300 (leases are renewed every third of it), got {self.lease_ttl_ms}"
             )
+
+    def trade_timeframes(self, exchange_id: str) -> tuple[str, ...]:
+        """The timeframes of ``exchange_id`` built from its trades (``trade_candles``)."""
+        return tuple(
+            tf for ex, _, tf in (p.partition(":") for p in self.trade_candles.split(",") if p) if ex == exchange_id
+        )
 
     def consumer_name(self) -> str:
         """This process's consumer name in the groups: ``consumer``, or ``{hostname}-{pid}``."""

@@ -1,0 +1,208 @@
+"""Consumer-group scaling: K processor processes, joining and leaving, killed and restarted, give
+exactly the candles one uninterrupted process gives (DESIGN invariants 1, 3 and 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from projections.trades import Trade, fold_trades
+from streams import log
+from streams.partitions import partition_of
+from tests.support import all_candles, drain, entries_read, pending
+
+pytestmark = pytest.mark.redis
+
+DAY_START_MS = 1_786_233_600_000  # 2026-08-09 00:00 UTC
+PRODUCTS = [
+    f"{base}-USD" for base in ("BTC", "ETH", "SOL", "ADA", "DOT", "LTC", "XRP", "AVAX", "LINK", "UNI", "AAVE", "ATOM")
+]
+ENV = {**os.environ, "TICKFOLD_LEASE_TTL_MS": "600", "TICKFOLD_PARTITIONS": "4"}
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+
+
+def synthetic_day(seed: int = 7, every_ms: int = 60_000) -> list[bytes]:
+    """A day of Coinbase market_trades frames for 12 products: 1-3 trades per frame, prices on a
+    seeded random walk, now and then a frame repeating the previous one's trades (as the snapshot
+    after a resubscribe does), and a heartbeat-less quiet hour for one product."""
+    rnd = random.Random(seed)
+    frames: list[tuple[int, bytes]] = []
+    for n, product in enumerate(PRODUCTS):
+        price = Decimal(rnd.randint(1, 60_000))
+        trade_id = 1_000_000 * (n + 1)
+        previous: list[dict[str, str]] = []
+        for t in range(DAY_START_MS + n * 997, DAY_START_MS + 86_400_000, every_ms):
+            if product == "ADA-USD" and DAY_START_MS + 3_600_000 <= t < DAY_START_MS + 7_200_000:
+                continue
+            trades = []
+            for k in range(rnd.randint(1, 3)):
+                trade_id += 1
+                price = max(Decimal("0.01"), price + Decimal(rnd.randint(-500, 500)) / 100)
+                trades.append({
+                    "product_id": product, "trade_id": str(trade_id), "price": str(price),
+                    "size": str(Decimal(rnd.randint(1, 10_000)) / 1000), "time": _iso(t + k),
+                    "side": rnd.choice(["BUY", "SELL"]),
+                })  # fmt: skip
+            events = [{"type": "update", "trades": list(reversed(trades))}]  # Coinbase lists newest first
+            if previous and rnd.random() < 0.05:
+                events.append({"type": "update", "trades": previous})
+            previous = trades
+            frame = {"channel": "market_trades", "timestamp": _iso(t + 5), "sequence_num": 0, "events": events}
+            frames.append((t, json.dumps(frame, separators=(",", ":")).encode()))
+    frames.sort(key=lambda f: f[0])
+    return [f for _, f in frames]
+
+
+@pytest.fixture(scope="module")
+def day() -> list[bytes]:
+    return synthetic_day()
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    c = aioredis.Redis.from_url(redis_url)
+    yield c
+    await c.aclose()
+
+
+def _spawn(url: str, *extra: str, capture: bool = False) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "tickfold.cli", "--redis-url", url, "process", "--exchange", "coinbase", *extra]
+    out = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen(cmd, stdout=out, stderr=out, text=True, env=ENV)
+
+
+def _folded(out: str) -> int:
+    """Frames a process reports it folded (``coinbase: N frames folded ...``)."""
+    return int(out.split("coinbase: ", 1)[1].split(" ", 1)[0])
+
+
+_REFERENCE: dict[int, dict[Any, Any]] = {}
+
+
+async def _reference(url: str, frames: list[bytes]) -> dict[Any, Any]:
+    """The candles of one uninterrupted in-process run over ``frames`` (on database 15; computed once)."""
+    if len(frames) in _REFERENCE:
+        return _REFERENCE[len(frames)]
+    ref = aioredis.Redis.from_url(url.rsplit("/", 1)[0] + "/15")
+    try:
+        await ref.flushdb()
+        await log.append_frames(ref, "coinbase", [(f, 0) for f in frames], partitions=4)
+        await drain(ref, ["coinbase"])
+        _REFERENCE[len(frames)] = await all_candles(ref, "coinbase")
+        return _REFERENCE[len(frames)]
+    finally:
+        await ref.flushdb()
+        await ref.aclose()
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+async def test_k_processes_until_idle_give_the_candles_of_one(
+    k: int, day: list[bytes], client: aioredis.Redis, redis_url: str
+) -> None:
+    expected = await _reference(redis_url, day)
+    assert {s for s, _, _ in expected} == set(PRODUCTS)  # 1m candles of every product, from its trades
+    assert sum(c.closed for c in expected.values()) > len(expected) * 0.99  # closed by the event-time watermark
+    await log.append_frames(client, "coinbase", [(f, 0) for f in day], partitions=4)
+    procs = [_spawn(redis_url, "--until-idle", capture=True) for _ in range(k)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    # every frame folded exactly once over all processes, nothing left pending, the same candles
+    assert sum(_folded(out) for out, _ in outs) == len(day)
+    assert await pending(client, "coinbase") == 0
+    got = await all_candles(client, "coinbase")
+    assert got == expected
+
+
+async def test_workers_joining_and_leaving_mid_stream(day: list[bytes], client: aioredis.Redis, redis_url: str) -> None:
+    expected = await _reference(redis_url, day)
+    await log.append_frames(client, "coinbase", [(f, 0) for f in day], partitions=4)
+    first = _spawn(redis_url, "--batch-size", "20")
+    await _progress(client, len(day) // 10)
+    joined = [_spawn(redis_url, "--batch-size", "20") for _ in range(2)]
+    await _progress(client, len(day) // 3)
+    joined[0].send_signal(signal.SIGTERM)  # one leaves cleanly
+    assert joined[0].wait(timeout=30) == 0
+    await _progress(client, len(day) // 2)
+    os.kill(joined[1].pid, signal.SIGKILL)  # one dies
+    joined[1].wait(timeout=10)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=30) == 0
+    await drain(client, ["coinbase"], lease_ttl_ms=600)  # a fresh instance finishes, claiming the dead one's entries
+    assert await pending(client, "coinbase") == 0
+    assert await all_candles(client, "coinbase") == expected
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_kill_9_at_random_points_then_restart(
+    seed: int, day: list[bytes], client: aioredis.Redis, redis_url: str
+) -> None:
+    expected = await _reference(redis_url, day)
+    await log.append_frames(client, "coinbase", [(f, 0) for f in day], partitions=4)
+    rnd = random.Random(seed)
+    for point in sorted(rnd.sample(range(200, len(day) - 200), 3)):
+        procs = [_spawn(redis_url, "--batch-size", str(rnd.choice([1, 7, 50]))) for _ in range(rnd.choice([1, 2]))]
+        await _progress(client, point)
+        await asyncio.sleep(rnd.random() * 0.05)
+        for p in procs:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+    await drain(client, ["coinbase"], lease_ttl_ms=600)
+    assert await pending(client, "coinbase") == 0
+    assert await all_candles(client, "coinbase") == expected
+
+
+async def _progress(client: aioredis.Redis, at_least: int) -> None:
+    for _ in range(1500):
+        if await entries_read(client, "coinbase") >= at_least:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the processors did not reach {at_least} entries")
+
+
+@st.composite
+def _trades(draw: st.DrawFn) -> list[Trade]:
+    symbols = draw(st.lists(st.sampled_from(PRODUCTS), min_size=1, max_size=5, unique=True))
+    out = []
+    for i in range(draw(st.integers(1, 60))):
+        out.append(
+            Trade(
+                exchange="coinbase", symbol=draw(st.sampled_from(symbols)), trade_id=i,
+                price=Decimal(draw(st.integers(1, 10_000))) / 100, qty=Decimal(draw(st.integers(1, 10_000))) / 1000,
+                time_ms=DAY_START_MS + draw(st.integers(0, 600_000)), taker_buy=draw(st.booleans()),
+            )
+        )  # fmt: skip
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(trades=_trades(), k=st.integers(1, 8), rnd=st.randoms(use_true_random=False), data=st.data())
+def test_any_trades_shuffled_duplicated_and_split_over_k_partitions_fold_alike(
+    trades: list[Trade], k: int, rnd: random.Random, data: st.DataObject
+) -> None:
+    expected = fold_trades(trades, 60_000)
+    noisy = trades + data.draw(st.lists(st.sampled_from(trades), max_size=20))  # repeats
+    rnd.shuffle(noisy)
+    merged: dict[Any, Any] = {}
+    for p in range(k):  # each partition's owner folds its symbols' trades, in whatever order they came
+        part = fold_trades([t for t in noisy if partition_of(t.symbol, k) == p], 60_000)
+        assert not set(part) & set(merged)  # a bucket is never folded by two owners
+        merged.update(part)
+    assert merged == expected

@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     mk_sync = mk_sub.add_parser("sync", help="fetch the market list from the exchange's REST API into Redis")
     mk_sync.add_argument("exchange")
 
+    gp = sub.add_parser("gaps", help="missing candle buckets: marked by a backfill, and holes in the stored series")
+    gp.add_argument("exchange", help="exchange id: binance or coinbase")
+    gp.add_argument("symbol", nargs="?", help="only this symbol: BTCUSDT / BTC-USD or canonical BTC-USDT")
+    gp.add_argument("timeframe", nargs="?", help="only this timeframe: 1m, 5m, 1h, ...")
+    gp.add_argument("--json", action="store_true", help="a JSON array of runs of missing buckets")
     sim = sub.add_parser("simulate", help="run the local exchange simulator (Binance + Coinbase, WS + REST)")
     sim.add_argument("--port", type=int, default=8765)
     sim.add_argument("--recorded", action="store_true", help="replay the shipped recordings (looping, re-timed to now)")

@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 from processors.leases import Fence, LeaseLost, Membership
 from streams import keys
 from streams.log import Entry, ensure_group, parse_id, translated
+from streams.trim import trim
 from tickfold.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ class RunnerConfig:
     lease_ttl_ms: int = 5000
     max_deliveries: int = 10
     max_retries: int = 8
+    stream_max_len: int = 1_000_000  # raw entries kept per partition (never trimming unacknowledged ones)
+    stream_max_age_ms: int = 7 * 86_400_000
+    trim_every_s: float = 10.0
 
 
 class Runner:
@@ -113,6 +117,7 @@ class Runner:
             await self._retrying(functools.partial(ensure_group, self.client, h.stream, h.group))
         renew_every = cfg.lease_ttl_ms / 3000
         next_balance = 0.0
+        next_trim = time.monotonic() + cfg.trim_every_s
         try:
             while not stop.is_set():
                 if time.monotonic() >= next_balance:
@@ -124,6 +129,9 @@ class Runner:
                         self.stats.partitions_taken += 1
                         await self._recover(p)
                 held = sorted(self.membership.held)
+                if time.monotonic() >= next_trim:
+                    next_trim = time.monotonic() + cfg.trim_every_s
+                    await self._trim(held)
                 block = min(cfg.block_ms, int(renew_every * 1000))
                 got = await self._read(held, block_ms=None if until_idle else block) if held else {}
                 if not any(got.values()):
@@ -140,6 +148,22 @@ class Runner:
             with contextlib.suppress(StoreUnavailable):
                 await self.membership.leave()
         return self.stats
+
+    async def _trim(self, held: list[int]) -> None:
+        """Bound the partitions this instance owns (count and age), behind the group's acknowledgements."""
+        for p in held:
+            removed = await self._retrying(
+                functools.partial(
+                    trim,
+                    self.client,
+                    self.handlers[p].stream,
+                    (self.group,),
+                    max_len=self.config.stream_max_len,
+                    max_age_ms=self.config.stream_max_age_ms,
+                )
+            )
+            if removed:
+                log.info("%s: trimmed %d acknowledged entries", self.handlers[p].stream, removed)
 
     async def _read(self, held: list[int], *, block_ms: int | None) -> dict[int, list[Entry]]:
         streams: dict[Any, Any] = {self.handlers[p].stream: ">" for p in held}

@@ -195,3 +195,25 @@ async def test_a_market_listed_after_the_last_sync_is_folded_once_synced(client:
     assert (await runner.run(until_idle=True)).totals.dead == 1  # the second one was folded
     folded = (await all_candles(client, "binance"))[("NEW-USDT", "1m", 1617566580000)]
     assert folded.trades == json.loads(fresh)["data"]["k"]["n"]
+
+
+async def test_trimming_keeps_everything_not_yet_acknowledged(client: aioredis.Redis) -> None:
+    from streams.trim import trim
+
+    await ingest(client, "binance", BINANCE_0404)
+    stream = (await raw_streams(client, "binance"))[0]
+    n = await client.xlen(stream)
+    await log.ensure_group(client, stream, GROUP)
+    # the group has taken 100 entries and acknowledged the first 60; the next 40 are pending
+    taken = await log.read_group(client, stream, GROUP, "w", count=100, block_ms=None)
+    await client.xack(stream, GROUP, *[eid for eid, _ in taken[:60]])
+    assert await trim(client, stream, (GROUP,), max_len=0, max_age_ms=0) == 60
+    left = await log.entries(client, stream)
+    assert len(left) == n - 60 and left[0][0] == taken[60][0]  # the oldest pending entry is kept
+    # by count: with everything acknowledged, only the newest max_len stay
+    await drain(client, ["binance"])
+    assert await trim(client, stream, (GROUP,), max_len=25, max_age_ms=10**12) == n - 60 - 25
+    assert [e[0] for e in await log.entries(client, stream)] == [e[0] for e in left[-25:]]
+    # a group that has not read anything yet keeps the whole stream
+    await client.xgroup_create(stream, "late", id="0")
+    assert await trim(client, stream, (GROUP, "late"), max_len=0, max_age_ms=0) == 0

@@ -151,6 +151,8 @@ async def run_processors(
         block_ms=settings.block_ms,
         lease_ttl_ms=settings.lease_ttl_ms,
         max_deliveries=settings.max_deliveries,
+        stream_max_len=settings.stream_max_len,
+        stream_max_age_ms=settings.stream_max_age_ms,
     )
     runners: dict[str, Runner] = {}
     for ex in exchanges:

@@ -41,6 +41,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     partitions: int = 4  # raw-stream partitions per exchange (fixed once an exchange's first frame is written)
     lease_ttl_ms: int = 5000  # a dead processor's partitions (and pending entries) are claimed after this long
     max_deliveries: int = 10  # an entry delivered more often than this goes to the dead-letter stream
+    stream_max_len: int = 1_000_000  # raw entries kept per partition; never trims what is not yet acknowledged
+    stream_max_age_ms: int = 7 * 86_400_000  # older raw entries are trimmed (once acknowledged)
     trade_candles: str = "coinbase:1m"  # exchange:timeframe pairs built from trades (comma-separated)
     close_grace_ms: int = 5000  # an open candle closes once event time passes its end plus this
     log_level: str = "INFO"
@@ -51,7 +53,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         if self.database_url is not None:
             _check_url("database_url", self.database_url, _PG_SCHEMES)
         positive = ("batch_size", "block_ms", "candle_history", "backfill_history", "partitions", "lease_ttl_ms")
-        for name in (*positive, "max_deliveries"):
+        for name in (*positive, "max_deliveries", "stream_max_len", "stream_max_age_ms"):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, f"must be > 0, got {getattr(self, name)}")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

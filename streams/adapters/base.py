@@ -5,8 +5,8 @@ runs :meth:`WsAdapter._shard`:
 
 * connect (``exchange:connecting``), subscribe, read (``exchange:connected``); every frame is stamped
   with its receive time and enqueued for the :class:`FrameSink` unchanged;
-* a connection silent for ``stale_after_s`` (heartbeats included) is declared stale, closed and
-  reopened; judged per connection, never per symbol;
+* a connection silent for ``stale_after_s`` (neither a frame, heartbeats included, nor a server ping)
+  is declared stale, closed and reopened; judged per connection, never per symbol;
 * after a drop, reconnect with exponential backoff and jitter, capped; a connection that lived
   ``healthy_after_s`` resets the backoff, one that dies young grows it (no reconnect storms);
 * rotation (``rotate_after_s``, or the exchange announcing a shutdown): a second connection is opened
@@ -29,6 +29,8 @@ from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Event
 
 from control import events as ev
 from streams.adapters.sink import ControlEmitter, FrameSink, now_ns
@@ -86,6 +88,18 @@ class AdapterConfig:
     open_timeout_s: float = 10.0
     backoff: Backoff = field(default_factory=Backoff)
     seed: int | None = None
+
+
+class _Connection(ClientConnection):
+    """A client connection that notes when the server last pinged it: Binance pings every 20 s and a
+    ping is a sign of life too (PROTOCOLS.md: judge liveness from the last frame and the last ping)."""
+
+    last_ping: float | None = None
+
+    def process_event(self, event: Event) -> None:
+        if isinstance(event, Frame) and event.opcode is Opcode.PING:
+            self.last_ping = time.monotonic()
+        super().process_event(event)
 
 
 @dataclass
@@ -181,9 +195,10 @@ class WsAdapter:
                     return
             why = await self._wait(current, shard)
             if why == "stop":
-                await self._close(current, "stopped", retry_in=None)
-                return
+                break
             if why == "ended":
+                if _failed(current):  # not a transport error: a bug, which propagates (after closing)
+                    await self._close(current, "adapter error", retry_in=None)
                 lived = time.monotonic() - current.opened
                 failures = 1 if lived >= self.config.healthy_after_s else failures + 1
                 delay = self.config.backoff.delay(failures, self.rng)
@@ -196,6 +211,8 @@ class WsAdapter:
             shard.reconnect_now.clear()
             shard.reconnect_reason = ""
             current = await self._rotate(current, shard, reason)
+        if current is not None:  # told to stop (also while connecting or rotating): close what is open
+            await self._close(current, "stopped", retry_in=None)
 
     async def _connect(
         self, shard: Shard, failures: int, caught_up: asyncio.Event | None = None
@@ -212,6 +229,7 @@ class WsAdapter:
                     ping_interval=None,  # both exchanges keep the connection alive themselves
                     proxy=None,
                     compression=None,
+                    create_connection=_Connection,
                 )
             except (OSError, TimeoutError, websockets.WebSocketException) as exc:
                 failures += 1
@@ -251,19 +269,15 @@ class WsAdapter:
                     await sink.put(frame, stamp)
         except websockets.ConnectionClosed as exc:
             if conn.reason is None:
-                rcvd = exc.rcvd
-                conn.reason = (
-                    f"closed by server (code {rcvd.code}{', ' + rcvd.reason if rcvd.reason else ''})"
-                    if rcvd
-                    else "connection lost"
-                )
+                conn.reason = _close_reason(exc)
         finally:
             watchdog.cancel()
 
     async def _watch(self, conn: Conn) -> None:
         limit = self.config.stale_after_s
         while True:
-            silent = time.monotonic() - conn.last_frame
+            last_ping = conn.ws.last_ping if isinstance(conn.ws, _Connection) else None
+            silent = time.monotonic() - max(conn.last_frame, last_ping or 0.0)
             if silent >= limit:
                 conn.reason = f"stale: no frame for {silent:.1f}s"
                 self.emit(ev.Stale, conn.id, silent_s=round(silent, 3))
@@ -284,6 +298,9 @@ class WsAdapter:
         done, pending = await asyncio.wait(waits.values(), return_when=asyncio.FIRST_COMPLETED)
         for fut in pending:
             fut.cancel()
+        for fut in done:
+            if not fut.cancelled():
+                fut.exception()  # retrieved here; a failed reader is dealt with by the caller
         for name, fut in waits.items():
             if fut in done:
                 return "rotate" if name.startswith("rotate") else name
@@ -303,11 +320,15 @@ class WsAdapter:
             waits: list[asyncio.Future[Any]] = [
                 asyncio.ensure_future(caught_up.wait()),
                 asyncio.ensure_future(asyncio.shield(old.reader)),
+                asyncio.ensure_future(self.stop.wait()),  # stopping ends the overlap at once
             ]
             await asyncio.wait(waits, timeout=self.config.overlap_timeout_s, return_when=asyncio.FIRST_COMPLETED)
             for w in waits:
                 w.cancel()
-            await self._close(old, reason, retry_in=0.0)
+            if self.stop.is_set():
+                await self._close(old, "stopped", retry_in=None)
+            else:
+                await self._close(old, reason, retry_in=0.0)
             return new
         finally:
             # the new connection may still deliver frames the old one already had: keep de-duplicating a little
@@ -323,8 +344,12 @@ class WsAdapter:
         with contextlib.suppress(websockets.WebSocketException, OSError):
             await conn.ws.close(code=1000, reason=reason[:100])
         if conn.reader is not None:
-            with contextlib.suppress(Exception):
-                await conn.reader
+            await asyncio.wait([conn.reader])
+            if _failed(conn):
+                error = conn.reader.exception()
+                assert error is not None
+                self._disconnected(conn, f"adapter error: {error!r}", None)
+                raise error
         self._disconnected(conn, reason, retry_in)
 
     def _disconnected(self, conn: Conn, reason: str, retry_in: float | None) -> None:
@@ -333,6 +358,12 @@ class WsAdapter:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stop.wait(), seconds)
+
+
+def _failed(conn: Conn) -> bool:
+    """Whether the connection's reader ended with an exception (anything but the connection closing)."""
+    reader = conn.reader
+    return reader is not None and reader.done() and not reader.cancelled() and reader.exception() is not None
 
 
 def _close_reason(exc: websockets.ConnectionClosed) -> str:

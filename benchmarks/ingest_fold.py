@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -84,6 +87,54 @@ async def _fold(url: str, n: int) -> float:
         await client.aclose()
 
 
+async def _fold_processes(url: str, n: int, k: int) -> float:
+    """Frames/s of K `tickfold process --until-idle` processes sharing the partitions, timed from the
+    first entry read to the last one acknowledged (process start-up excluded)."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        for key in [k async for k in client.scan_iter("candles:*")]:
+            await client.delete(key)
+        stale = [k async for k in client.scan_iter("proj:candles:binance:*")]
+        stale += [k async for k in client.scan_iter("lease:candles:binance:*")]
+        await client.delete(*stale, keys.closes_stream("binance"), keys.workers("candles", "binance"))
+        names = streams("binance", await log.ensure_partitions(client, "binance"))
+        for stream in names:
+            await client.xgroup_destroy(stream, "candles")
+            await client.xgroup_create(stream, "candles", id="0")
+        env = {**os.environ, "TICKFOLD_LEASE_TTL_MS": "600", "TICKFOLD_BATCH_SIZE": "1000"}
+        cmd = [
+            sys.executable,
+            "-m",
+            "tickfold.cli",
+            "--redis-url",
+            url,
+            "process",
+            "--exchange",
+            "binance",
+            "--until-idle",
+        ]
+        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(k)]  # noqa: ASYNC220
+
+        async def read_so_far() -> int:
+            total = 0
+            for stream in names:
+                for g in await client.xinfo_groups(stream):
+                    total += int(g["entries-read"] or 0) - int(g["pending"])
+            return total
+
+        while await read_so_far() == 0:  # noqa: ASYNC110 (polling Redis is the point)
+            await asyncio.sleep(0.002)
+        start = time.perf_counter()
+        while await read_so_far() < n:  # noqa: ASYNC110
+            await asyncio.sleep(0.002)
+        elapsed = time.perf_counter() - start
+        for p in procs:
+            p.wait(timeout=60)
+        return n / elapsed
+    finally:
+        await client.aclose()
+
+
 async def _bare_read_ack(url: str, n: int) -> float:
     """The ceiling of the fold: XREADGROUP COUNT 1000 + XACK and nothing else."""
     client = aioredis.Redis.from_url(url)
@@ -112,11 +163,13 @@ async def _bare_read_ack(url: str, n: int) -> float:
 def run(url: str, port: int, *, quick: bool, repeats: int) -> list[Figure]:
     data = frames(5 if quick else 50)
     ceiling = [redis_benchmark_xadd(port, requests=100_000 if quick else 1_000_000) for _ in range(repeats)]
-    ingest, fold, bare = [], [], []
+    ingest, fold, bare, fold1, fold2 = [], [], [], [], []
     for _ in range(repeats):
         ingest.append(asyncio.run(_ingest(url, data)))
         bare.append(asyncio.run(_bare_read_ack(url, len(data))))
         fold.append(asyncio.run(_fold(url, len(data))))
+        fold1.append(asyncio.run(_fold_processes(url, len(data), 1)))
+        fold2.append(asyncio.run(_fold_processes(url, len(data), 2)))
     xadd = sorted(ceiling)[len(ceiling) // 2]
     bare_median = sorted(bare)[len(bare) // 2]
     return [
@@ -130,4 +183,6 @@ def run(url: str, port: int, *, quick: bool, repeats: int) -> list[Figure]:
             "bare XREADGROUP+XACK",
             bare_median,
         ),
+        Figure("fold: `tickfold process`, 1 process", "frames/s", fold1, "bare XREADGROUP+XACK", bare_median),
+        Figure("fold: `tickfold process`, 2 processes", "frames/s", fold2, "bare XREADGROUP+XACK", bare_median),
     ]

@@ -10,9 +10,9 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import harness, ingest_fold
+from benchmarks import adapter_ingest, harness, ingest_fold
 
-BENCHMARKS = {"ingest_fold": ingest_fold.run}
+BENCHMARKS = {"ingest_fold": ingest_fold.run, "adapter_ingest": adapter_ingest.run}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,10 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     for col in ("figure", "median", "min", "max", "unit", "vs ceiling", "ratio"):
         table.add_column(col, justify="left" if col in ("figure", "unit", "vs ceiling") else "right")
     for f in report.figures:
-        ratio = f"{f.ratio:.2f}" if f.ratio is not None else "–"
+        ratios = f.ratios()
+        names = "\n".join(name for name, _ in ratios) or "–"
+        values = "\n".join(f"{r:.2f}" for _, r in ratios) or "–"
         table.add_row(f.name, harness.fmt(f.median), harness.fmt(min(f.runs)), harness.fmt(max(f.runs)), f.unit,
-                      f.ceiling_name or "–", ratio)  # fmt: skip
+                      names, values)  # fmt: skip
     console.print(table)
+    notes = [f for f in report.figures if f.note]
+    for i, f in enumerate(notes, 1):
+        console.print(f"[{i}] {f.name}: {f.note}", highlight=False)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(msgspec.to_builtins(report), fh, indent=2)

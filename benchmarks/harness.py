@@ -27,6 +27,7 @@ class Figure:
     ceiling_name: str = ""
     ceiling: float | None = None
     note: str = ""
+    more_ceilings: list[tuple[str, float]] = field(default_factory=list)  # further (name, value) to compare with
 
     @property
     def median(self) -> float:
@@ -35,6 +36,11 @@ class Figure:
     @property
     def ratio(self) -> float | None:
         return self.median / self.ceiling if self.ceiling else None
+
+    def ratios(self) -> list[tuple[str, float]]:
+        """(ceiling name, median / ceiling) for the main ceiling and every further one."""
+        pairs = ([(self.ceiling_name, self.ceiling)] if self.ceiling else []) + self.more_ceilings
+        return [(name, self.median / value) for name, value in pairs if value]
 
 
 @dataclass
@@ -64,6 +70,7 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "redis": redis_version[0] if redis_version else "?",
         "kernel": platform.release(),
+        "load": "1-min load average at start " + Path("/proc/loadavg").read_text().split()[0],  # others' work skews it
     }
 
 

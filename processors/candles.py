@@ -35,6 +35,8 @@ from processors.leases import Fence
 from processors.runner import BatchResult
 from projections import store
 from projections.candles import Candle, CandleBook, CandleClosed
+from projections.rollups import SOURCE as ROLLUP
+from projections.rollups import apply_rollup
 from projections.trades import Trade, TradeBucket, apply_trade, to_candle
 from projections.watermark import bucket_end, bucket_start, close_due, duration_ms
 from streams import keys
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 GROUP = "candles"
 PROJECTION = "candles"
 COINBASE_CANDLE_TIMEFRAME = "5m"  # the Advanced Trade candles channel only carries 5-minute buckets
+NATIVE_TIMEFRAMES = {"coinbase": (COINBASE_CANDLE_TIMEFRAME,)}  # streamed by the exchange: not rolled up
 _MAX_CONFLICT_RETRIES = 20
 
 
@@ -202,6 +205,7 @@ class CandleProcessor:
         *,
         history: int,
         trade_timeframes: tuple[str, ...] = (),
+        rollups: tuple[tuple[str, str], ...] = (),
         close_grace_ms: int = 5000,
         state_window: int = 60,
         refresh_symbols: Callable[[], Awaitable[SymbolMap]] | None = None,
@@ -214,6 +218,7 @@ class CandleProcessor:
         self._refreshed = float("-inf")
         self.history = history
         self.trade_timeframes = trade_timeframes
+        self.rollups = rollups  # (target, source) timeframes, shortest target first
         self.close_grace_ms = close_grace_ms
         self.state_window = state_window
         self.partition = partition
@@ -266,6 +271,8 @@ class CandleProcessor:
                 books, states = await self._load(client, plan, due)
                 stored_states = {k for k, v in states.items() if v is not None}
                 closes = self._fold(plan, books, states, due, int(raw_mark or 0))
+                if self.rollups:
+                    await self._rollups(client, books, closes, watermark, due)
                 pipe.multi()  # type: ignore[no-untyped-call]
                 self._queue(pipe, books, states, stored_states, due, closes, plan.dead, entries, raw_last, watermark)
                 await pipe.execute()
@@ -292,6 +299,61 @@ class CandleProcessor:
             key, _, start = m.decode().rpartition("|")
             out.append((key, int(start)))
         return out
+
+    async def _rollups(
+        self,
+        client: aioredis.Redis,
+        books: dict[str, CandleBook],
+        closes: list[CandleClosed],
+        watermark: int,
+        due: list[tuple[str, int]],
+    ) -> None:
+        """Recompute every roll-up bucket whose base candles this batch changed, level by level (1m → 5m →
+        15m ...), each from the whole set of its base candles; then close those the watermark has passed.
+
+        Roll-ups are settled once per batch, after the batch's base candles: a roll-up then never
+        closes on a partial set of base candles that the same batch completes, whatever the batching."""
+        for target, source in self.rollups:
+            wanted: dict[tuple[str, str], set[int]] = defaultdict(set)  # (source key, target key) -> starts
+            for key, book in books.items():
+                exchange_id, symbol, tf = keys.parse_candles(key)
+                if tf == source and book.dirty:
+                    pair = (key, keys.candles(exchange_id, symbol, target))
+                    wanted[pair].update(bucket_start(target, s) for s in book.dirty)
+            if not wanted:
+                continue
+            plan = sorted((pair, start) for pair, starts in wanted.items() for start in starts)
+            pipe = client.pipeline(transaction=False)
+            for (src, tgt), start in plan:
+                pipe.zrange(src, start, bucket_end(target, start) - 1, byscore=True)
+                pipe.zrange(tgt, start, start, byscore=True)
+            replies: Any = await pipe.execute()
+            for i, ((src, tgt), start) in enumerate(plan):
+                parts = {c.start: c for c in map(store.decode_candle, replies[2 * i])}
+                end = bucket_end(target, start)
+                parts.update({s: c for s, c in books[src].candles.items() if start <= s < end})
+                stored = {c.start: c for c in map(store.decode_candle, replies[2 * i + 1])}
+                if tgt in books:
+                    books[tgt].add_stored(stored)
+                else:
+                    books[tgt] = CandleBook(stored)
+                book = books[tgt]
+                current = book.candles.get(start)
+                r, event = apply_rollup(current, parts.values(), target)
+                candle = r.candle
+                if not candle.closed:
+                    for closing in close_due([candle], watermark, self.close_grace_ms):
+                        candle, event = closing.candle, closing
+                if candle != current:
+                    book.put(candle)
+                if event is not None:
+                    closes.append(event)
+        for key, start in due:  # open roll-ups the watermark has passed, whose base did not change
+            c = books[key].candles.get(start)
+            if c is not None and c.source == ROLLUP and not c.closed:
+                for event in close_due([c], watermark, self.close_grace_ms):
+                    books[key].put(event.candle)
+                    closes.append(event)
 
     async def _load(
         self, client: aioredis.Redis, plan: Plan, due: list[tuple[str, int]]
@@ -332,8 +394,8 @@ class CandleProcessor:
         closes: list[CandleClosed] = []
         grace_ns = self.close_grace_ms * 1_000_000
         pending: list[tuple[int, str, int]] = []  # (end + grace in ns, series key, start): may close here
-        for key, start in due:
-            if (c := books[key].candles.get(start)) is not None and not c.closed:
+        for key, start in due:  # roll-ups close at the end of the batch, see _rollups
+            if (c := books[key].candles.get(start)) is not None and not c.closed and c.source != ROLLUP:
                 heapq.heappush(pending, (bucket_end(c.timeframe, start) * 1_000_000 + grace_ns, key, start))
         mark = before  # the partition's watermark before this batch
         for item in plan.items:

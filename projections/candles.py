@@ -80,9 +80,18 @@ class CandleBook:
 
     def __init__(self, candles: dict[int, Candle]) -> None:
         self.candles = dict(candles)
-        self.stored = frozenset(candles)  # buckets that exist in the store (a put must replace them)
+        self.stored = set(candles)  # buckets that exist in the store (a put must replace them)
         self.latest = max(candles) if candles else None
         self.dirty: set[int] = set()
+
+    def add_stored(self, candles: dict[int, Candle]) -> None:
+        """Buckets read from the store after the book was made (those the batch has not changed)."""
+        for start, candle in candles.items():
+            self.stored.add(start)
+            if start not in self.dirty:
+                self.candles[start] = candle
+                if self.latest is None or start > self.latest:
+                    self.latest = start
 
     def apply(self, update: Candle, *, close_older: bool = False) -> list[CandleClosed]:
         events: list[CandleClosed] = []

@@ -72,6 +72,14 @@ def candles(exchange_id: str, symbol: str, timeframe: str) -> str:
     return f"candles:{exchange_part(exchange_id)}:{_part('symbol', symbol)}:{timeframe_part(timeframe)}"
 
 
+def parse_candles(key: str) -> tuple[str, str, str]:
+    """(exchange_id, symbol, timeframe) of a ``candles:`` key."""
+    kind, exchange_id, symbol, timeframe = key.split(":")
+    if kind != "candles":
+        raise KeyFormatError(f"not a candles key: {key!r}")
+    return exchange_id, symbol, timeframe
+
+
 def indicator(exchange_id: str, symbol: str, timeframe: str, kind: str) -> str:
     return (
         f"indicator:{exchange_part(exchange_id)}:{_part('symbol', symbol)}:"

@@ -20,7 +20,7 @@ import uvloop
 from rich.console import Console
 from rich.table import Table
 
-from processors.candles import GROUP, CandleProcessor
+from processors.candles import GROUP, NATIVE_TIMEFRAMES, CandleProcessor
 from processors.runner import Runner, RunnerConfig, RunStats
 from projections import store
 from projections.candles import Candle
@@ -166,6 +166,7 @@ async def run_processors(
                 symbols,
                 history=settings.candle_history,
                 trade_timeframes=settings.trade_timeframes(ex),
+                rollups=settings.rollup_plan(ex, NATIVE_TIMEFRAMES.get(ex, ())),
                 close_grace_ms=settings.close_grace_ms,
                 refresh_symbols=functools.partial(load_symbol_map, client, ex),
             )

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
+from projections.rollups import nests, plan
+from projections.watermark import bucket_end
 from tickfold.errors import ConfigError
 
 ENV_PREFIX = "TICKFOLD_"
@@ -44,6 +46,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     stream_max_len: int = 1_000_000  # raw entries kept per partition; never trims what is not yet acknowledged
     stream_max_age_ms: int = 7 * 86_400_000  # older raw entries are trimmed (once acknowledged)
     trade_candles: str = "coinbase:1m"  # exchange:timeframe pairs built from trades (comma-separated)
+    rollups: str = "5m,15m,1h,4h,1d"  # timeframes folded from closed 1m candles (except an exchange's native ones)
     close_grace_ms: int = 5000  # an open candle closes once event time passes its end plus this
     log_level: str = "INFO"
 
@@ -64,6 +67,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             ex, sep, tf = pair.strip().partition(":")
             if not sep or not ex or not tf or not tf[:-1].isdigit() or tf[-1] not in "mhdwM":
                 raise ConfigError("trade_candles", f"expected exchange:timeframe pairs like coinbase:1m, got {pair!r}")
+        for tf in filter(None, (t.strip() for t in self.rollups.split(","))):
+            try:
+                ok = tf != "1m" and nests("1m", tf)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError("rollups", f"{tf!r} is not a timeframe that 1m candles roll up into")
         if self.close_grace_ms < 0:
             raise ConfigError("close_grace_ms", f"must be >= 0, got {self.close_grace_ms}")
         if self.lease_ttl_ms < 3 * 100:
@@ -76,6 +86,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return tuple(
             tf for ex, _, tf in (p.partition(":") for p in self.trade_candles.split(",") if p) if ex == exchange_id
         )
+
+    def rollup_plan(self, exchange_id: str, native: tuple[str, ...] = ()) -> tuple[tuple[str, str], ...]:
+        """(target, source) timeframes to roll up for an exchange, shortest target first; the exchange's
+        native timeframes (streamed candles) are not rolled up."""
+        targets = [tf for tf in filter(None, (t.strip() for t in self.rollups.split(","))) if tf not in native]
+        chosen = plan("1m", targets)
+        return tuple(sorted(chosen.items(), key=lambda kv: bucket_end(kv[0], 0)))
 
     def consumer_name(self) -> str:
         """This process's consumer name in the groups: ``consumer``, or ``{hostname}-{pid}``."""

@@ -83,6 +83,7 @@ class RunnerConfig:
     stream_max_len: int = 1_000_000  # raw entries kept per partition (never trimming unacknowledged ones)
     stream_max_age_ms: int = 7 * 86_400_000
     trim_every_s: float = 10.0
+    call_timeout_s: float = 30.0  # one Redis round trip (or a blocked read, or a batch's commit) at most
 
 
 class Runner:
@@ -288,9 +289,12 @@ class Runner:
         delay = 0.1
         for attempt in range(self.config.max_retries + 1):
             try:
-                return await call()
-            except StoreUnavailable as exc:
+                async with asyncio.timeout(self.config.call_timeout_s):
+                    return await call()
+            except (StoreUnavailable, TimeoutError) as exc:
                 if attempt == self.config.max_retries:
+                    if isinstance(exc, TimeoutError):
+                        raise StoreUnavailable(f"{self.exchange_id}: no answer from Redis in time") from exc
                     raise
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)

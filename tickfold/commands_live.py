@@ -90,7 +90,7 @@ async def _ingest_live(args: argparse.Namespace, redis_url: str, dsn: str) -> in
     timeframes = tuple(args.timeframes.split(","))
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    async with log.connect(redis_url) as client:
+    async with log.connect(redis_url, reply_timeout=None) as client:  # the sink bounds each round trip
         adapter = build_adapter(row, client, symbols=symbols, timeframes=timeframes)
         _say(f"{row.id}: connecting to {row.ws_urls[0]} for {', '.join(symbols)}; Ctrl-C stops")
         task = asyncio.create_task(adapter.run(stop))

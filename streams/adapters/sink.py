@@ -23,6 +23,7 @@ from tickfold.errors import StoreUnavailable
 log = logging.getLogger(__name__)
 
 _STOP = object()
+REPLY_TIMEOUT_S = 10.0
 
 
 async def _retry_forever(what: str, call: object) -> None:
@@ -96,7 +97,8 @@ class FrameSink:
 
                 async def execute(pipe: aioredis.client.Pipeline = pipe) -> None:
                     with translated(f"appending to the raw streams of {exchange_id}"):
-                        await pipe.execute()
+                        async with asyncio.timeout(REPLY_TIMEOUT_S):  # the client may have no per-reply timeout
+                            await pipe.execute()
 
                 await _retry_forever(f"frames:{exchange_id}", execute)
                 self.appended += len(frames)
@@ -131,7 +133,8 @@ class ControlEmitter:
                     pipe = self.client.pipeline(transaction=False)
                     pipe.xadd(keys.CONTROL_STREAM, {"event": payload})
                     pipe.publish(keys.CONTROL_CHANNEL, payload)
-                    await pipe.execute()
+                    async with asyncio.timeout(REPLY_TIMEOUT_S):
+                        await pipe.execute()
 
             await _retry_forever(keys.CONTROL_STREAM, write)
             self.emitted.append(event)

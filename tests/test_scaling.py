@@ -206,3 +206,26 @@ def test_any_trades_shuffled_duplicated_and_split_over_k_partitions_fold_alike(
         assert not set(part) & set(merged)  # a bucket is never folded by two owners
         merged.update(part)
     assert merged == expected
+
+
+async def test_an_entry_delivered_too_often_is_dead_lettered_and_gone_consumers_are_removed(
+    day: list[bytes], client: aioredis.Redis
+) -> None:
+    from streams import keys
+
+    await log.append_frames(client, "coinbase", [(f, 0) for f in day[:200]], partitions=1)
+    stream = keys.frames_stream("coinbase", 0)
+    await log.ensure_group(client, stream, "candles")
+    # a consumer that took 5 entries and kept dying on them: every re-read of its history counts a delivery
+    taken = await log.read_group(client, stream, "candles", "ghost", count=5, block_ms=None)
+    for _ in range(3):
+        await log.read_group(client, stream, "candles", "ghost", count=5, block_ms=None, pending=True)
+    await asyncio.sleep(0.35)  # longer than the lease TTL below: the ghost is idle, not just slow
+    stats = (await drain(client, ["coinbase"], max_deliveries=4, lease_ttl_ms=300))["coinbase"]
+    dead = await log.entries(client, keys.dead_letter_stream("coinbase"))
+    assert [fields[b"original_id"] for _, fields in dead] == [eid for eid, _ in taken]
+    assert all(b"delivered 5 times" in fields[b"reason"] for _, fields in dead)
+    assert stats.totals.processed == 195 and stats.totals.dead == 5
+    assert await pending(client, "coinbase") == 0
+    consumers = [c["name"] for c in await client.xinfo_consumers(stream, "candles")]
+    assert b"ghost" not in consumers

@@ -10,9 +10,9 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import adapter_ingest, harness, ingest_fold
+from benchmarks import adapter_ingest, harness, indicators, ingest_fold
 
-BENCHMARKS = {"ingest_fold": ingest_fold.run, "adapter_ingest": adapter_ingest.run}
+BENCHMARKS = {"ingest_fold": ingest_fold.run, "adapter_ingest": adapter_ingest.run, "indicators": indicators.run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,475 @@
+"""The numba kernels: one O(1) step per indicator, and the batch loops built from those same steps.
+
+Every indicator keeps its whole memory in a flat ``float64`` state array (layouts in ``state.py``):
+a two-slot header ``[kind, version]`` and then fixed-offset blocks. ``*_update(state, ...)`` advances
+the state by one value and returns the new output; ``*_feed(state, arrays)`` runs the same step over
+arrays, so a batch result *is* the sequence of incremental results, bit for bit, and a batch can be
+resumed incrementally (or the other way round) from the state it leaves behind.
+
+Arithmetic follows TA-Lib's C code operation by operation (same sums, same order, no FMA), so the
+outputs are bit-identical to TA-Lib's where TA-Lib has the indicator:
+
+* SMA: running sum, ``out = total / n`` then ``total -= oldest``.
+* EMA: ``k = 2 / (n + 1)``, seeded with the sum of the first ``n`` values ``/ n``, then
+  ``ema = (x - ema) * k + ema``.
+* Wilder RMA: seeded the same way, then ``rma = (rma * (n - 1) + x) / n``.
+* True range: undefined (NaN) on the first bar, which has no previous close.
+* ATR: the RMA of the true ranges, so its first value (index ``n``) is the mean of ``TR[1..n]``.
+* RSI: Wilder's averages of gains and losses; ``100 * gain / (gain + loss)``, 0 when both are 0.
+* Leading NaN inputs are skipped (the series starts at the first finite bar), as TA-Lib's Python
+  wrapper does; a NaN after that propagates.
+
+All jitted code lives in this one module on purpose: numba's on-disk cache (``cache=True``) keys a
+function on its own file only, so a step edited in another module would leave stale cached callers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+Triple = tuple[float, float, float]
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _njit(fn: _F) -> _F:
+    """``numba.njit(cache=True)``, typed so the decorated function keeps its signature for mypy.
+
+    ``error_model="numpy"``: float division by zero gives inf/NaN as in C, not ZeroDivisionError."""
+    return cast(_F, numba.njit(cache=True, error_model="numpy")(fn))
+
+
+def _step(fn: _F) -> _F:
+    """A step: inlined into its callers at numba-IR level (LLVM alone leaves the calls in place)."""
+    return cast(_F, numba.njit(cache=True, error_model="numpy", inline="always")(fn))
+
+
+NAN = math.nan
+HEADER = 2  # [kind, version]
+# Block sizes and offsets inside a block (relative to the block's start).
+SMA_N, SMA_CNT, SMA_TOTAL, SMA_HEAD, SMA_RING = 0, 1, 2, 3, 4  # + n ring slots
+EMA_N, EMA_K, EMA_CNT, EMA_SUM, EMA_VAL, EMA_SIZE = 0, 1, 2, 3, 4, 5
+RMA_N, RMA_CNT, RMA_SUM, RMA_VAL, RMA_SIZE = 0, 1, 2, 3, 4
+TR_HAVE, TR_PREV, TR_SIZE = 0, 1, 2
+ATR_SIZE = TR_SIZE + RMA_SIZE  # a TR block, then an RMA block
+RSI_N, RSI_CNT, RSI_PREV, RSI_GAIN, RSI_LOSS, RSI_SIZE = 0, 1, 2, 3, 4, 5
+# Composite layouts (absolute offsets, header included).
+MACD_FAST, MACD_SLOW, MACD_SIGNAL = HEADER, HEADER + EMA_SIZE, HEADER + 2 * EMA_SIZE
+MACD_LEN = HEADER + 3 * EMA_SIZE
+MACDV_FAST, MACDV_SLOW, MACDV_ATR = HEADER, HEADER + EMA_SIZE, HEADER + 2 * EMA_SIZE
+MACDV_SIGNAL = MACDV_ATR + ATR_SIZE
+MACDV_LEN = MACDV_SIGNAL + EMA_SIZE
+
+# ------------------------------------------------------------------ the arithmetic, shared by all
+
+
+@_step
+def _ema_next(prev: float, k: float, x: float) -> float:
+    return ((x - prev) * k) + prev
+
+
+@_step
+def _rma_next(prev: float, n: float, x: float) -> float:
+    return (prev * (n - 1.0) + x) / n
+
+
+@_step
+def _tr(prev_close: float, high: float, low: float) -> float:
+    greatest = high - low
+    v2 = abs(prev_close - high)
+    if v2 > greatest:
+        greatest = v2
+    v3 = abs(prev_close - low)
+    if v3 > greatest:
+        greatest = v3
+    return greatest
+
+
+@_step
+def _rsi(gain: float, loss: float) -> float:
+    total = gain + loss
+    return 0.0 if total == 0.0 else 100.0 * (gain / total)
+
+
+@_step
+def _macdv_line(diff: float, atr: float) -> float:
+    if atr == 0.0 and not math.isnan(diff):
+        return 0.0  # no range at all, so no momentum (and no 0 / 0)
+    return (diff / atr) * 100.0  # NaN while either part is warming up
+
+
+# ------------------------------------------------------------------------------------ the steps
+
+
+@_step
+def _sma_step(s: F64, o: int, x: float) -> float:
+    n = s[o + SMA_N]
+    cnt = s[o + SMA_CNT]
+    if cnt == 0.0 and math.isnan(x):
+        return NAN
+    head = int(s[o + SMA_HEAD])
+    total = s[o + SMA_TOTAL] + x
+    s[o + SMA_RING + head] = x
+    head += 1
+    if head == int(n):
+        head = 0
+    s[o + SMA_HEAD] = head
+    if cnt < n:
+        cnt += 1.0
+        s[o + SMA_CNT] = cnt
+        if cnt < n:
+            s[o + SMA_TOTAL] = total
+            return NAN
+    out: float = total / n
+    s[o + SMA_TOTAL] = total - s[o + SMA_RING + head]  # the oldest value leaves the window
+    return out
+
+
+@_step
+def _ema_step(s: F64, o: int, x: float) -> float:
+    n = s[o + EMA_N]
+    cnt = s[o + EMA_CNT]
+    if cnt >= n:
+        v = _ema_next(s[o + EMA_VAL], s[o + EMA_K], x)
+        s[o + EMA_VAL] = v
+        return v
+    if cnt == 0.0 and math.isnan(x):
+        return NAN
+    cnt += 1.0
+    s[o + EMA_CNT] = cnt
+    total = s[o + EMA_SUM] + x
+    s[o + EMA_SUM] = total
+    if cnt < n:
+        return NAN
+    seed: float = total / n
+    s[o + EMA_VAL] = seed
+    return seed
+
+
+@_step
+def _rma_step(s: F64, o: int, x: float) -> float:
+    n = s[o + RMA_N]
+    cnt = s[o + RMA_CNT]
+    if cnt >= n:
+        v = _rma_next(s[o + RMA_VAL], n, x)
+        s[o + RMA_VAL] = v
+        return v
+    if cnt == 0.0 and math.isnan(x):
+        return NAN
+    cnt += 1.0
+    s[o + RMA_CNT] = cnt
+    total = s[o + RMA_SUM] + x
+    s[o + RMA_SUM] = total
+    if cnt < n:
+        return NAN
+    seed: float = total / n
+    s[o + RMA_VAL] = seed
+    return seed
+
+
+@_step
+def _tr_step(s: F64, o: int, high: float, low: float, close: float) -> float:
+    if s[o + TR_HAVE] == 0.0:
+        if not (math.isnan(high) or math.isnan(low) or math.isnan(close)):
+            s[o + TR_HAVE] = 1.0
+            s[o + TR_PREV] = close
+        return NAN
+    prev = s[o + TR_PREV]
+    s[o + TR_PREV] = close
+    return _tr(prev, high, low)
+
+
+@_step
+def _atr_step(s: F64, o: int, high: float, low: float, close: float) -> float:
+    return _rma_step(s, o + TR_SIZE, _tr_step(s, o, high, low, close))
+
+
+@_step
+def _rsi_step(s: F64, o: int, x: float) -> float:
+    n = s[o + RSI_N]
+    cnt = s[o + RSI_CNT]
+    if cnt == 0.0:
+        if not math.isnan(x):
+            s[o + RSI_CNT] = 1.0
+            s[o + RSI_PREV] = x
+        return NAN
+    diff = x - s[o + RSI_PREV]
+    s[o + RSI_PREV] = x
+    gain = s[o + RSI_GAIN]
+    loss = s[o + RSI_LOSS]
+    warm = cnt > n  # n differences already averaged
+    if warm:
+        loss *= n - 1.0
+        gain *= n - 1.0
+    if diff < 0.0:
+        loss -= diff
+    else:
+        gain += diff
+    if not warm:
+        cnt += 1.0
+        s[o + RSI_CNT] = cnt
+        if cnt <= n:
+            s[o + RSI_GAIN] = gain
+            s[o + RSI_LOSS] = loss
+            return NAN
+    loss /= n
+    gain /= n
+    s[o + RSI_GAIN] = gain
+    s[o + RSI_LOSS] = loss
+    return _rsi(gain, loss)
+
+
+@_step
+def _macd_step(s: F64, close: float) -> Triple:
+    line = _ema_step(s, MACD_FAST, close) - _ema_step(s, MACD_SLOW, close)
+    signal = _ema_step(s, MACD_SIGNAL, line)
+    return line, signal, line - signal
+
+
+@_step
+def _macdv_step(s: F64, high: float, low: float, close: float) -> Triple:
+    diff = _ema_step(s, MACDV_FAST, close) - _ema_step(s, MACDV_SLOW, close)
+    line = _macdv_line(diff, _atr_step(s, MACDV_ATR, high, low, close))
+    signal = _ema_step(s, MACDV_SIGNAL, line)
+    return line, signal, line - signal
+
+
+# ------------------------------------------------------------------------------ O(1) public updates
+
+
+@_njit
+def sma_update(state: F64, x: float) -> float:
+    return _sma_step(state, HEADER, x)
+
+
+@_njit
+def ema_update(state: F64, x: float) -> float:
+    return _ema_step(state, HEADER, x)
+
+
+@_njit
+def rma_update(state: F64, x: float) -> float:
+    return _rma_step(state, HEADER, x)
+
+
+@_njit
+def true_range_update(state: F64, high: float, low: float, close: float) -> float:
+    return _tr_step(state, HEADER, high, low, close)
+
+
+@_njit
+def atr_update(state: F64, high: float, low: float, close: float) -> float:
+    return _atr_step(state, HEADER, high, low, close)
+
+
+@_njit
+def rsi_update(state: F64, x: float) -> float:
+    return _rsi_step(state, HEADER, x)
+
+
+@_njit
+def macd_update(state: F64, close: float) -> Triple:
+    """``(line, signal, histogram)`` after one more close."""
+    return _macd_step(state, close)
+
+
+@_njit
+def macdv_update(state: F64, high: float, low: float, close: float) -> Triple:
+    """``(macdv, signal, histogram)`` after one more candle."""
+    return _macdv_step(state, high, low, close)
+
+
+@_njit
+def macdv_update_rows(states: F64, rows: I64, high: F64, low: F64, close: F64) -> tuple[F64, F64, F64]:
+    """One candle each for many series: ``states[rows[j]]`` takes candle ``j`` (a 2-D stack of states)."""
+    m = rows.shape[0]
+    line, signal, hist = np.empty(m), np.empty(m), np.empty(m)
+    for j in range(m):
+        line[j], signal[j], hist[j] = _macdv_step(states[rows[j]], high[j], low[j], close[j])
+    return line, signal, hist
+
+
+# ---------------------------------------------------------------------- batch: steps, then a tight loop
+# Each feed runs the step until the state is warmed up, then the warmed-up branch of the same step
+# with the state held in locals (the same ``_*_next`` arithmetic), and writes the locals back.
+
+
+@_njit
+def sma_feed(state: F64, x: F64) -> F64:
+    m = x.shape[0]
+    out = np.empty(m)
+    o = HEADER
+    i = 0
+    while i < m and state[o + SMA_CNT] < state[o + SMA_N]:
+        out[i] = _sma_step(state, o, x[i])
+        i += 1
+    n = state[o + SMA_N]
+    size = int(n)
+    head = int(state[o + SMA_HEAD])
+    total = state[o + SMA_TOTAL]
+    ring = state[o + SMA_RING : o + SMA_RING + size]
+    for j in range(i, m):
+        total += x[j]
+        ring[head] = x[j]
+        head += 1
+        if head == size:
+            head = 0
+        out[j] = total / n
+        total -= ring[head]
+    state[o + SMA_HEAD] = head
+    state[o + SMA_TOTAL] = total
+    return out
+
+
+@_njit
+def ema_feed(state: F64, x: F64) -> F64:
+    m = x.shape[0]
+    out = np.empty(m)
+    o = HEADER
+    i = 0
+    while i < m and state[o + EMA_CNT] < state[o + EMA_N]:
+        out[i] = _ema_step(state, o, x[i])
+        i += 1
+    v, k = state[o + EMA_VAL], state[o + EMA_K]
+    for j in range(i, m):
+        v = _ema_next(v, k, x[j])
+        out[j] = v
+    state[o + EMA_VAL] = v
+    return out
+
+
+@_njit
+def rma_feed(state: F64, x: F64) -> F64:
+    m = x.shape[0]
+    out = np.empty(m)
+    o = HEADER
+    i = 0
+    while i < m and state[o + RMA_CNT] < state[o + RMA_N]:
+        out[i] = _rma_step(state, o, x[i])
+        i += 1
+    v, n = state[o + RMA_VAL], state[o + RMA_N]
+    for j in range(i, m):
+        v = _rma_next(v, n, x[j])
+        out[j] = v
+    state[o + RMA_VAL] = v
+    return out
+
+
+@_njit
+def true_range_feed(state: F64, high: F64, low: F64, close: F64) -> F64:
+    m = close.shape[0]
+    out = np.empty(m)
+    o = HEADER
+    i = 0
+    while i < m and state[o + TR_HAVE] == 0.0:
+        out[i] = _tr_step(state, o, high[i], low[i], close[i])
+        i += 1
+    prev = state[o + TR_PREV]
+    for j in range(i, m):
+        out[j] = _tr(prev, high[j], low[j])
+        prev = close[j]
+    state[o + TR_PREV] = prev
+    return out
+
+
+@_njit
+def atr_feed(state: F64, high: F64, low: F64, close: F64) -> F64:
+    m = close.shape[0]
+    out = np.empty(m)
+    o = HEADER
+    r = o + TR_SIZE
+    i = 0
+    while i < m and state[r + RMA_CNT] < state[r + RMA_N]:
+        out[i] = _atr_step(state, o, high[i], low[i], close[i])
+        i += 1
+    prev, v, n = state[o + TR_PREV], state[r + RMA_VAL], state[r + RMA_N]
+    for j in range(i, m):
+        v = _rma_next(v, n, _tr(prev, high[j], low[j]))
+        prev = close[j]
+        out[j] = v
+    state[o + TR_PREV] = prev
+    state[r + RMA_VAL] = v
+    return out
+
+
+@_njit
+def rsi_feed(state: F64, x: F64) -> F64:
+    m = x.shape[0]
+    out = np.empty(m)
+    o = HEADER
+    i = 0
+    while i < m and state[o + RSI_CNT] <= state[o + RSI_N]:
+        out[i] = _rsi_step(state, o, x[i])
+        i += 1
+    n, prev, gain, loss = state[o + RSI_N], state[o + RSI_PREV], state[o + RSI_GAIN], state[o + RSI_LOSS]
+    for j in range(i, m):
+        diff = x[j] - prev
+        prev = x[j]
+        loss *= n - 1.0
+        gain *= n - 1.0
+        if diff < 0.0:
+            loss -= diff
+        else:
+            gain += diff
+        loss /= n
+        gain /= n
+        out[j] = _rsi(gain, loss)
+    state[o + RSI_PREV] = prev
+    state[o + RSI_GAIN] = gain
+    state[o + RSI_LOSS] = loss
+    return out
+
+
+@_njit
+def macd_feed(state: F64, close: F64) -> tuple[F64, F64, F64]:
+    m = close.shape[0]
+    line, signal, hist = np.empty(m), np.empty(m), np.empty(m)
+    i = 0
+    while i < m and state[MACD_SIGNAL + EMA_CNT] < state[MACD_SIGNAL + EMA_N]:
+        line[i], signal[i], hist[i] = _macd_step(state, close[i])
+        i += 1
+    fast, kf = state[MACD_FAST + EMA_VAL], state[MACD_FAST + EMA_K]
+    slow, ks = state[MACD_SLOW + EMA_VAL], state[MACD_SLOW + EMA_K]
+    sig, kg = state[MACD_SIGNAL + EMA_VAL], state[MACD_SIGNAL + EMA_K]
+    for j in range(i, m):
+        fast = _ema_next(fast, kf, close[j])
+        slow = _ema_next(slow, ks, close[j])
+        v = fast - slow
+        sig = _ema_next(sig, kg, v)
+        line[j], signal[j], hist[j] = v, sig, v - sig
+    state[MACD_FAST + EMA_VAL], state[MACD_SLOW + EMA_VAL], state[MACD_SIGNAL + EMA_VAL] = fast, slow, sig
+    return line, signal, hist
+
+
+@_njit
+def macdv_feed(state: F64, high: F64, low: F64, close: F64) -> tuple[F64, F64, F64]:
+    m = close.shape[0]
+    line, signal, hist = np.empty(m), np.empty(m), np.empty(m)
+    i = 0
+    while i < m and state[MACDV_SIGNAL + EMA_CNT] < state[MACDV_SIGNAL + EMA_N]:
+        line[i], signal[i], hist[i] = _macdv_step(state, high[i], low[i], close[i])
+        i += 1
+    a = MACDV_ATR + TR_SIZE
+    fast, kf = state[MACDV_FAST + EMA_VAL], state[MACDV_FAST + EMA_K]
+    slow, ks = state[MACDV_SLOW + EMA_VAL], state[MACDV_SLOW + EMA_K]
+    prev, atr, na = state[MACDV_ATR + TR_PREV], state[a + RMA_VAL], state[a + RMA_N]
+    sig, kg = state[MACDV_SIGNAL + EMA_VAL], state[MACDV_SIGNAL + EMA_K]
+    for j in range(i, m):
+        c = close[j]
+        fast = _ema_next(fast, kf, c)
+        slow = _ema_next(slow, ks, c)
+        atr = _rma_next(atr, na, _tr(prev, high[j], low[j]))
+        prev = c
+        v = _macdv_line(fast - slow, atr)
+        sig = _ema_next(sig, kg, v)
+        line[j], signal[j], hist[j] = v, sig, v - sig
+    state[MACDV_FAST + EMA_VAL], state[MACDV_SLOW + EMA_VAL], state[MACDV_SIGNAL + EMA_VAL] = fast, slow, sig
+    state[MACDV_ATR + TR_PREV], state[a + RMA_VAL] = prev, atr
+    return line, signal, hist

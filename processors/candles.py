@@ -37,6 +37,7 @@ from projections import store
 from projections.candles import Candle, CandleBook, CandleClosed
 from projections.rollups import SOURCE as ROLLUP
 from projections.rollups import apply_rollup
+from projections.scope import Scope
 from projections.trades import Trade, TradeBucket, apply_trade, to_candle
 from projections.watermark import bucket_end, bucket_start, close_due, duration_ms
 from streams import keys
@@ -268,13 +269,16 @@ class CandleProcessor:
                     plan = self.plan(entries, last_id)  # a market listed since the last sync
                 watermark = max(int(raw_mark or 0), plan.event_ns)
                 due = await self._due(client, watermark)
-                books, states = await self._load(client, plan, due)
+                scope = await Scope.load(client, self.exchange_id, self._symbols(plan, due))
+                books, states = await self._load(client, plan, due, scope)
                 stored_states = {k for k, v in states.items() if v is not None}
                 closes = self._fold(plan, books, states, due, int(raw_mark or 0))
                 if self.rollups:
-                    await self._rollups(client, books, closes, watermark, due)
+                    await self._rollups(client, books, closes, watermark, due, scope)
                 pipe.multi()  # type: ignore[no-untyped-call]
-                self._queue(pipe, books, states, stored_states, due, closes, plan.dead, entries, raw_last, watermark)
+                self._queue(
+                    pipe, books, states, stored_states, due, closes, plan.dead, entries, raw_last, watermark, scope
+                )
                 await pipe.execute()
             if closes:
                 await self._publish(client, closes)
@@ -307,6 +311,7 @@ class CandleProcessor:
         closes: list[CandleClosed],
         watermark: int,
         due: list[tuple[str, int]],
+        scope: Scope,
     ) -> None:
         """Recompute every roll-up bucket whose base candles this batch changed, level by level (1m → 5m →
         15m ...), each from the whole set of its base candles; then close those the watermark has passed.
@@ -325,8 +330,8 @@ class CandleProcessor:
             plan = sorted((pair, start) for pair, starts in wanted.items() for start in starts)
             pipe = client.pipeline(transaction=False)
             for (src, tgt), start in plan:
-                pipe.zrange(src, start, bucket_end(target, start) - 1, byscore=True)
-                pipe.zrange(tgt, start, start, byscore=True)
+                pipe.zrange(scope.read_key(src), start, bucket_end(target, start) - 1, byscore=True)
+                pipe.zrange(scope.read_key(tgt), start, start, byscore=True)
             replies: Any = await pipe.execute()
             for i, ((src, tgt), start) in enumerate(plan):
                 parts = {c.start: c for c in map(store.decode_candle, replies[2 * i])}
@@ -355,8 +360,13 @@ class CandleProcessor:
                     books[key].put(event.candle)
                     closes.append(event)
 
+    @staticmethod
+    def _symbols(plan: Plan, due: list[tuple[str, int]]) -> set[str]:
+        out = {c.symbol for i in plan.items for c, _ in i.updates} | {t.symbol for i in plan.items for t in i.trades}
+        return out | {keys.parse_candles(key)[1] for key, _ in due}
+
     async def _load(
-        self, client: aioredis.Redis, plan: Plan, due: list[tuple[str, int]]
+        self, client: aioredis.Redis, plan: Plan, due: list[tuple[str, int]], scope: Scope
     ) -> tuple[dict[str, CandleBook], dict[tuple[str, int], TradeBucket | None]]:
         wanted: dict[str, set[int]] = defaultdict(set)
         for candle, _ in (u for i in plan.items for u in i.updates):
@@ -369,7 +379,11 @@ class CandleProcessor:
                 state_wanted.add((keys.trade_state(t.exchange, t.symbol, tf), start))
         for key, start in due:
             wanted[key].add(start)
-        loaded = await store.load_series(client, wanted)
+        placed = {scope.read_key(key): key for key in wanted}
+        loaded = {
+            placed[k]: v
+            for k, v in (await store.load_series(client, {scope.read_key(k): v for k, v in wanted.items()})).items()
+        }
         states: dict[tuple[str, int], TradeBucket | None] = {}
         if state_wanted:
             order = sorted(state_wanted)
@@ -467,6 +481,7 @@ class CandleProcessor:
         entries: Sequence[Entry],
         raw_last: bytes | None,
         watermark: int,
+        scope: Scope,
     ) -> None:
         closed_members = [
             f"{key}|{start}" for key, start in due if (c := books[key].candles.get(start)) is None or c.closed
@@ -474,7 +489,12 @@ class CandleProcessor:
         opened: dict[str, int] = {}
         for key, book in books.items():
             dirty = [book.candles[start] for start in sorted(book.dirty)]
-            store.queue_series(pipe, key, dirty, history=self.history, stored=book.stored)
+            targets, expiry = scope.write_keys(key)
+            for target in targets:
+                known = book.stored if target == scope.read_key(key) else None
+                store.queue_series(pipe, target, dirty, history=self.history, stored=known, index=expiry is None)
+            if dirty:
+                scope.queue_expiry(pipe, key, targets, expiry)
             for candle in dirty:
                 member = f"{key}|{candle.start}"
                 if candle.closed:

@@ -61,7 +61,13 @@ def queue_put(pipe: Any, key: str, candle: Candle, *, history: int) -> None:
 
 
 def queue_series(
-    pipe: Any, key: str, candles: list[Candle], *, history: int, stored: Collection[int] | None = None
+    pipe: Any,
+    key: str,
+    candles: list[Candle],
+    *,
+    history: int,
+    stored: Collection[int] | None = None,
+    index: bool = True,
 ) -> None:
     """Queue (in a MULTI) the replacement of several buckets of one series, then one trim to ``history``.
     ``stored``: the starts known to exist (only those need removing first); None: any may exist."""
@@ -72,7 +78,8 @@ def queue_series(
             pipe.zremrangebyscore(key, candle.start, candle.start)
     pipe.zadd(key, {encode(c): c.start for c in candles})
     pipe.zremrangebyrank(key, 0, -(history + 1))
-    pipe.sadd(keys.candle_index(candles[0].exchange), key)
+    if index:  # (user overflow series are found through their user's index, not the exchange's)
+        pipe.sadd(keys.candle_index(candles[0].exchange), key)
 
 
 async def read_candles(

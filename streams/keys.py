@@ -15,6 +15,7 @@ Streams and bookkeeping (DESIGN.md):
     frames:{exchange_id}:dead       frames that could not be folded, with the reason
     closes:{exchange_id}            candle-close events
     alerts:{exchange_id}            alert events
+    alerts:{exchange_id}:ids        ids of the alerts raised (sorted set by candle start): no alert twice
     control                         commands + lifecycle events (the source of truth)
     proj:{name}:{exchange_id}:p{n}:last_id    the raw-stream position a projection reflects
     proj:{name}:{exchange_id}:p{n}:watermark  the newest event time (ns) seen in that partition
@@ -23,6 +24,10 @@ Streams and bookkeeping (DESIGN.md):
     lease:{group}:{exchange_id}:p{n}          which consumer owns a partition (token, with a TTL)
     workers:{group}:{exchange_id}             live consumers of a group (sorted set, score = expiry ms)
     markets:{exchange_id}           native symbol -> market (base, quote, status), from exchange metadata
+    pool:{exchange_id}              the shared symbol pool (Tier 1); empty: every symbol is shared
+    holders:{exchange_id}:{symbol}  users holding a position (sorted set: user -> expiry ms)
+    userkeys:{user_id}:{exchange_id}:{symbol}   the user overflow keys written for that symbol
+    userindicator:{user_id}:{exchange_id}:{symbol}:{timeframe}:{type}   DATA-03 indicator overflow
     gaps:{exchange_id}:{symbol}:{timeframe}   buckets that could not be fetched (sorted set of starts)
 
 Every part is validated: empty parts and parts containing ``:`` or whitespace would make keys
@@ -170,3 +175,26 @@ def open_candles(projection: str, exchange_id: str, partition: int) -> str:
 @functools.lru_cache(maxsize=65_536)
 def trade_state(exchange_id: str, symbol: str, timeframe: str) -> str:
     return f"tradestate:{exchange_part(exchange_id)}:{_part('symbol', symbol)}:{timeframe_part(timeframe)}"
+
+
+def alert_ids(exchange_id: str) -> str:
+    return f"alerts:{exchange_part(exchange_id)}:ids"
+
+
+def userindicator(user_id: str, exchange_id: str, symbol: str, timeframe: str, kind: str) -> str:
+    return (
+        f"userindicator:{_part('user_id', user_id)}:{exchange_part(exchange_id)}:"
+        f"{_part('symbol', symbol)}:{timeframe_part(timeframe)}:{_part('type', kind)}"
+    )
+
+
+def pool(exchange_id: str) -> str:
+    return f"pool:{exchange_part(exchange_id)}"
+
+
+def holders(exchange_id: str, symbol: str) -> str:
+    return f"holders:{exchange_part(exchange_id)}:{_part('symbol', symbol)}"
+
+
+def user_keys(user_id: str, exchange_id: str, symbol: str) -> str:
+    return f"userkeys:{_part('user_id', user_id)}:{exchange_part(exchange_id)}:{_part('symbol', symbol)}"

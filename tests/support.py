@@ -54,6 +54,7 @@ async def all_candles(client: aioredis.Redis, exchange_id: str) -> dict[tuple[st
         members: list[bytes] = await client.zrange(key, 0, -1)  # type: ignore[assignment]
         for raw in members:
             c = store.decode_candle(raw)
+            assert (c.symbol, c.timeframe, c.start) not in out, f"{key} holds bucket {c.start} twice"
             out[(c.symbol, c.timeframe, c.start)] = c
     return out
 

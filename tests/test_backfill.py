@@ -453,8 +453,8 @@ async def test_a_live_batch_that_read_before_a_backfill_commit_refolds_on_top_of
             backfills: list[bf.BackfillResult] = []
 
             class Racing(CandleProcessor):
-                async def _load(self, c: aioredis.Redis, plan: Any, due: Any) -> Any:
-                    loaded = await super()._load(c, plan, due)
+                async def _load(self, c: aioredis.Redis, plan: Any, due: Any, scope: Any) -> Any:
+                    loaded = await super()._load(c, plan, due, scope)
                     if not backfills:  # the backfill commits after this batch read the series
                         backfills.append(
                             await bf.backfill(client, rest, "binance", "BTC-USDT", "1m", base, base + 9 * MIN)

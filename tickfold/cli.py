@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--exchange", action="append", help="only this exchange (repeatable; default: all)")
     pr.add_argument("--until-idle", action="store_true", help="drain the streams, then exit")
     pr.add_argument("--batch-size", type=int, help="entries per batch (default 500)")
+    pr.add_argument(
+        "--backfill",
+        action="store_true",
+        default=None,
+        help="also backfill from REST: warm-up on start, then after reconnects and gaps (env TICKFOLD_BACKFILL)",
+    )
 
     c = sub.add_parser("candles", help="show the candles of one series")
     c.add_argument("exchange")
@@ -55,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("timeframe", help="1m, 5m, 1h, ...")
     c.add_argument("--limit", type=int, default=20, help="newest N candles (default 20)")
     c.add_argument("--json", action="store_true", help="a JSON array, oldest first")
+    c.add_argument("--user", help="fall back to this user's overflow keys (DATA-04 dual-read)")
 
     d = sub.add_parser("dead", help="show the dead-letter stream of an exchange")
     d.add_argument("exchange")
@@ -80,6 +87,19 @@ def _parser() -> argparse.ArgumentParser:
     mk_sync = mk_sub.add_parser("sync", help="fetch the market list from the exchange's REST API into Redis")
     mk_sync.add_argument("exchange")
 
+    ind = sub.add_parser("indicators", help="MACD-V of a series, newest closed candles")
+    ind.add_argument("exchange")
+    ind.add_argument("symbol", help="BTCUSDT / BTC-USD or canonical BTC-USDT")
+    ind.add_argument("timeframe", help="1m, 5m, 15m, 1h, 4h, 1d")
+    ind.add_argument("--type", default="macdv", help="indicator type (default macdv)")
+    ind.add_argument("--limit", type=int, default=20)
+    ind.add_argument("--user", help="fall back to this user's overflow keys (DATA-04 dual-read)")
+    ind.add_argument("--json", action="store_true", help="a JSON array, oldest first: start, macdv, signal, histogram")
+    al = sub.add_parser("alerts", help="alerts raised (MACD-V signal crosses and zone changes)")
+    al.add_argument("--exchange", action="append", help="only this exchange (repeatable; default: all)")
+    al.add_argument("--limit", type=int, default=50, help="how many recent alerts per exchange to show first")
+    al.add_argument("--follow", action="store_true", help="then keep printing new alerts until Ctrl-C")
+    al.add_argument("--json", action="store_true", help="JSON (an array; with --follow one object per line)")
     gp = sub.add_parser("gaps", help="missing candle buckets: marked by a backfill, and holes in the stored series")
     gp.add_argument("exchange", help="exchange id: binance or coinbase")
     gp.add_argument("symbol", nargs="?", help="only this symbol: BTCUSDT / BTC-USD or canonical BTC-USDT")
@@ -108,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "database_url": args.database_url,
         "data_dir": args.data_dir,
         "batch_size": getattr(args, "batch_size", None),
+        "backfill": getattr(args, "backfill", None),
     }
     try:
         settings = Settings.load(os.environ, config_file=args.config, overrides=overrides)

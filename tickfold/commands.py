@@ -21,13 +21,15 @@ from rich.console import Console
 from rich.table import Table
 
 from processors.candles import GROUP, NATIVE_TIMEFRAMES, CandleProcessor
+from processors.indicators import GROUP as INDICATORS
+from processors.indicators import IndicatorProcessor
 from processors.runner import Runner, RunnerConfig, RunStats
-from projections import store
+from projections import scope, store
 from projections.candles import Candle
 from streams import keys, log, recorded
 from streams.frames import DECODERS
 from streams.symbols import SymbolMap, bundled, load_symbol_map
-from tickfold import commands_gaps, commands_live
+from tickfold import commands_gaps, commands_indicators, commands_live
 from tickfold.errors import TickfoldError, UnknownExchange
 from tickfold.runtime import Servers, servers
 from tickfold.settings import Settings
@@ -65,6 +67,8 @@ def dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int:
         "ingest-live": commands_live.ingest_live,
         "simulate": commands_live.simulate,
         "gaps": commands_gaps.gaps,
+        "indicators": commands_indicators.indicators,
+        "alerts": commands_indicators.alerts,
         "markets": commands_live.markets,
     }
     return handlers[command](args, settings)
@@ -117,22 +121,53 @@ async def _ingest(client: aioredis.Redis, exchange_id: str, path: Path, partitio
 
 def process(args: argparse.Namespace, settings: Settings) -> int:
     exchanges = [check_exchange(e) for e in (args.exchange or EXCHANGES)]
-    with servers(settings, _say) as srv:
+    with servers(settings, _say, postgres=settings.backfill) as srv:  # backfill: REST URLs from the exchanges table
         return _run(_process(srv, settings, exchanges, until_idle=args.until_idle))
 
 
 async def _process(srv: Servers, settings: Settings, exchanges: Sequence[str], *, until_idle: bool) -> int:
+    from control import exchanges as exchange_rows
+    from processors.gapwatch import GapWatchConfig, GapWatchStats, run_gapwatch
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    rows = []
+    if settings.backfill:
+        assert srv.database_url is not None
+        rows = [r for r in await exchange_rows.list_exchanges(srv.database_url) if r.id in exchanges and r.enabled]
+        _say(f"backfill: REST {', '.join(f'{r.id} {r.rest_url}' for r in rows) or 'none (no enabled exchange rows)'}")
+    gap_config = GapWatchConfig(
+        consumer=settings.consumer_name(),
+        block_ms=settings.block_ms,
+        history=settings.candle_history,
+        backfill_history=settings.backfill_history,
+    )
+    gap_stats: GapWatchStats | None = None
     async with log.connect(srv.redis_url) as client:
-        results = await run_processors(client, settings, exchanges, until_idle=until_idle, stop=stop)
+        if not rows:
+            results = await run_processors(client, settings, exchanges, until_idle=until_idle, stop=stop)
+        elif until_idle:  # fold first, then the control stream's events once: the same result every run
+            results = await run_processors(client, settings, exchanges, until_idle=True, stop=stop)
+            gap_stats = await run_gapwatch(client, rows, gap_config, until_idle=True, stop=stop)
+        else:
+            results, gap_stats = await asyncio.gather(
+                run_processors(client, settings, exchanges, until_idle=False, stop=stop),
+                run_gapwatch(client, rows, gap_config, until_idle=False, stop=stop),
+            )
     for exchange_id, stats in results.items():
         t = stats.totals
         out.print(
             f"{exchange_id}: {t.processed} frames folded in {stats.batches} batches, "
             f"{t.skipped} redelivered skipped, {t.dead} dead-lettered, {t.events} candle-close events"
+        )
+    if gap_stats is not None:
+        g = gap_stats
+        out.print(
+            f"backfill: warm-up filled {sum(len(r.written) for r in g.warmed)} candles; {g.triggers} reconnect/gap "
+            f"event(s) in {g.rounds} round(s) filled {sum(len(r.written) for r in g.results)} candles; "
+            f"{sum(len(r.gaps) for r in [*g.warmed, *g.results])} bucket(s) marked as gaps (tickfold gaps EXCHANGE)"
         )
     return 0
 
@@ -144,7 +179,11 @@ async def run_processors(
     *,
     until_idle: bool,
     stop: asyncio.Event | None = None,
+    indicator_stats: dict[str, RunStats] | None = None,
 ) -> dict[str, RunStats]:
+    """Run the candle processor (and, unless ``settings.indicators`` is off, the indicator processor) of
+    each exchange; returns the candle runners' stats, and fills ``indicator_stats`` when given.
+    With ``until_idle`` the candle closes are drained first, then the indicators."""
     config = RunnerConfig(
         consumer=settings.consumer_name(),
         batch_size=settings.batch_size,
@@ -155,6 +194,7 @@ async def run_processors(
         stream_max_age_ms=settings.stream_max_age_ms,
     )
     runners: dict[str, Runner] = {}
+    indicator_runners: dict[str, Runner] = {}
     for ex in exchanges:
         symbols = await load_symbol_map(client, ex)
         partitions = await log.ensure_partitions(client, ex, settings.partitions)
@@ -172,7 +212,22 @@ async def run_processors(
             )
 
         runners[ex] = Runner(client, ex, GROUP, partitions, make, config)
-    done = await asyncio.gather(*(r.run(until_idle=until_idle, stop=stop) for r in runners.values()))
+        if settings.indicators:
+
+            def make_indicators(p: int, ex: str = ex) -> IndicatorProcessor:
+                return IndicatorProcessor(ex, window=settings.indicator_window, history=settings.indicator_history)
+
+            indicator_runners[ex] = Runner(client, ex, INDICATORS, 1, make_indicators, config)
+    if until_idle:
+        done = await asyncio.gather(*(r.run(until_idle=True, stop=stop) for r in runners.values()))
+        ind = await asyncio.gather(*(r.run(until_idle=True, stop=stop) for r in indicator_runners.values()))
+    else:
+        both = await asyncio.gather(
+            *(r.run(until_idle=False, stop=stop) for r in [*runners.values(), *indicator_runners.values()])
+        )
+        done, ind = both[: len(runners)], both[len(runners) :]
+    if indicator_stats is not None:
+        indicator_stats.update(zip(indicator_runners, ind, strict=True))
     return dict(zip(runners, done, strict=True))
 
 
@@ -181,7 +236,7 @@ def candles(args: argparse.Namespace, settings: Settings) -> int:
     symbol = bundled(exchange_id).resolve(args.symbol)
     keys.timeframe_part(args.timeframe)
     with servers(settings, _say) as srv:
-        rows = _run(_read(srv.redis_url, exchange_id, symbol, args.timeframe, args.limit))
+        rows = _run(_read(srv.redis_url, exchange_id, symbol, args.timeframe, args.limit, args.user))
     if args.json:
         sys.stdout.write(msgspec.json.encode([candle_json(c) for c in rows]).decode() + "\n")
     else:
@@ -189,9 +244,13 @@ def candles(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _read(url: str, exchange_id: str, symbol: str, timeframe: str, limit: int) -> list[Candle]:
+async def _read(
+    url: str, exchange_id: str, symbol: str, timeframe: str, limit: int, user_id: str | None
+) -> list[Candle]:
     async with log.connect(url) as client:
-        return await store.read_candles(client, exchange_id, symbol, timeframe, limit=limit)
+        answer = await scope.read_candles(client, exchange_id, symbol, timeframe, limit=limit, user_id=user_id)
+    _say(f"answered by: {answer.source}")
+    return answer.candles
 
 
 def dead(args: argparse.Namespace, settings: Settings) -> int:

@@ -39,6 +39,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     block_ms: int = 1000
     candle_history: int = 5000
     backfill_history: int = 300  # closed candles per symbol/timeframe the warm-up backfills from REST
+    backfill: bool = False  # `process` also runs the gap watch (REST backfill on start, reconnects and gaps)
     consumer: str = ""  # empty: {hostname}-{pid}
     partitions: int = 4  # raw-stream partitions per exchange (fixed once an exchange's first frame is written)
     lease_ttl_ms: int = 5000  # a dead processor's partitions (and pending entries) are claimed after this long
@@ -47,6 +48,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     stream_max_age_ms: int = 7 * 86_400_000  # older raw entries are trimmed (once acknowledged)
     trade_candles: str = "coinbase:1m"  # exchange:timeframe pairs built from trades (comma-separated)
     rollups: str = "5m,15m,1h,4h,1d"  # timeframes folded from closed 1m candles (except an exchange's native ones)
+    indicators: bool = True  # `process` runs the indicator processor beside the candle processor
+    indicator_window: int = 1000  # closed candles each MACD-V recompute reads (enough to forget the seed)
+    indicator_history: int = 1000  # MACD-V points kept per series
     close_grace_ms: int = 5000  # an open candle closes once event time passes its end plus this
     log_level: str = "INFO"
 
@@ -56,7 +60,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         if self.database_url is not None:
             _check_url("database_url", self.database_url, _PG_SCHEMES)
         positive = ("batch_size", "block_ms", "candle_history", "backfill_history", "partitions", "lease_ttl_ms")
-        for name in (*positive, "max_deliveries", "stream_max_len", "stream_max_age_ms"):
+        for name in (
+            *positive,
+            "max_deliveries",
+            "stream_max_len",
+            "stream_max_age_ms",
+            "indicator_window",
+            "indicator_history",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, f"must be > 0, got {getattr(self, name)}")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

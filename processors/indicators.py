@@ -1,0 +1,204 @@
+"""The indicator processor: candle-close events -> MACD-V projections and alerts (DATA-02, VIS-01/03).
+
+It reads ``closes:{exchange_id}`` in its own consumer group (one leased owner, like a one-partition
+raw stream). For each series a batch touches it *recomputes* from the candle history rather than
+stepping a stored state, so a repeated or out-of-order close, a correction or a backfilled bucket
+can't corrupt anything: the values are a function of the closed candles alone.
+
+* Input: the newest ``window`` closed candles of the series (default 1000). EMA(26) and Wilder's
+  ATR(26) forget their seed by a factor (25/26)^1000 ≈ 1e-17, below double precision, so the values
+  are those of the whole history while the series is longer than the window, and exactly the batch
+  kernels' output over the whole series while it is shorter.
+* Output: ``indicator:{exchange_id}:{symbol}:{timeframe}:macdv``, a sorted set scored by candle start
+  of JSON points ``{start, macdv, signal, histogram, zone}``, bounded to ``history`` points; only
+  candles past the warm-up (26 + 9 closes) have a point. A batch rewrites the points from the
+  earliest close it carries onwards.
+* Alerts: the rules of :mod:`projections.alerts` between consecutive points. Each alert has a
+  deterministic id; ids already raised (``alerts:{exchange_id}:ids``) are not raised again, so a
+  redelivery or a replay never duplicates one. New alerts go to ``alerts:{exchange_id}`` in the same
+  MULTI as the points and the XACK, and are then published on ``channel:alerts:{exchange_id}``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+import redis.asyncio as aioredis
+
+from processors.leases import Fence
+from processors.runner import BatchResult
+from projections import store
+from projections.alerts import Alert, Point, alerts, points
+from projections.candles import Candle
+from projections.indicators import DEFAULT_THRESHOLDS, ZoneThresholds, macdv
+from projections.scope import Scope
+from streams import keys
+from streams.log import Entry, WatchError, translated
+from tickfold.errors import ProjectionConflict
+
+log = logging.getLogger(__name__)
+
+GROUP = "indicators"
+KIND = "macdv"
+_MAX_CONFLICT_RETRIES = 20
+_ENCODER = msgspec.json.Encoder()
+_POINT = msgspec.json.Decoder(Point)
+_ALERT = msgspec.json.Decoder(Alert)
+
+
+def decode_point(raw: bytes) -> Point:
+    return _POINT.decode(raw)
+
+
+def decode_alert(raw: bytes) -> Alert:
+    return _ALERT.decode(raw)
+
+
+@dataclass(frozen=True)
+class MacdvParams:
+    fast: int = 12
+    slow: int = 26
+    signal: int = 9
+    atr_period: int = 26
+
+
+def compute(candles: list[Candle], params: MacdvParams, zones: ZoneThresholds) -> list[Point | None]:
+    """MACD-V points of closed candles (oldest first); None where the warm-up is not complete."""
+    high = np.array([float(c.high) for c in candles], dtype=np.float64)
+    low = np.array([float(c.low) for c in candles], dtype=np.float64)
+    close = np.array([float(c.close) for c in candles], dtype=np.float64)
+    p = params
+    line, signal, hist = macdv(high, low, close, p.fast, p.slow, p.signal, p.atr_period)
+    return points([c.start for c in candles], line.tolist(), signal.tolist(), hist.tolist(), zones)
+
+
+class IndicatorProcessor:
+    """Folds ``closes:{exchange_id}`` into MACD-V points and alerts; see the module docstring."""
+
+    group = GROUP
+
+    def __init__(
+        self,
+        exchange_id: str,
+        *,
+        window: int = 1000,
+        history: int = 1000,
+        params: MacdvParams | None = None,
+        zones: ZoneThresholds | None = None,
+        alert_history: int = 100_000,
+    ) -> None:
+        self.exchange_id = exchange_id
+        self.stream = keys.closes_stream(exchange_id)
+        self.window = window
+        self.history = history
+        self.params = params or MacdvParams()
+        self.zones = zones or DEFAULT_THRESHOLDS
+        self.alert_history = alert_history
+        self.ids_key = keys.alert_ids(exchange_id)
+
+    async def handle(self, client: aioredis.Redis, entries: Sequence[Entry], fence: Fence) -> BatchResult:
+        changed: dict[tuple[str, str], int] = {}  # (symbol, timeframe) -> earliest close start in the batch
+        dead: list[tuple[Entry, str]] = []
+        for entry in entries:
+            try:
+                event = store.decode_closed(entry[1][b"event"])
+            except (KeyError, msgspec.DecodeError) as exc:
+                dead.append((entry, f"not a candle-close event: {exc}"))
+                continue
+            c = event.candle
+            series = (c.symbol, c.timeframe)
+            changed[series] = min(changed.get(series, c.start), c.start)
+        for _ in range(_MAX_CONFLICT_RETRIES):
+            try:
+                raised = await self._commit(client, entries, fence, changed, dead)
+                break
+            except WatchError:
+                log.info("%s: alert ids changed under us, recomputing", self.stream)
+        else:
+            raise ProjectionConflict(f"{self.ids_key} kept changing during {_MAX_CONFLICT_RETRIES} attempts")
+        if raised:
+            pipe = client.pipeline(transaction=False)
+            for alert in raised:
+                pipe.publish(keys.alerts_channel(self.exchange_id), _ENCODER.encode(alert))
+            with translated(f"publishing alerts of {self.exchange_id}"):
+                await pipe.execute()
+        return BatchResult(processed=len(entries), dead=len(dead), events=len(raised))
+
+    async def _commit(
+        self,
+        client: aioredis.Redis,
+        entries: Sequence[Entry],
+        fence: Fence,
+        changed: dict[tuple[str, str], int],
+        dead: list[tuple[Entry, str]],
+    ) -> list[Alert]:
+        with translated(f"committing indicators of {self.exchange_id}"):
+            async with client.pipeline(transaction=True) as pipe:
+                await pipe.watch(fence.key, self.ids_key)
+                await fence.check(pipe)
+                order = sorted(changed)
+                scope = await Scope.load(client, self.exchange_id, {symbol for symbol, _ in order})
+                reader = client.pipeline(transaction=False)
+                for symbol, tf in order:
+                    series = scope.read_key(keys.candles(self.exchange_id, symbol, tf))
+                    reader.zrange(series, -(self.window + 1), -1)
+                replies: Any = await reader.execute()
+                writes: list[tuple[str, int, list[Point]]] = []  # (indicator key, since, points)
+                fresh: list[Alert] = []
+                for (symbol, tf), members in zip(order, replies, strict=True):
+                    candles = [c for c in map(store.decode_candle, members) if c.closed][-self.window :]
+                    pts = compute(candles, self.params, self.zones)
+                    since = changed[(symbol, tf)]
+                    key = keys.indicator(self.exchange_id, symbol, tf, KIND)
+                    writes.append((key, since, [p for p in pts if p is not None and p.start >= since]))
+                    for prev, cur in itertools.pairwise(pts):
+                        if prev is not None and cur is not None and cur.start >= since:
+                            fresh.extend(alerts(self.exchange_id, symbol, tf, prev, cur))
+                raised: list[Alert] = []
+                if fresh:
+                    known: Any = await pipe.zmscore(self.ids_key, [a.id for a in fresh])
+                    raised = [a for a, score in zip(fresh, known, strict=True) if score is None]
+                pipe.multi()  # type: ignore[no-untyped-call]
+                for name, since, pts_ in writes:
+                    targets, expiry = scope.write_keys(name)  # user overflow keys for overflow symbols
+                    for key in targets:
+                        pipe.zremrangebyscore(key, since, "+inf")
+                        if pts_:
+                            pipe.zadd(key, {_ENCODER.encode(p): p.start for p in pts_})
+                        pipe.zremrangebyrank(key, 0, -(self.history + 1))
+                    scope.queue_expiry(pipe, name, targets, expiry)
+                alerts_stream = keys.alerts_stream(self.exchange_id)
+                for alert in raised:
+                    pipe.xadd(alerts_stream, {"alert": _ENCODER.encode(alert)})
+                    pipe.zadd(self.ids_key, {alert.id: alert.start})
+                if raised:
+                    pipe.zremrangebyrank(self.ids_key, 0, -(self.alert_history + 1))
+                dead_stream = keys.dead_letter_stream(self.exchange_id)
+                for (eid, fields), reason in dead:
+                    why = {b"reason": reason.encode(), b"original_id": eid, b"stream": self.stream.encode()}
+                    pipe.xadd(dead_stream, {**fields, **why})  # type: ignore[dict-item]
+                pipe.xack(self.stream, self.group, *[e[0] for e in entries])
+                await pipe.execute()
+        return raised
+
+
+async def read_points(
+    client: aioredis.Redis, exchange_id: str, symbol: str, timeframe: str, *, limit: int, user_id: str | None = None
+) -> tuple[str, list[Point]]:
+    """DATA-04: the newest ``limit`` MACD-V points, oldest first, from the exchange-scoped key or else the
+    user's overflow key; and which answered (``exchange``, ``user:<id>`` or ``none``)."""
+    places = [("exchange", keys.indicator(exchange_id, symbol, timeframe, KIND))]
+    if user_id is not None:
+        places.append((f"user:{user_id}", keys.userindicator(user_id, exchange_id, symbol, timeframe, KIND)))
+    for source, key in places:
+        with translated(f"reading {key}"):
+            members: Any = await client.zrange(key, -limit, -1)
+        if members:
+            return source, [decode_point(m) for m in members]
+    return "none", []

@@ -63,6 +63,39 @@ class RunStats:
         self.totals.events += r.events
 
 
+# Read a batch from each partition whose lease is still ours, atomically with the check.
+_FENCED_READ = """
+local token, group, consumer, count = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local out = {}
+for i = 1, #KEYS, 2 do
+  local lease, stream = KEYS[i], KEYS[i + 1]
+  if redis.call('GET', lease) ~= token then
+    out[#out + 1] = {stream, 'lost', ''}
+  else
+    local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', stream, '>')
+    if r and #r[1][2] > 0 then
+      out[#out + 1] = {stream, 'read', r[1][2]}
+    else
+      local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+      out[#out + 1] = {stream, 'empty', (#last > 0) and last[1][1] or '0-0'}
+    end
+  end
+end
+return out
+"""
+
+
+# Claim (XAUTOCLAIM, any idle time) a partition's pending entries, only while its lease is ours.
+_FENCED_CLAIM = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
+return redis.call('XAUTOCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'COUNT', ARGV[5])
+"""
+
+
+def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 class Handler(Protocol):
     """Folds the entries of one partition stream; commits fenced by ``fence``, then XACKs."""
 
@@ -167,20 +200,39 @@ class Runner:
                 log.info("%s: trimmed %d acknowledged entries", self.handlers[p].stream, removed)
 
     async def _read(self, held: list[int], *, block_ms: int | None) -> dict[int, list[Entry]]:
-        streams: dict[Any, Any] = {self.handlers[p].stream: ">" for p in held}
+        """New entries of the partitions held, read *fenced*: a partition whose lease is no longer ours is
+        not read (and is dropped). Otherwise an owner whose lease ran out could take entries into its
+        pending list after the successor claimed the old ones, and those would be stranded behind the
+        successor's position. When nothing is new, wait with a plain XREAD (it consumes nothing)."""
+        keys_: list[str] = []
+        for p in held:
+            keys_ += [self.membership.fence(p).key, self.handlers[p].stream]
         by_stream = {self.handlers[p].stream: p for p in held}
+        args = (self.membership.token, self.group, self.consumer, self.config.batch_size)
 
         async def read() -> Any:
             with translated(f"reading the raw streams of {self.exchange_id}"):
-                return await self.client.xreadgroup(
-                    self.group, self.consumer, streams, count=self.config.batch_size, block=block_ms
-                )
+                return await self.client.eval(_FENCED_READ, len(keys_), *keys_, *args)
 
         reply = await self._retrying(read)
         out: dict[int, list[Entry]] = {}
-        for stream, entries in reply or []:
-            name = stream.decode() if isinstance(stream, bytes) else stream
-            out[by_stream[name]] = [(eid, f) for eid, f in entries if f is not None]
+        newest: dict[Any, Any] = {}
+        for stream, status, payload in reply:
+            p = by_stream[stream.decode()]
+            if status == b"lost":
+                log.warning("%s p%d: lease lost; no longer reading it", self.exchange_id, p)
+                self.membership.held.discard(p)
+            elif status == b"empty":
+                newest[stream] = payload
+            else:
+                out[p] = [(eid, _fields(f)) for eid, f in payload]
+        if not out and newest and block_ms:
+
+            async def wait() -> Any:
+                with translated(f"waiting on the raw streams of {self.exchange_id}"):
+                    return await self.client.xread(newest, count=1, block=block_ms)
+
+            await self._retrying(wait)
         return out
 
     async def _handle(self, partition: int, entries: Sequence[Entry]) -> None:
@@ -202,13 +254,17 @@ class Runner:
         while partition in self.membership.held:
 
             async def claim(cursor: bytes | str = cursor) -> Any:
+                fenced = (self.membership.fence(partition).key, h.stream)
+                args = (self.membership.token, self.group, self.consumer, cursor, self.config.batch_size)
                 with translated(f"claiming pending entries of {h.stream}"):
-                    return await self.client.xautoclaim(
-                        h.stream, self.group, self.consumer, 0, start_id=cursor, count=self.config.batch_size
-                    )
+                    return await self.client.eval(_FENCED_CLAIM, 2, *fenced, *args)
 
             reply = await self._retrying(claim)
-            cursor, claimed = reply[0], [(eid, f) for eid, f in reply[1] if f is not None]
+            if reply == b"lost":
+                log.warning("%s p%d: lease lost while claiming", self.exchange_id, partition)
+                self.membership.held.discard(partition)
+                return
+            cursor, claimed = reply[0], [(eid, _fields(f)) for eid, f in reply[1] if f]
             if claimed:
                 self.stats.claimed += len(claimed)
                 poison = await self._retrying(functools.partial(self._over_delivered, h.stream, claimed))
@@ -292,6 +348,9 @@ class Runner:
                 async with asyncio.timeout(self.config.call_timeout_s):
                     return await call()
             except (StoreUnavailable, TimeoutError) as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # a cancel the timeout turned into TimeoutError (3.11)
+                    raise asyncio.CancelledError from exc
                 if attempt == self.config.max_retries:
                     if isinstance(exc, TimeoutError):
                         raise StoreUnavailable(f"{self.exchange_id}: no answer from Redis in time") from exc

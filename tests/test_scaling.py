@@ -188,3 +188,46 @@ async def test_an_entry_delivered_too_often_is_dead_lettered_and_gone_consumers_
     assert await pending(client, "coinbase") == 0
     consumers = [c["name"] for c in await client.xinfo_consumers(stream, "candles")]
     assert b"ghost" not in consumers
+
+
+async def test_an_owner_whose_lease_ran_out_can_neither_read_nor_commit(
+    day: list[bytes], client: aioredis.Redis, redis_url: str
+) -> None:
+    from processors.candles import GROUP, CandleProcessor
+    from processors.runner import Runner, RunnerConfig
+    from streams.symbols import bundled
+
+    frames = day[:300]
+    expected = await _reference(redis_url, frames)
+    await log.append_frames(client, "coinbase", [(f, 0) for f in frames], partitions=4)
+
+    def make(p: int) -> CandleProcessor:
+        return CandleProcessor("coinbase", p, bundled("coinbase"), history=5000, trade_timeframes=("1m",))
+
+    stale = Runner(client, "coinbase", GROUP, 4, make, RunnerConfig(consumer="stale", batch_size=10, lease_ttl_ms=300))
+    for h in stale.handlers:
+        await log.ensure_group(client, h.stream, GROUP)
+    gained, _ = await stale.membership.balance()
+    assert sorted(gained) == [0, 1, 2, 3]
+    taken = await stale._read(sorted(stale.membership.held), block_ms=None)  # read, then stalls past its lease
+    assert sum(map(len, taken.values())) == 40
+    await asyncio.sleep(0.4)
+    successor = Runner(client, "coinbase", GROUP, 4, make, RunnerConfig(consumer="next", lease_ttl_ms=300))
+    for p in (await successor.membership.balance())[0]:
+        await successor._recover(p)  # claims and folds the 40 entries the stale owner took
+    assert successor.stats.claimed == 40
+    # the stale owner wakes up between the successor's claim and its next read: it must take nothing,
+    # or what it took would sit in its pending list behind the successor's position
+    assert await _read_nothing(stale)
+    for p, entries in taken.items():
+        await stale._handle(p, entries)  # and its commits are fenced off
+    assert stale.stats.totals.processed == 0
+    await successor.membership.leave()
+    await drain(client, ["coinbase"], lease_ttl_ms=300)
+    assert await pending(client, "coinbase") == 0
+    assert await all_candles(client, "coinbase") == expected
+
+
+async def _read_nothing(runner: Any) -> bool:
+    got = await runner._read([0, 1, 2, 3], block_ms=None)
+    return not got and not runner.membership.held

@@ -10,9 +10,14 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import adapter_ingest, harness, indicators, ingest_fold
+from benchmarks import adapter_ingest, harness, indicator_processor, indicators, ingest_fold
 
-BENCHMARKS = {"ingest_fold": ingest_fold.run, "adapter_ingest": adapter_ingest.run, "indicators": indicators.run}
+BENCHMARKS = {
+    "ingest_fold": ingest_fold.run,
+    "adapter_ingest": adapter_ingest.run,
+    "indicators": indicators.run,
+    "indicator_processor": indicator_processor.run,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

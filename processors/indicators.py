@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,9 +36,19 @@ from processors.leases import Fence
 from processors.runner import BatchResult
 from projections import store
 from projections.alerts import Alert, Point, alerts, points
-from projections.candles import Candle
-from projections.indicators import DEFAULT_THRESHOLDS, ZoneThresholds, macdv
+from projections.candles import Candle, CandleClosed
+from projections.indicators import (
+    DEFAULT_THRESHOLDS,
+    Kind,
+    ZoneThresholds,
+    dumps,
+    loads,
+    macdv_feed,
+    macdv_state,
+    macdv_update,
+)
 from projections.scope import Scope
+from projections.watermark import bucket_end
 from streams import keys
 from streams.log import Entry, WatchError, translated
 from tickfold.errors import ProjectionConflict
@@ -68,14 +79,29 @@ class MacdvParams:
     atr_period: int = 26
 
 
-def compute(candles: list[Candle], params: MacdvParams, zones: ZoneThresholds) -> list[Point | None]:
-    """MACD-V points of closed candles (oldest first); None where the warm-up is not complete."""
+class SeriesState(msgspec.Struct, frozen=True, array_like=True):
+    """What an O(1) step of a series needs: the kernel state after the candle at ``start``, that candle's
+    MACD-V (None before it is defined) and point (for the alert rules)."""
+
+    start: int
+    state: bytes
+    macdv: float | None
+    point: Point | None
+
+
+_STATE = msgspec.msgpack.Encoder()
+_STATE_DECODER = msgspec.msgpack.Decoder(SeriesState)
+
+
+def _decode_state(raw: bytes | None) -> SeriesState | None:
+    return None if raw is None else _STATE_DECODER.decode(raw)
+
+
+def _arrays(candles: list[Candle]) -> tuple[Any, Any, Any]:
     high = np.array([float(c.high) for c in candles], dtype=np.float64)
     low = np.array([float(c.low) for c in candles], dtype=np.float64)
     close = np.array([float(c.close) for c in candles], dtype=np.float64)
-    p = params
-    line, signal, hist = macdv(high, low, close, p.fast, p.slow, p.signal, p.atr_period)
-    return points([c.start for c in candles], line.tolist(), signal.tolist(), hist.tolist(), zones)
+    return high, low, close
 
 
 class IndicatorProcessor:
@@ -102,8 +128,45 @@ class IndicatorProcessor:
         self.alert_history = alert_history
         self.ids_key = keys.alert_ids(exchange_id)
 
+    def _recompute(self, candles: list[Candle]) -> tuple[list[Point | None], Point | None, SeriesState | None]:
+        """MACD-V of the whole window, and the kernel state it leaves (ready for the next close)."""
+        p = self.params
+        state = macdv_state(p.fast, p.slow, p.signal, p.atr_period)
+        high, low, close = _arrays(candles)
+        line, signal, hist = macdv_feed(state, high, low, close)
+        pts = points([c.start for c in candles], line.tolist(), signal.tolist(), hist.tolist(), self.zones)
+        after = None
+        if candles:
+            last = float(line[-1])
+            after = SeriesState(candles[-1].start, dumps(state), None if math.isnan(last) else last, pts[-1])
+        return pts, None, after
+
+    def _step(
+        self, saved: SeriesState | None, events: list[CandleClosed]
+    ) -> tuple[list[Point | None], Point | None, SeriesState | None] | None:
+        """O(1) per close when the batch's closes are exactly the next closed candles after the saved state;
+        None otherwise (a correction, a repeat, a gap, no state yet): then the series is recomputed."""
+        if saved is None:
+            return None
+        ordered = sorted(events, key=lambda e: e.candle.start)
+        expected = bucket_end(ordered[0].candle.timeframe, saved.start)
+        for e in ordered:
+            if e.correction or not e.candle.closed or e.candle.start != expected:
+                return None
+            expected = bucket_end(e.candle.timeframe, e.candle.start)
+        state = loads(saved.state, Kind.MACDV)
+        prev = math.nan if saved.macdv is None else saved.macdv
+        pts: list[Point | None] = []
+        for e in ordered:
+            c = e.candle
+            m, sig, h = macdv_update(state, float(c.high), float(c.low), float(c.close))
+            pts.append(points([c.start], [m], [sig], [h], self.zones, previous=prev)[0])
+            prev = m
+        last = ordered[-1].candle.start
+        return pts, saved.point, SeriesState(last, dumps(state), None if math.isnan(prev) else prev, pts[-1])
+
     async def handle(self, client: aioredis.Redis, entries: Sequence[Entry], fence: Fence) -> BatchResult:
-        changed: dict[tuple[str, str], int] = {}  # (symbol, timeframe) -> earliest close start in the batch
+        changed: dict[tuple[str, str], list[CandleClosed]] = {}  # (symbol, timeframe) -> its closes, in order
         dead: list[tuple[Entry, str]] = []
         for entry in entries:
             try:
@@ -111,9 +174,7 @@ class IndicatorProcessor:
             except (KeyError, msgspec.DecodeError) as exc:
                 dead.append((entry, f"not a candle-close event: {exc}"))
                 continue
-            c = event.candle
-            series = (c.symbol, c.timeframe)
-            changed[series] = min(changed.get(series, c.start), c.start)
+            changed.setdefault((event.candle.symbol, event.candle.timeframe), []).append(event)
         for _ in range(_MAX_CONFLICT_RETRIES):
             try:
                 raised = await self._commit(client, entries, fence, changed, dead)
@@ -135,7 +196,7 @@ class IndicatorProcessor:
         client: aioredis.Redis,
         entries: Sequence[Entry],
         fence: Fence,
-        changed: dict[tuple[str, str], int],
+        changed: dict[tuple[str, str], list[CandleClosed]],
         dead: list[tuple[Entry, str]],
     ) -> list[Alert]:
         with translated(f"committing indicators of {self.exchange_id}"):
@@ -144,22 +205,34 @@ class IndicatorProcessor:
                 await fence.check(pipe)
                 order = sorted(changed)
                 scope = await Scope.load(client, self.exchange_id, {symbol for symbol, _ in order})
+                state_keys = [keys.indicator_state(self.exchange_id, symbol, tf, KIND) for symbol, tf in order]
+                saved: Any = await client.mget(state_keys) if state_keys else []
+                states = {series: _decode_state(raw) for series, raw in zip(order, saved, strict=True)}
+                stepped = {series: self._step(states[series], changed[series]) for series in order}
+                todo = [series for series in order if stepped[series] is None]  # recompute from the candles
                 reader = client.pipeline(transaction=False)
-                for symbol, tf in order:
-                    series = scope.read_key(keys.candles(self.exchange_id, symbol, tf))
-                    reader.zrange(series, -(self.window + 1), -1)
-                replies: Any = await reader.execute()
+                for symbol, tf in todo:
+                    series_key = scope.read_key(keys.candles(self.exchange_id, symbol, tf))
+                    reader.zrange(series_key, -(self.window + 1), -1)
+                replies: Any = await reader.execute() if todo else []
+                for (symbol, tf), members in zip(todo, replies, strict=True):
+                    candles = [c for c in map(store.decode_candle, members) if c.closed][-self.window :]
+                    stepped[(symbol, tf)] = self._recompute(candles)
                 writes: list[tuple[str, int, list[Point]]] = []  # (indicator key, since, points)
                 fresh: list[Alert] = []
-                for (symbol, tf), members in zip(order, replies, strict=True):
-                    candles = [c for c in map(store.decode_candle, members) if c.closed][-self.window :]
-                    pts = compute(candles, self.params, self.zones)
-                    since = changed[(symbol, tf)]
+                new_states: dict[str, bytes] = {}
+                for (symbol, tf), state_key in zip(order, state_keys, strict=True):
+                    result = stepped[(symbol, tf)]
+                    assert result is not None
+                    pts, before, after = result
+                    since = min(e.candle.start for e in changed[(symbol, tf)])
                     key = keys.indicator(self.exchange_id, symbol, tf, KIND)
                     writes.append((key, since, [p for p in pts if p is not None and p.start >= since]))
-                    for prev, cur in itertools.pairwise(pts):
+                    for prev, cur in itertools.pairwise([before, *pts]):
                         if prev is not None and cur is not None and cur.start >= since:
                             fresh.extend(alerts(self.exchange_id, symbol, tf, prev, cur))
+                    if after is not None:
+                        new_states[state_key] = _STATE.encode(after)
                 raised: list[Alert] = []
                 if fresh:
                     known: Any = await pipe.zmscore(self.ids_key, [a.id for a in fresh])
@@ -173,6 +246,8 @@ class IndicatorProcessor:
                             pipe.zadd(key, {_ENCODER.encode(p): p.start for p in pts_})
                         pipe.zremrangebyrank(key, 0, -(self.history + 1))
                     scope.queue_expiry(pipe, name, targets, expiry)
+                if new_states:
+                    pipe.mset(new_states)
                 alerts_stream = keys.alerts_stream(self.exchange_id)
                 for alert in raised:
                     pipe.xadd(alerts_stream, {"alert": _ENCODER.encode(alert)})

@@ -99,10 +99,13 @@ def points(
     signal: list[float],
     hist: list[float],
     thresholds: ZoneThresholds = DEFAULT_THRESHOLDS,
+    *,
+    previous: float = math.nan,
 ) -> list[Point | None]:
-    """One Point per candle (None before the warm-up is complete: no value is invented)."""
+    """One Point per candle (None before the warm-up is complete: no value is invented); ``previous`` is
+    the MACD-V before the first one (its zone's direction)."""
     out: list[Point | None] = []
-    prev = math.nan
+    prev = previous
     for start, m, s, h in zip(starts, line, signal, hist, strict=True):
         if math.isnan(m) or math.isnan(s) or math.isnan(h):
             out.append(None)

@@ -111,6 +111,19 @@ def alerts_channel(exchange_id: str) -> str:
     return f"channel:alerts:{exchange_part(exchange_id)}"
 
 
+def _glob_literal(value: str) -> str:
+    """``value`` as a literal inside a Redis glob pattern (``?``, ``[``, ``]`` and ``\\`` escaped)."""
+    return re.sub(r"([?\[\]\\])", r"\\\1", value)
+
+
+def candle_close_pattern(exchange_id: str, symbol: str | None = None, timeframe: str | None = None) -> str:
+    """A PSUBSCRIBE pattern over :func:`candle_close_channel`: one exchange's closes, of every symbol
+    and timeframe unless they are given."""
+    sym = "*" if symbol is None else _glob_literal(_part("symbol", symbol))
+    tf = "*" if timeframe is None else timeframe_part(timeframe)
+    return f"channel:exchange:{exchange_part(exchange_id)}:candle:close:{sym}:{tf}"
+
+
 def _partition(partition: int) -> str:
     if not isinstance(partition, int) or partition < 0:
         raise KeyFormatError(f"partition must be an int >= 0, got {partition!r}")
@@ -198,3 +211,11 @@ def holders(exchange_id: str, symbol: str) -> str:
 
 def user_keys(user_id: str, exchange_id: str, symbol: str) -> str:
     return f"userkeys:{_part('user_id', user_id)}:{exchange_part(exchange_id)}:{_part('symbol', symbol)}"
+
+
+def indicator_state(exchange_id: str, symbol: str, timeframe: str, kind: str) -> str:
+    """The indicator processor's O(1)-step state of a series (internal; rebuilt from candles when absent)."""
+    return (
+        f"indstate:{exchange_part(exchange_id)}:{_part('symbol', symbol)}:"
+        f"{timeframe_part(timeframe)}:{_part('type', kind)}"
+    )

@@ -1,34 +1,47 @@
 """Backfill and warm-up: missing closed candles from the exchanges' REST APIs, or gap markers (invariant 6).
 
-``backfill`` finds the buckets of ``[start_ms, end_ms)`` that a series lacks (no candle, an open candle,
-or a ``gaps:`` marker), fetches them (Binance ``/api/v3/klines``, 1000 per request; Coinbase
-``/products/{id}/candles``, 350 per request), and commits in one step per series::
+``backfill`` finds the buckets of ``[start_ms, end_ms)`` that a series lacks or may hold cut (no
+candle, an open candle, a ``gaps:`` marker, a candle closed by the watermark with values from before
+its end, and the ``repair`` buckets the caller names), fetches them (Binance ``/api/v3/klines``, 1000
+per request; Coinbase ``/products/{id}/candles``, 350 per request), and commits in one step per series::
 
-    WATCH candles:{ex}:{symbol}:{tf}  gaps:{ex}:{symbol}:{tf}  proj:candles:{ex}:p{n}:last_id
+    WATCH candles:{ex}:{symbol}:{tf}  gaps:{ex}:{symbol}:{tf}
     re-read the series and the markers; plan the fill (projections/gaps.py, pure)
     MULTI
-      ZREM/ZADD candles:...           closed REST candles, source "rest"
-      ZREM gaps:...                   the markers of buckets now filled
+      XADD frames:{ex}:p{n}           {"tickfold":"rest_candles",...}: the closed REST candles (chunks of 1000)
+      ZREM gaps:...                   stale markers (the bucket is stored closed already)
       ZADD gaps:...                   buckets over and not obtainable
-      SET proj:candles:{ex}:p{n}:last_id  <its own value>   (only when candles are written)
     EXEC                              a conflict: re-read and re-plan (REST is not asked again)
 
-What is never overwritten: a bucket stored closed (by the live feed or an earlier fill). An open stored
-bucket is replaced only by a REST candle that is closed (Binance: followed by a later kline, or its
-close time before the response's ``Date``; Coinbase: its end before the ``Date``).
+**Candles go through the raw stream, never straight into the series.** The frame goes to the
+partition of the symbol (``partition_of`` its exchange-native name; the partition count is the
+stored one, ``partitions`` only if the exchange has none yet), and the candle processor folds it like
+a native snapshot, closed, at the REST event time (:func:`projections.gaps.rest_event_ns`, 1 ns before
+the bucket end): it fills a missing bucket, closes an open one, repairs one closed only by the watermark
+or a newer bucket (a correction event when values change), and loses against the exchange's own final
+(Binance ``x``, sent after the end). Roll-ups, close events and the indicators follow from the fold,
+and a rebuild or replay from the raw streams contains the backfill (DESIGN invariant 1). The processor
+also removes the markers of the buckets a frame fills, in its commit.
 
-Racing the live candle processor: the processor WATCHes only its position (and lease) key, not the
-series. So the commit above re-sets the position key of the symbol's partition to the value it has:
-a live batch that read the series before this commit fails its EXEC and folds again on top of the
-filled series (its snapshots merge by event time: one taken during the bucket is stale against the
-REST candle, one sent at or after the close is a correction). Watching the series and that key, a
-backfill that read before a live commit fails its EXEC and plans again. Neither loses the other's write.
+The series is therefore *not* written when :func:`backfill` returns: the fold applies the frame when
+the partition's processor reaches it (live: within a batch; ``--until-idle``: on its next run).
+:func:`wait_folded` waits for that; tests drain the processor. A backfill that runs again before its
+frame is folded appends the same candles once more: folded twice, they change nothing (same event
+time, same values).
+
+Gap markers stay direct writes: they are not candles and not a function of the raw streams but a
+record of what REST could not give (an error, no row), kept for ``tickfold gaps`` and retried by every
+backfill of their range; a replay has no REST to fail.
+
+Racing the live candle processor: they no longer write the same keys (the processor removes markers
+only of buckets it stores closed). The WATCH keeps the plan consistent with the series it was made
+from; the fold itself orders the frame against live frames by event time, in either arrival order.
 
 Gaps and ``pending``: a bucket is marked in ``gaps:`` only when it is provably over (it ends at or before
 the newest exchange time the data shows: a stored candle's start, a REST candle, ``now_ms`` if given)
 and REST can't give it (an error after the client's retries, or no row where the exchange must have one).
-A bucket not provably over (or open at REST) is left alone as ``pending``. Markers are retried by every
-backfill of their range and removed in the commit that fills them.
+A bucket not provably over (or open at REST) is left alone as ``pending``, as is a ``repair`` bucket
+REST did not return. Markers are retried by every backfill of their range and removed when filled.
 
 Empty buckets:
 
@@ -41,13 +54,9 @@ Empty buckets:
   Coinbase's ``end`` may be exclusive), (2) the exchange is provably past it by a whole bucket (a later
   bucket came back, or the horizon is one bucket past its end: the in-progress bucket and one just
   closed may still be missing), and (3) its previous close is known (the bucket before is stored
-  closed, came back, or is itself confirmed empty). It is then stored as Binance would send it:
-  flat at the previous close, volume ``"0"``, source ``"rest"``. Without (2) it stays pending; without
-  (1) or (3) it is a gap, never a made-up price.
-
-A REST candle's ``event_ns`` is its bucket end (see :func:`projections.gaps.merge_rest`). Backfilled
-candles come from outside the raw streams, so a rebuild from the streams alone does not contain them;
-run the backfill again after a rebuild. No candle-close events are emitted for backfilled buckets.
+  closed, came back, or is itself confirmed empty). It is then appended as Binance would send it:
+  flat at the previous close, volume ``"0"``. Without (2) it stays pending; without (1) or (3) it is a
+  gap, never a made-up price.
 
 ``warm_up`` backfills the last ``count`` closed buckets (``Settings.backfill_history``, default 300)
 of each symbol and timeframe; the wall clock only chooses that range.
@@ -55,6 +64,7 @@ of each symbol and timeframe; the wall clock only chooses that range.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -64,19 +74,30 @@ import msgspec
 import redis.asyncio as aioredis
 
 from projections import store
-from projections.candles import Candle
-from projections.gaps import REST_SOURCE, FillPlan, aligned_starts, plan_fill, previous_start, runs
+from projections.candles import BY_REST, Candle
+from projections.gaps import (
+    REST_SOURCE,
+    FillPlan,
+    aligned_starts,
+    plan_fill,
+    previous_start,
+    rest_event_ns,
+    runs,
+    wants,
+)
 from projections.watermark import bucket_end, bucket_start, check_timeframe
 from streams import keys, log
-from streams.partitions import partition_of
+from streams.frames import RestCandle, RestCandlesFrame, encode_tickfold
+from streams.partitions import DEFAULT_PARTITIONS, partition_of
 from streams.rest import BinanceRestClient, CoinbaseRestClient, RestError
 from streams.rest import types as rt
 from streams.symbols import SymbolMap, load_symbol_map
 from tickfold.errors import ProjectionConflict
 
-LIVE_PROJECTION: Final = "candles"  # processors/candles.py PROJECTION: its position keys are the fence
+LIVE_PROJECTION: Final = "candles"  # processors/candles.py PROJECTION: its position keys tell what is folded
 BINANCE_PAGE: Final = 1000
 COINBASE_WINDOW: Final = 350
+FRAME_CANDLES: Final = 1000  # candles per rest_candles frame
 COINBASE_GRANULARITIES: Final[dict[str, rt.Granularity]] = {
     "1m": "ONE_MINUTE",
     "5m": "FIVE_MINUTE",
@@ -100,15 +121,18 @@ class BackfillResult(msgspec.Struct, frozen=True, kw_only=True):
     exchange: str
     symbol: str
     timeframe: str
-    wanted: int  # buckets of the range that were missing, open or marked
-    written: list[int]  # closed REST candles stored (confirmed empty ones included)
+    wanted: int  # buckets of the range that were missing, open, marked or possibly cut
+    written: list[int]  # closed REST candles appended for the fold (confirmed empty ones included)
     empty: list[int]  # of those, confirmed empty buckets
     gaps: list[int]  # marked in gaps:... (over and not obtainable)
-    unmarked: list[int]  # markers removed (the bucket is now stored closed)
-    pending: list[int]  # not over yet, or open at REST: left for a later backfill
+    unmarked: list[int]  # markers removed (stale ones now; those of written buckets by the fold)
+    pending: list[int]  # not over yet, open at REST, or a repair REST did not return: for a later backfill
     requests: int
     errors: list[str]  # REST failures (after the client's own retries)
     attempts: int  # commit attempts (> 1: a concurrent writer made us re-plan)
+    repaired: list[int] = []  # of ``written``, buckets stored closed with values that may be cut
+    stream: str = ""  # the raw stream the frames went to ("" when none was appended)
+    appended: list[bytes] = []  # their entry ids
 
 
 @dataclass
@@ -119,6 +143,8 @@ class _Fetched:
     requests: int = 0
     errors: list[str] = field(default_factory=list)
     omits_empty: bool = False  # Coinbase leaves buckets without trades out
+    source: str = ""  # the endpoint asked
+    fetched_ns: int = 0  # wall time of the last answer (provenance only)
 
     def saw(self, t_ms: int) -> None:
         self.newest_ms = t_ms if self.newest_ms is None else max(self.newest_ms, t_ms)
@@ -144,19 +170,27 @@ async def backfill(
     history: int = 5000,
     symbols: SymbolMap | None = None,
     now_ms: int | None = None,
+    repair: Iterable[int] = (),
+    partitions: int = DEFAULT_PARTITIONS,
 ) -> BackfillResult:
-    """Fill the missing closed buckets of ``[start_ms, end_ms)`` of one series from REST (module docstring).
+    """Fetch the missing (or possibly cut) closed buckets of ``[start_ms, end_ms)`` of one series from
+    REST and append them to the symbol's raw stream for the fold (module docstring).
 
     ``symbol`` is canonical (``BTC-USDT``); ``symbols`` maps it to the exchange's name (default: the
-    stored market list). ``history``: the series bound (``Settings.candle_history``). ``now_ms``: an
-    exchange-time estimate that proves buckets ending before it are over (default: only the data does).
+    stored market list). ``history``: the series bound (``Settings.candle_history``; the marker reads
+    stay within it). ``now_ms``: an exchange-time estimate that proves buckets ending before it are over
+    (default: only the data does). ``repair``: buckets to re-fetch although stored closed, if closed by
+    the watermark or a newer bucket with values from before their end (the bucket an outage began in).
+    ``partitions``: the exchange's partition count if none is stored yet (``Settings.partitions``).
     """
+    del history  # the fold bounds the series (its own Settings.candle_history)
     check_rest_timeframe(rest, timeframe)
     series = keys.candles(exchange_id, symbol, timeframe)
     marker_key = keys.gaps(exchange_id, symbol, timeframe)
     smap = symbols if symbols is not None else await load_symbol_map(client, exchange_id)
     native = smap.native(symbol)
     starts = aligned_starts(timeframe, start_ms, end_ms)
+    fix = set(repair)
     empty = BackfillResult(
         exchange=exchange_id, symbol=symbol, timeframe=timeframe, wanted=0, written=[], empty=[], gaps=[],
         unmarked=[], pending=[], requests=0, errors=[], attempts=0,
@@ -164,25 +198,28 @@ async def backfill(
     if not starts:
         return empty
     stored, marked, _ = await _read(client, series, marker_key, starts[0], starts[-1])
-    wanted = [s for s in starts if s in marked or s not in stored or not stored[s].closed]
+    wanted = [s for s in starts if wants(stored.get(s), marked=s in marked, repair=s in fix)]
     if not wanted:
         return empty
     if isinstance(rest, BinanceRestClient):
         fetched = await _fetch_binance(rest, exchange_id, symbol, native, timeframe, wanted)
     else:
         fetched = await _fetch_coinbase(rest, exchange_id, symbol, native, timeframe, wanted)
-    fence = await _fence_key(client, exchange_id, native)
+    n = await log.stored_partitions(client, exchange_id) or await log.ensure_partitions(client, exchange_id, partitions)
+    stream = keys.frames_stream(exchange_id, partition_of(native, n))
     for attempt in range(1, _MAX_CONFLICT_RETRIES + 1):
         try:
-            plan = await _commit(
-                client, series, marker_key, fence, exchange_id, symbol, timeframe, wanted, fetched, now_ms, history
-            )
+            plan, repaired, ids = await _commit(
+                client, series, marker_key, stream, native, exchange_id, symbol, timeframe, wanted, fetched, now_ms,
+                fix,
+            )  # fmt: skip
         except log.WatchError:
             continue
         return BackfillResult(
             exchange=exchange_id, symbol=symbol, timeframe=timeframe, wanted=len(wanted),
             written=[c.start for c in plan.write], empty=plan.empty, gaps=plan.mark, unmarked=plan.unmark,
             pending=plan.pending, requests=fetched.requests, errors=fetched.errors, attempts=attempt,
+            repaired=repaired, stream=stream if ids else "", appended=ids,
         )  # fmt: skip
     raise ProjectionConflict(f"{series} kept changing during {_MAX_CONFLICT_RETRIES} backfill commits")
 
@@ -198,6 +235,7 @@ async def warm_up(
     history: int = 5000,
     symbol_map: SymbolMap | None = None,
     now_ms: int | None = None,
+    partitions: int = DEFAULT_PARTITIONS,
 ) -> list[BackfillResult]:
     """Backfill the last ``count`` closed buckets (``Settings.backfill_history``) of every symbol and timeframe.
 
@@ -218,12 +256,40 @@ async def warm_up(
             start = end
             for _ in range(count):
                 start = previous_start(tf, start)
-            out.append(
-                await backfill(
-                    client, rest, exchange_id, symbol, tf, start, end, history=history, symbols=smap, now_ms=now
-                )
-            )
+            one = await backfill(
+                client, rest, exchange_id, symbol, tf, start, end, history=history, symbols=smap, now_ms=now,
+                partitions=partitions,
+            )  # fmt: skip
+            out.append(one)
     return out
+
+
+async def wait_folded(
+    client: aioredis.Redis, results: Iterable[BackfillResult], *, timeout_s: float = 30.0, poll_s: float = 0.05
+) -> None:
+    """Wait until the candle processor has folded every frame the ``results`` appended (its partition's
+    position reached them); TimeoutError after ``timeout_s`` (no processor running?)."""
+    need: dict[str, tuple[int, int]] = {}
+    for r in results:
+        if r.appended:
+            newest = max(log.parse_id(i) for i in r.appended)
+            need[r.stream] = max(need.get(r.stream, newest), newest)
+    async with asyncio.timeout(timeout_s):
+        for stream, newest in need.items():
+            exchange_id, partition = _stream_partition(stream)
+            key = keys.projection_position(LIVE_PROJECTION, exchange_id, partition)
+            while True:
+                with log.translated(f"reading {key}"):
+                    position: Any = await client.get(key)
+                if position is not None and log.parse_id(position) >= newest:
+                    break
+                await asyncio.sleep(poll_s)
+
+
+def _stream_partition(stream: str) -> tuple[str, int]:
+    """``frames:binance:p3`` -> ("binance", 3)."""
+    _, exchange_id, part = stream.split(":")
+    return exchange_id, int(part.removeprefix("p"))
 
 
 # ------------------------------------------------------------------------------------------ Redis
@@ -254,32 +320,45 @@ async def _read(
     )
 
 
-async def _fence_key(client: aioredis.Redis, exchange_id: str, native: str) -> str | None:
-    """The live processor's position key for the symbol's partition (None: no raw frames, no live fold)."""
-    partitions = await log.stored_partitions(client, exchange_id)
-    if not partitions:
-        return None
-    return keys.projection_position(LIVE_PROJECTION, exchange_id, partition_of(native, partitions))
+def rest_frames(
+    exchange_id: str, native: str, timeframe: str, candles: Sequence[Candle], *, fetched_ns: int, source: str
+) -> list[bytes]:
+    """The ``rest_candles`` frames (raw bytes, at most :data:`FRAME_CANDLES` candles each) of closed candles."""
+    out: list[bytes] = []
+    for i in range(0, len(candles), FRAME_CANDLES):
+        rows = [
+            RestCandle(
+                start=c.start, open=c.open, high=c.high, low=c.low, close=c.close, volume=c.volume,
+                quote_volume=c.quote_volume, trades=c.trades, taker_buy_volume=c.taker_buy_volume,
+            )
+            for c in candles[i : i + FRAME_CANDLES]
+        ]  # fmt: skip
+        frame = RestCandlesFrame(
+            exchange=exchange_id, symbol=native, timeframe=timeframe, fetched_ns=fetched_ns, source=source,
+            candles=rows,
+        )  # fmt: skip
+        out.append(encode_tickfold(frame))
+    return out
 
 
 async def _commit(
     client: aioredis.Redis,
     series: str,
     marker_key: str,
-    fence: str | None,
+    stream: str,
+    native: str,
     exchange_id: str,
     symbol: str,
     timeframe: str,
     wanted: list[int],
     fetched: _Fetched,
     now_ms: int | None,
-    history: int,
-) -> FillPlan:
+    repair: set[int],
+) -> tuple[FillPlan, list[int], list[bytes]]:
     with log.translated(f"backfilling {series}"):
         async with client.pipeline(transaction=True) as pipe:
-            await pipe.watch(series, marker_key, *([fence] if fence else []))
+            await pipe.watch(series, marker_key)
             stored, marked, newest = await _read(pipe, series, marker_key, wanted[0], wanted[-1])
-            position: Any = await pipe.get(fence) if fence else None
             evidence = [t for t in (newest, fetched.newest_ms, now_ms) if t is not None]
             plan = plan_fill(
                 exchange=exchange_id,
@@ -292,21 +371,26 @@ async def _commit(
                 covered=fetched.covered,
                 horizon_ms=max(evidence) if evidence else None,
                 omits_empty=fetched.omits_empty,
+                repair=repair,
             )
-            if not (plan.write or plan.unmark or plan.mark):
-                return plan
+            written = {c.start for c in plan.write}
+            repaired = [s for s in sorted(written) if s in stored and stored[s].closed]
+            stale = [s for s in plan.unmark if s not in written]
+            if not (plan.write or stale or plan.mark):
+                return plan, repaired, []
+            frames = rest_frames(
+                exchange_id, native, timeframe, plan.write, fetched_ns=fetched.fetched_ns, source=fetched.source
+            )
             pipe.multi()  # type: ignore[no-untyped-call]
-            for candle in plan.write:
-                store.queue_put(pipe, series, candle, history=history)
-            if plan.unmark:
-                pipe.zrem(marker_key, *[str(s) for s in plan.unmark])
+            for raw in frames:
+                pipe.xadd(stream, {"frame": raw, "recv_ns": fetched.fetched_ns})
+            if stale:
+                pipe.zrem(marker_key, *[str(s) for s in stale])
             if plan.mark:
                 pipe.zadd(marker_key, {str(s): s for s in plan.mark})
                 pipe.sadd(keys.candle_index(exchange_id), series)
-            if plan.write and fence:
-                pipe.set(fence, position if position is not None else b"0-0")
-            await pipe.execute()
-    return plan
+            replies: Any = await pipe.execute()
+    return plan, repaired, list(replies[: len(frames)])
 
 
 # ------------------------------------------------------------------------------------------- REST
@@ -326,10 +410,12 @@ def _spans(timeframe: str, wanted: list[int], page: int) -> list[tuple[int, int]
 def _rest_candle(
     exchange_id: str, symbol: str, timeframe: str, start: int, values: tuple[str, str, str, str, str], closed: bool
 ) -> Candle:
+    """A REST row as the fold will see it (the frame carries only the values; the fold stamps the rest)."""
     o, h, lo, c, v = values
     return Candle(
         exchange=exchange_id, symbol=symbol, timeframe=timeframe, start=start, open=o, high=h, low=lo, close=c,
-        volume=v, closed=closed, event_ns=bucket_end(timeframe, start) * _MS_NS, source=REST_SOURCE,
+        volume=v, closed=closed, event_ns=rest_event_ns(timeframe, start), source=REST_SOURCE,
+        closed_by=BY_REST if closed else None,
     )  # fmt: skip
 
 
@@ -337,7 +423,7 @@ async def _fetch_binance(
     rest: BinanceRestClient, exchange_id: str, symbol: str, native: str, timeframe: str, wanted: list[int]
 ) -> _Fetched:
     """Klines for every span, paginated from the last open time on; stops at the first failure."""
-    got = _Fetched()
+    got = _Fetched(source=f"{rest.base_url}/api/v3/klines")
     for first, last in _spans(timeframe, wanted, BINANCE_PAGE):
         cursor = first
         while cursor <= last:
@@ -347,6 +433,7 @@ async def _fetch_binance(
                 got.errors.append(str(exc))
                 return got
             got.requests += 1
+            got.fetched_ns = time.time_ns()
             for k in page:
                 got.saw(k.close_time + 1 if k.closed else k.open_time)
                 if cursor <= k.open_time <= last:
@@ -374,7 +461,7 @@ async def _fetch_coinbase(
     Each window asks for one bucket more than it is trusted for (Coinbase's ``end`` may be exclusive):
     a window ``[a, b]`` covers ``[a, b)``, and the next window starts at ``b``.
     """
-    got = _Fetched(omits_empty=True)
+    got = _Fetched(omits_empty=True, source=f"{rest.base_url}/products/{native}/candles")
     granularity = COINBASE_GRANULARITIES[timeframe]
     size_s = (bucket_end(timeframe, wanted[0]) - wanted[0]) // 1000
     for first, last in _spans(timeframe, wanted, COINBASE_WINDOW - 1):
@@ -388,6 +475,7 @@ async def _fetch_coinbase(
                 got.errors.append(str(exc))
                 return got
             got.requests += 1
+            got.fetched_ns = time.time_ns()
             for row in page:
                 start = row.start * 1000
                 got.saw(bucket_end(timeframe, start) if row.closed else start)

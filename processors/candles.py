@@ -15,6 +15,14 @@ partition, and the partition has one owner: see processors/runner.py). One batch
       XACK frames:{ex}:p{n} candles <ids>    acknowledged only together with the above
     EXEC
     PUBLISH channel:exchange:{ex}:candle:close:{symbol}:{tf}   (pub/sub is at-most-once; closes:{ex} is durable)
+
+REST backfills arrive the same way, as tickfold ``rest_candles`` frames in the symbol's partition
+(:mod:`processors.backfill`): each candle is folded as a closed snapshot (``source`` and ``closed_by``
+``"rest"``) at :func:`projections.gaps.rest_event_ns` (1 ns before the bucket end: it repairs what was
+taken during the bucket, and the exchange's own final stands; see :mod:`projections.gaps`). So a
+repaired bucket emits its close or correction event, its roll-ups follow, a replay of the raw streams
+contains it, and the batch removes the ``gaps:`` markers of the buckets it stores. A REST frame does
+not move the partition's watermark (it reports the past; the watermark is the live feed's time).
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ import redis.asyncio as aioredis
 from processors.leases import Fence
 from processors.runner import BatchResult
 from projections import store
-from projections.candles import Candle, CandleBook, CandleClosed
+from projections.candles import BY_BASE, BY_EXCHANGE, BY_REST, BY_WATERMARK, Candle, CandleBook, CandleClosed
+from projections.gaps import REST_SOURCE, previous_start, rest_event_ns
 from projections.rollups import SOURCE as ROLLUP
 from projections.rollups import apply_rollup
 from projections.scope import Scope
@@ -49,6 +58,7 @@ from streams.frames import (
     CoinbaseFrame,
     CoinbaseTradesEvent,
     Frame,
+    RestCandlesFrame,
     decode_frame,
     parse_rfc3339_ns,
 )
@@ -84,6 +94,7 @@ def snapshots(exchange_id: str, frame: Frame, symbols: SymbolMap) -> list[tuple[
             taker_buy_volume=k.taker_buy_volume,
             closed=k.closed,
             event_ns=frame.event_time * 1_000_000,
+            closed_by=BY_EXCHANGE if k.closed else None,
         )
         return [(candle, False)]
     if isinstance(frame, CoinbaseFrame) and frame.channel == "candles":
@@ -109,7 +120,30 @@ def snapshots(exchange_id: str, frame: Frame, symbols: SymbolMap) -> list[tuple[
                     )
                 )
         return out
+    if isinstance(frame, RestCandlesFrame):
+        return rest_snapshots(exchange_id, frame, symbols)
     return []
+
+
+def rest_snapshots(exchange_id: str, frame: RestCandlesFrame, symbols: SymbolMap) -> list[tuple[Candle, bool]]:
+    """The closed candles of a backfill's ``rest_candles`` frame, by start (module docstring). Pure."""
+    symbol = symbols.canonical(frame.symbol)
+    try:
+        stamped = [(c, rest_event_ns(frame.timeframe, c.start)) for c in sorted(frame.candles, key=lambda c: c.start)]
+    except ValueError as exc:  # an unknown timeframe, a start that is not a bucket start
+        raise FrameDecodeError(f"rest_candles {frame.symbol} {frame.timeframe}: {exc}") from None
+    return [
+        (
+            Candle(
+                exchange=exchange_id, symbol=symbol, timeframe=frame.timeframe, start=c.start, open=c.open,
+                high=c.high, low=c.low, close=c.close, volume=c.volume, quote_volume=c.quote_volume,
+                trades=c.trades, taker_buy_volume=c.taker_buy_volume, closed=True, event_ns=event,
+                source=REST_SOURCE, closed_by=BY_REST,
+            ),
+            False,
+        )
+        for c, event in stamped
+    ]  # fmt: skip
 
 
 def trades_of(exchange_id: str, frame: Frame, symbols: SymbolMap) -> list[Trade]:
@@ -151,7 +185,8 @@ def trades_of(exchange_id: str, frame: Frame, symbols: SymbolMap) -> list[Trade]
 
 
 def event_ns(frame: Frame) -> int:
-    """The exchange event time of a frame (ns), 0 when it has none. Moves the partition's watermark."""
+    """The exchange event time of a frame (ns), 0 when it has none (a REST frame: it reports the past).
+    Moves the partition's watermark."""
     if isinstance(frame, BinanceKlineEvent | BinanceAggTrade | BinanceTrade):
         return frame.event_time * 1_000_000
     if isinstance(frame, CoinbaseFrame):
@@ -183,10 +218,20 @@ class Plan:
     items: list[Item] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     skipped: int = 0
+    filled: dict[str, set[int]] = field(default_factory=dict)  # gaps:... key -> buckets REST frames close
+    rest_rollups: dict[tuple[str, int], Candle] = field(default_factory=dict)  # REST candles of roll-up series
 
     @property
     def event_ns(self) -> int:
         return max((i.event_ns for i in self.items), default=0)
+
+
+def _by_watermark(events: list[CandleClosed]) -> list[CandleClosed]:
+    """Watermark closes (projections/watermark.py close_due), marked as such in ``closed_by``."""
+    return [
+        CandleClosed(candle=msgspec.structs.replace(e.candle, closed_by=BY_WATERMARK), correction=e.correction)
+        for e in events
+    ]
 
 
 _STATE = msgspec.msgpack.Encoder()
@@ -220,6 +265,7 @@ class CandleProcessor:
         self.history = history
         self.trade_timeframes = trade_timeframes
         self.rollups = rollups  # (target, source) timeframes, shortest target first
+        self._targets = frozenset(t for t, _ in rollups)
         self.close_grace_ms = close_grace_ms
         self.state_window = state_window
         self.partition = partition
@@ -242,6 +288,10 @@ class CandleProcessor:
                 frame = decode_frame(self.exchange_id, raw)
                 updates = snapshots(self.exchange_id, frame, self.symbols)
                 trades = trades_of(self.exchange_id, frame, self.symbols) if self.trade_timeframes else []
+                if isinstance(frame, RestCandlesFrame) and updates:
+                    c = updates[0][0]
+                    marks = out.filled.setdefault(keys.gaps(self.exchange_id, c.symbol, c.timeframe), set())
+                    marks.update(u.start for u, _ in updates)
             except (FrameDecodeError, KeyFormatError) as exc:
                 out.dead.append(DeadLetter(entry_id, fields, str(exc), isinstance(exc, UnknownSymbol)))
                 continue
@@ -274,11 +324,13 @@ class CandleProcessor:
                 stored_states = {k for k, v in states.items() if v is not None}
                 closes = self._fold(plan, books, states, due, int(raw_mark or 0))
                 if self.rollups:
-                    await self._rollups(client, books, closes, watermark, due, scope)
+                    await self._rollups(client, books, closes, watermark, due, scope, plan.rest_rollups)
                 pipe.multi()  # type: ignore[no-untyped-call]
                 self._queue(
                     pipe, books, states, stored_states, due, closes, plan.dead, entries, raw_last, watermark, scope
                 )
+                for marker_key, starts in plan.filled.items():  # REST filled them: no longer gaps
+                    pipe.zrem(marker_key, *[str(start) for start in sorted(starts)])
                 await pipe.execute()
             if closes:
                 await self._publish(client, closes)
@@ -312,12 +364,17 @@ class CandleProcessor:
         watermark: int,
         due: list[tuple[str, int]],
         scope: Scope,
+        rest: dict[tuple[str, int], Candle],
     ) -> None:
         """Recompute every roll-up bucket whose base candles this batch changed, level by level (1m → 5m →
         15m ...), each from the whole set of its base candles; then close those the watermark has passed.
 
         Roll-ups are settled once per batch, after the batch's base candles: a roll-up then never
-        closes on a partial set of base candles that the same batch completes, whatever the batching."""
+        closes on a partial set of base candles that the same batch completes, whatever the batching.
+        A closed REST candle of a roll-up timeframe (a backfill, e.g. warm-up history beyond the base
+        series) is settled here too, not by event time: the bucket holds the roll-up once its base set is
+        complete, else the REST candle (the exchange's own aggregate), never a roll-up of part of it.
+        Decided from the base set and the REST candles, so any batching gives the same bucket."""
         for target, source in self.rollups:
             wanted: dict[tuple[str, str], set[int]] = defaultdict(set)  # (source key, target key) -> starts
             for key, book in books.items():
@@ -325,6 +382,10 @@ class CandleProcessor:
                 if tf == source and book.dirty:
                     pair = (key, keys.candles(exchange_id, symbol, target))
                     wanted[pair].update(bucket_start(target, s) for s in book.dirty)
+            for key, start in rest:
+                exchange_id, symbol, tf = keys.parse_candles(key)
+                if tf == target:
+                    wanted[(keys.candles(exchange_id, symbol, source), key)].add(start)
             if not wanted:
                 continue
             plan = sorted((pair, start) for pair, starts in wanted.items() for start in starts)
@@ -336,7 +397,8 @@ class CandleProcessor:
             for i, ((src, tgt), start) in enumerate(plan):
                 parts = {c.start: c for c in map(store.decode_candle, replies[2 * i])}
                 end = bucket_end(target, start)
-                parts.update({s: c for s, c in books[src].candles.items() if start <= s < end})
+                if src in books:
+                    parts.update({s: c for s, c in books[src].candles.items() if start <= s < end})
                 stored = {c.start: c for c in map(store.decode_candle, replies[2 * i + 1])}
                 if tgt in books:
                     books[tgt].add_stored(stored)
@@ -344,10 +406,29 @@ class CandleProcessor:
                     books[tgt] = CandleBook(stored)
                 book = books[tgt]
                 current = book.candles.get(start)
-                r, event = apply_rollup(current, parts.values(), target)
+                r, event = apply_rollup(current, parts.values(), target) if parts else (None, None)
+                if r is None or not r.complete:  # the exchange's own aggregate beats a roll-up of part of it
+                    kept = rest.get((tgt, start))
+                    if kept is None and current is not None and current.closed and current.source == REST_SOURCE:
+                        continue
+                    if kept is not None:
+                        if kept != current:
+                            book.put(kept)
+                            if current is None or not current.closed:
+                                closes.append(CandleClosed(candle=kept))
+                            elif not kept.same_values(current):
+                                closes.append(CandleClosed(candle=kept, correction=True))
+                        continue
+                assert r is not None
                 candle = r.candle
-                if not candle.closed:
-                    for closing in close_due([candle], watermark, self.close_grace_ms):
+                if candle.closed:  # closed_by from the base set, not the batching: the same in a replay
+                    last = parts.get(previous_start(source, end))
+                    by = BY_BASE if last is not None and last.closed else BY_WATERMARK
+                    if candle.closed_by != by:
+                        candle = msgspec.structs.replace(candle, closed_by=by)
+                        event = None if event is None else CandleClosed(candle=candle, correction=event.correction)
+                else:
+                    for closing in _by_watermark(close_due([candle], watermark, self.close_grace_ms)):
                         candle, event = closing.candle, closing
                 if candle != current:
                     book.put(candle)
@@ -356,7 +437,7 @@ class CandleProcessor:
         for key, start in due:  # open roll-ups the watermark has passed, whose base did not change
             c = books[key].candles.get(start)
             if c is not None and c.source == ROLLUP and not c.closed:
-                for event in close_due([c], watermark, self.close_grace_ms):
+                for event in _by_watermark(close_due([c], watermark, self.close_grace_ms)):
                     books[key].put(event.candle)
                     closes.append(event)
 
@@ -416,6 +497,9 @@ class CandleProcessor:
             touched: list[tuple[str, int]] = []
             for candle, close_older in item.updates:
                 key = keys.candles(candle.exchange, candle.symbol, candle.timeframe)
+                if candle.source == REST_SOURCE and candle.timeframe in self._targets:
+                    plan.rest_rollups[(key, candle.start)] = candle  # settled with the roll-ups, see _rollups
+                    continue
                 closes.extend(books[key].apply(candle, close_older=close_older))
                 touched.append((key, candle.start))
             for tf in self.trade_timeframes:
@@ -429,7 +513,7 @@ class CandleProcessor:
                 _, key, start = heapq.heappop(pending)
                 c = books[key].candles.get(start)
                 if c is not None and not c.closed:
-                    for event in close_due([c], mark, self.close_grace_ms):
+                    for event in _by_watermark(close_due([c], mark, self.close_grace_ms)):
                         books[key].put(event.candle)
                         closes.append(event)
         return closes

@@ -1,9 +1,16 @@
 """Gap watch: reconnects and gap events on the ``control`` stream trigger REST backfills (issue 4, item 4).
 
 The trigger side of :mod:`processors.backfill`. One consumer group (``backfill``) reads the control
-stream; an entry is acknowledged only after the backfill it triggered is done, so a crash (or kill -9)
-before that leaves it pending and the next run triggers the backfill again; a backfill is idempotent
-(closed buckets are never rewritten), so a repeated one changes nothing.
+stream; an entry is acknowledged only after the backfill it triggered has appended its frames, so a
+crash (or kill -9) before that leaves it pending and the next run triggers the backfill again; a
+backfill is idempotent (what is stored closed and final is not asked again, and a REST candle folded
+twice changes nothing), so a repeated one changes nothing.
+
+A backfill writes no candle itself: it appends ``rest_candles`` frames to the raw streams and the candle
+processor folds them (:mod:`processors.backfill`). Served live, the processors run beside this service
+and fold them within a batch. With ``until_idle`` (``tickfold process --backfill --until-idle``) the
+caller runs the fold again afterwards (``fold``: called after every round that appended frames,
+before its entries are acknowledged; ``GapWatchStats.appended`` counts the frames).
 
 What triggers, and the window at risk it gives (event times are the adapters' ``at_ns``)::
 
@@ -30,13 +37,15 @@ acknowledges every merged entry. Per series the window is::
 Why not "from the newest closed candle up to now": this service may run after the live fold has
 already stored closed candles from after the reconnect (``tickfold process --until-idle`` folds first),
 so "newest closed" must be looked up before the outage; and buckets from the reconnect on are streamed
-live: a REST candle stored ahead of the live fold would turn their live close into a same-values
-correction, which emits no candle-close event. :func:`processors.backfill.backfill` decides which
-buckets are missing, closed or gaps; this module only picks ranges.
+live (asking REST for them would only duplicate what the exchange sends).
+:func:`processors.backfill.backfill` decides which buckets are missing, closed or gaps; this module
+only picks ranges.
 
-A bucket the outage cut (open at the disconnect) is usually closed by the live fold's watermark as soon
-as frames flow again, with the values of its last snapshot before the disconnect; a backfill never
-rewrites a closed bucket, so such buckets are only reported (``GapWatchStats.suspect``, a warning).
+The bucket the outage cut (open at the disconnect) is usually closed as soon as frames flow again, by
+the live fold's watermark (or, on Coinbase, by the newer bucket), with the values of its last snapshot
+before the disconnect. It is handed to the backfill as a ``repair`` bucket (``GapWatchStats.suspect``;
+the window is widened to hold it): its closed REST candle, folded at the bucket's end, replaces those
+values and emits a correction; had the exchange's own final arrived after all, that one stands.
 
 On start the service warms up every stored series (:func:`processors.backfill.warm_up`: the last
 ``backfill_history`` closed buckets). REST failures don't stop it: the backfill marks what it could not
@@ -65,7 +74,7 @@ import redis.asyncio as aioredis
 from control import events as ev
 from processors.backfill import BackfillResult, Rest, backfill, check_rest_timeframe, warm_up
 from projections import store
-from projections.gaps import REST_SOURCE, previous_start
+from projections.gaps import previous_start, to_repair
 from projections.watermark import bucket_end, bucket_start
 from streams import keys
 from streams.adapters.factory import ExchangeRow
@@ -186,7 +195,8 @@ class GapWatchStats:
     rounds: int = 0  # coalesced backfill rounds (one per exchange with work)
     results: list[BackfillResult] = field(default_factory=list)
     acked: int = 0
-    suspect: list[tuple[str, int]] = field(default_factory=list)  # (series, start) closed mid-outage
+    suspect: list[tuple[str, int]] = field(default_factory=list)  # (series, start) cut by the outage: repaired
+    appended: int = 0  # rest_candles frames appended to the raw streams (for the fold)
     skipped: list[str] = field(default_factory=list)  # "series: why" not backfilled
 
 
@@ -203,7 +213,8 @@ class GapWatch:
     """Reads ``control`` in group ``backfill`` and runs the backfills its events call for (module docstring).
 
     ``rests``: a REST client per exchange id (events of other exchanges are acknowledged, nothing done).
-    ``clock``: wall time in ns; it only picks ranges.
+    ``clock``: wall time in ns; it only picks ranges. ``fold``: runs the candle processors until idle
+    (module docstring); None when they run alongside.
     """
 
     def __init__(
@@ -213,11 +224,13 @@ class GapWatch:
         config: GapWatchConfig,
         *,
         clock: Callable[[], int] = time.time_ns,
+        fold: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.client = client
         self.rests = dict(rests)
         self.config = config
         self.clock = clock
+        self.fold = fold
         self.stats = GapWatchStats()
         self._work: dict[str, Trigger] = {}
         self._work_ids: dict[str, list[bytes]] = {}
@@ -229,8 +242,10 @@ class GapWatch:
         cfg = self.config
         await self._retrying(functools.partial(ensure_group, self.client, keys.CONTROL_STREAM, cfg.group))
         if cfg.warm_up:
+            appended = self.stats.appended
             for exchange_id in sorted(self.rests):
                 await self._warm_up(exchange_id)
+            await self._fold(appended)
         await self._take(await self._retrying(self._pending))  # ours from a previous life, and dead consumers'
         loop = asyncio.get_running_loop()
         while not stop.is_set():
@@ -350,12 +365,19 @@ class GapWatch:
     async def _run_work(self) -> None:
         for exchange_id in sorted(self._work):
             trigger = self._work[exchange_id]
+            appended = self.stats.appended
             await self._retrying(functools.partial(self._backfill_exchange, trigger))
+            await self._fold(appended)
             ids = self._work_ids.pop(exchange_id)
             del self._work[exchange_id]
             await self._retrying(functools.partial(self._ack, ids))
             self.stats.rounds += 1
         self._settled_at = None
+
+    async def _fold(self, appended_before: int) -> None:
+        """Let the fold apply what was appended since ``appended_before`` (when this service runs it)."""
+        if self.fold is not None and self.stats.appended > appended_before:
+            await self.fold()
 
     async def _series(self, exchange_id: str, symbols: SymbolMap) -> list[tuple[str, str]]:
         """(canonical symbol, timeframe) of the exchange's stored series that its REST API serves."""
@@ -394,14 +416,20 @@ class GapWatch:
             newest, oldest, suspect = await self._newest_closed(key, since_ms)
             start, end = window(timeframe, newest, oldest, trigger, cap=cfg.history)
             for s in suspect:
-                log.warning("%s %d: closed with values from before the disconnect; not rewritten by backfill", key, s)
+                log.info("%s %d: closed with values from before the disconnect; asking REST for it", key, s)
                 self.stats.suspect.append((key, s))
+                start, end = (
+                    (min(start, s), max(end, bucket_end(timeframe, s)))
+                    if start < end
+                    else (s, bucket_end(timeframe, s))
+                )
             if start >= end:
                 continue
             try:
                 result = await backfill(
-                    self.client, rest, ex, symbol, timeframe, start, end, history=cfg.history, symbols=smap
-                )
+                    self.client, rest, ex, symbol, timeframe, start, end, history=cfg.history, symbols=smap,
+                    repair=suspect,
+                )  # fmt: skip
             except ProjectionConflict as exc:
                 self._skip(key, str(exc))
                 continue
@@ -410,7 +438,7 @@ class GapWatch:
     async def _newest_closed(self, key: str, since_ms: int) -> tuple[int | None, int | None, list[int]]:
         """(the newest closed bucket ending at or before ``since_ms``, the oldest stored bucket, the bucket
         holding ``since_ms`` if it is stored closed with values that predate its end: closed by the live
-        watermark mid-outage)."""
+        watermark or a newer bucket after the outage cut it, see :func:`projections.gaps.to_repair`)."""
         timeframe = key.rsplit(":", 1)[1]
         suspect: list[int] = []
         with translated(f"reading {key}"):
@@ -428,7 +456,7 @@ class GapWatch:
                 c = store.decode_candle(raw)
                 end = bucket_end(timeframe, c.start)
                 if end > since_ms:  # the bucket the outage began in
-                    if c.closed and c.source != REST_SOURCE and c.event_ns < end * _MS_NS:
+                    if to_repair(c, repair=True):
                         suspect.append(c.start)
                     continue
                 if c.closed:
@@ -452,10 +480,12 @@ class GapWatch:
                 continue
             for r in results:
                 self.stats.warmed.append(r)
+                self.stats.appended += len(r.appended)
                 self._log(r, "warm-up")
 
     def _report(self, r: BackfillResult) -> None:
         self.stats.results.append(r)
+        self.stats.appended += len(r.appended)
         self._log(r, "backfill")
 
     @staticmethod
@@ -465,8 +495,9 @@ class GapWatch:
             log.warning("%s %s: %s; %d bucket(s) marked as gaps", what, series, "; ".join(r.errors), len(r.gaps))
         if r.written or r.gaps:
             log.info(
-                "%s %s: %d filled, %d gap(s), %d pending", what, series, len(r.written), len(r.gaps), len(r.pending)
-            )
+                "%s %s: %d appended for the fold (%d repairs), %d gap(s), %d pending",
+                what, series, len(r.written), len(r.repaired), len(r.gaps), len(r.pending),
+            )  # fmt: skip
 
     def _skip(self, key: str, why: str) -> None:
         log.warning("%s not backfilled: %s", key, why)
@@ -505,10 +536,15 @@ async def run_gapwatch(
     until_idle: bool,
     stop: asyncio.Event | None = None,
     clock: Callable[[], int] = time.time_ns,
+    fold: Callable[[], Awaitable[object]] | None = None,
 ) -> GapWatchStats:
-    """Build a REST client per row (its ``rest_url``), run :class:`GapWatch`, close the clients."""
+    """Build a REST client per row (its ``rest_url``), run :class:`GapWatch`, close the clients.
+
+    ``fold``: with ``until_idle``, the candle processors' run until idle, so that what the backfills
+    appended is folded before this returns (None: the caller folds, or the processors run alongside)."""
     async with contextlib.AsyncExitStack() as stack:
         rests: dict[str, Rest] = {}
         for row in rows:
             rests[row.id] = await stack.enter_async_context(rest_client(row))
-        return await GapWatch(client, rests, config, clock=clock).run(until_idle=until_idle, stop=stop)
+        watch = GapWatch(client, rests, config, clock=clock, fold=fold)
+        return await watch.run(until_idle=until_idle, stop=stop)

@@ -10,11 +10,26 @@ Closing rules:
 * Binance: a kline is final when the exchange says so (``k.x``), never on the clock alone.
 * Coinbase: there is no closed flag; a bucket is final once a newer ``start`` arrives for the same
   product (``close_older=True``). Under that rule only the newest bucket of a series can be open.
+
+``Candle.closed_by`` records which rule closed a bucket (``CLOSED_BY``; None while open, and for
+candles stored before the field existed). It does not take part in the fold's decisions (those are
+event time and the sticky ``closed``); it tells a backfill which closed buckets may hold values cut
+by an outage (closed by the watermark or a newer bucket, not by the exchange's final word).
 """
 
 from __future__ import annotations
 
+from typing import Final
+
 import msgspec
+
+# Why a candle is closed (Candle.closed_by):
+BY_EXCHANGE: Final = "exchange"  # the exchange's final flag (Binance ``k.x``)
+BY_NEWER: Final = "newer"  # a newer bucket of the series arrived (Coinbase)
+BY_WATERMARK: Final = "watermark"  # event time passed its end plus the grace (projections/watermark.py)
+BY_REST: Final = "rest"  # a closed REST candle (a backfill's ``rest_candles`` frame)
+BY_BASE: Final = "base"  # a roll-up whose last base candle closed (projections/rollups.py)
+CLOSED_BY: Final = (BY_EXCHANGE, BY_NEWER, BY_WATERMARK, BY_REST, BY_BASE)
 
 
 class Candle(msgspec.Struct, frozen=True, kw_only=True):
@@ -35,6 +50,7 @@ class Candle(msgspec.Struct, frozen=True, kw_only=True):
     closed: bool = False
     event_ns: int  # event time (exchange clock) of the snapshot these values come from
     source: str = "native"
+    closed_by: str | None = None  # one of CLOSED_BY once closed (None: open, or stored before it existed)
 
     def same_values(self, other: Candle) -> bool:
         return _values(self) == _values(other)
@@ -58,10 +74,14 @@ def apply_snapshot(current: Candle | None, update: Candle) -> tuple[Candle, Cand
     if update.event_ns < current.event_ns:
         # A stale snapshot: its values lose, but an exchange "final" flag still counts.
         if update.closed and not current.closed:
-            new = msgspec.structs.replace(current, closed=True)
+            new = msgspec.structs.replace(current, closed=True, closed_by=update.closed_by)
             return new, CandleClosed(candle=new)
         return current, None
-    new = msgspec.structs.replace(update, closed=current.closed or update.closed)
+    new = msgspec.structs.replace(
+        update,
+        closed=current.closed or update.closed,
+        closed_by=update.closed_by if update.closed else current.closed_by,
+    )
     if new == current:
         return current, None
     if current.closed:
@@ -99,11 +119,11 @@ class CandleBook:
             if self.latest is not None and self.latest < update.start:
                 tail = self.candles.get(self.latest)
                 if tail is not None and not tail.closed:
-                    closed = msgspec.structs.replace(tail, closed=True)
+                    closed = msgspec.structs.replace(tail, closed=True, closed_by=BY_NEWER)
                     self._put(closed)
                     events.append(CandleClosed(candle=closed))
             elif self.latest is not None and update.start < self.latest and not update.closed:
-                update = msgspec.structs.replace(update, closed=True)
+                update = msgspec.structs.replace(update, closed=True, closed_by=BY_NEWER)
         new, event = apply_snapshot(self.candles.get(update.start), update)
         if new is not self.candles.get(update.start):
             self._put(new)

@@ -14,6 +14,20 @@ Coinbase Advanced Trade::
      "events":[{"type":"update","candles":[{"start":"1786309500","high":"1919.6","low":"1919.27",
      "open":"1919.58","close":"1919.41","volume":"36.36","product_id":"ETH-USD"}]}]}
 
+tickfold's own frames (any exchange's raw stream) carry what tickfold fetched itself, so that a
+rebuild or replay from the raw streams contains it too (DESIGN invariant 1). A REST backfill
+(:mod:`processors.backfill`) appends one ``rest_candles`` frame per series and fetch to the partition
+of the symbol (exchange-native name)::
+
+    {"tickfold":"rest_candles","exchange":"binance","symbol":"BTCUSDT","timeframe":"1m",
+     "fetched_ns":1617566700123456789,"source":"/api/v3/klines",
+     "candles":[{"start":1617566580000,"open":"1","high":"1","low":"1","close":"1","volume":"1",
+                 "quote_volume":"1","trades":71,"taker_buy_volume":"1"}]}
+
+Every candle in it is closed (REST said so, or it is a confirmed empty bucket). The exchange decoders
+try this form only where an exchange frame has already failed to match (Binance: no stream, event or
+reply id; Coinbase: no Advanced Trade envelope), so the hot path does not pay for it.
+
 Numbers that arrive as strings stay strings (exact decimals); times become integer epoch
 milliseconds or nanoseconds. :func:`decode_frame` returns a typed frame, :data:`IGNORED` for frames
 that are valid but carry nothing to fold (subscription acks, channels we don't use), or raises
@@ -168,6 +182,50 @@ class CoinbaseFrame(msgspec.Struct, frozen=True):
     )
 
 
+# -------------------------------------------------------------------------------------- tickfold's own
+
+
+class RestCandle(msgspec.Struct, frozen=True, kw_only=True):
+    """One closed candle as a REST API answered it (Binance kline row, Coinbase candle), exact strings."""
+
+    start: int  # bucket open time, epoch ms UTC
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+    quote_volume: str | None = None
+    trades: int | None = None
+    taker_buy_volume: str | None = None
+
+
+class RestCandlesFrame(msgspec.Struct, frozen=True, kw_only=True, tag="rest_candles", tag_field="tickfold"):
+    """Closed candles of one series fetched from the exchange's REST API (see the module docstring).
+
+    ``symbol`` is the exchange's own name (``BTCUSDT``, ``BTC-USD``), as in its WebSocket frames.
+    ``fetched_ns`` (wall clock of the fetch) and ``source`` (the endpoint) are provenance only: the
+    fold takes each candle's event time from its bucket (``projections.gaps.rest_event_ns``).
+    New fields get defaults (STYLE habit 4).
+    """
+
+    exchange: str
+    symbol: str
+    timeframe: str
+    fetched_ns: int
+    source: str
+    candles: list[RestCandle]
+
+
+TickfoldFrame = RestCandlesFrame  # tagged by "tickfold": a union as more kinds appear
+
+_TICKFOLD_ENCODER = msgspec.json.Encoder()
+
+
+def encode_tickfold(frame: TickfoldFrame) -> bytes:
+    """The raw bytes of a tickfold frame, as appended to a raw stream (``"tickfold"`` comes first)."""
+    return _TICKFOLD_ENCODER.encode(frame)
+
+
 class Ignored(msgspec.Struct, frozen=True):
     """A well-formed frame with nothing to fold (subscription replies, channels we don't use)."""
 
@@ -176,7 +234,7 @@ class Ignored(msgspec.Struct, frozen=True):
 
 IGNORED_SUBSCRIBE_REPLY: Final = Ignored("subscribe reply")
 
-Frame = BinanceEvent | CoinbaseFrame | Ignored
+Frame = BinanceEvent | CoinbaseFrame | TickfoldFrame | Ignored
 
 # ------------------------------------------------------------------------------------------- decoders
 
@@ -191,9 +249,26 @@ _COINBASE_EVENTS: Final[dict[str, msgspec.json.Decoder[list[msgspec.Struct]]]] =
     "subscriptions": msgspec.json.Decoder(list[CoinbaseSubscriptionsEvent]),
 }
 _BINANCE_FOLDED = ("kline", "aggTrade", "trade")
+_TICKFOLD = msgspec.json.Decoder(TickfoldFrame)
+TICKFOLD_KEY: Final = b'"tickfold":'
 
 
-def decode_binance(raw: bytes | str) -> BinanceEvent | Ignored:
+def _tickfold(exchange_id: str, raw: bytes | str) -> TickfoldFrame | None:
+    """A tickfold frame of ``exchange_id``, None if ``raw`` is not one; FrameDecodeError if it is a bad one.
+
+    Called only once the exchange's own forms did not match."""
+    if (TICKFOLD_KEY not in raw) if isinstance(raw, bytes) else (TICKFOLD_KEY.decode() not in raw):
+        return None
+    try:
+        frame = _TICKFOLD.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise FrameDecodeError(f"{exchange_id}: bad tickfold frame: {exc}") from None
+    if frame.exchange != exchange_id:
+        raise FrameDecodeError(f"{exchange_id}: a tickfold frame of exchange {frame.exchange!r}")
+    return frame
+
+
+def decode_binance(raw: bytes | str) -> BinanceEvent | TickfoldFrame | Ignored:
     try:
         env = _BINANCE_ENVELOPE.decode(raw)
     except msgspec.DecodeError as exc:
@@ -210,6 +285,8 @@ def decode_binance(raw: bytes | str) -> BinanceEvent | Ignored:
         body = raw
     elif env.id is not None:
         return IGNORED_SUBSCRIBE_REPLY
+    elif (own := _tickfold("binance", raw)) is not None:
+        return own
     else:
         raise FrameDecodeError("binance: neither a combined-stream frame, an event nor a reply")
     try:
@@ -219,10 +296,12 @@ def decode_binance(raw: bytes | str) -> BinanceEvent | Ignored:
         raise FrameDecodeError(f"binance {env.stream or env.e}: {exc}") from None
 
 
-def decode_coinbase(raw: bytes | str) -> CoinbaseFrame | Ignored:
+def decode_coinbase(raw: bytes | str) -> CoinbaseFrame | TickfoldFrame | Ignored:
     try:
         env = _COINBASE_ENVELOPE.decode(raw)
     except msgspec.DecodeError as exc:
+        if (own := _tickfold("coinbase", raw)) is not None:
+            return own
         raise FrameDecodeError(f"coinbase: not an Advanced Trade frame: {exc}") from None
     decoder = _COINBASE_EVENTS.get(env.channel)
     if decoder is None:

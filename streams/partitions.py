@@ -9,7 +9,9 @@ The symbol is found in the raw bytes without parsing the JSON (the adapters must
 
 * Binance combined streams start ``{"stream":"btcusdt@aggTrade",...``; raw-stream events carry ``"s":"BTCUSDT"``;
 * Coinbase Advanced Trade frames carry ``"product_id":"BTC-USD"`` (the first one decides; the
-  adapters subscribe each connection to the symbols of one partition, so a frame never mixes partitions).
+  adapters subscribe each connection to the symbols of one partition, so a frame never mixes partitions);
+* tickfold's own frames (``{"tickfold":...,"symbol":"BTCUSDT",...}``, :mod:`streams.frames`) carry
+  ``"symbol"``; looked for only when the exchange's markers are absent, so exchange frames don't pay for it.
 
 Frames with no symbol (heartbeats, subscription acknowledgements) go to the partition of the
 connection that received them (``home``), or to partition 0.
@@ -28,6 +30,8 @@ DEFAULT_PARTITIONS = 4
 _BINANCE_STREAM = b'"stream":"'
 _BINANCE_SYMBOL = b'"s":"'
 _COINBASE_PRODUCT = b'"product_id":"'
+_TICKFOLD = b'"tickfold":'
+_TICKFOLD_SYMBOL = b'"symbol":"'
 
 
 def partition_of(symbol: str, partitions: int) -> int:
@@ -50,6 +54,8 @@ def frame_symbol(exchange_id: str, frame: bytes) -> str | None:
         raw = _value_after(frame, _BINANCE_STREAM, b"@") or _value_after(frame, _BINANCE_SYMBOL, b'"')
     else:
         raw = _value_after(frame, _COINBASE_PRODUCT, b'"')
+    if raw is None and _TICKFOLD in frame:
+        raw = _value_after(frame, _TICKFOLD_SYMBOL, b'"')
     if raw is None:
         return None
     try:

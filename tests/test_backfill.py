@@ -3,6 +3,9 @@
 Oracles: what the simulator streamed (or would stream: its kline/candle payloads for a bucket) and an
 independent ``Decimal`` fold of its trade log. The "live" series is either folded by the real candle
 processor from streamed frames, or built from the simulator's own kline/candle frames for its trades.
+
+A backfill appends ``rest_candles`` frames to the raw streams; the candle processor folds them
+(``drain``), so every check of the series comes after a drain.
 """
 
 from __future__ import annotations
@@ -21,21 +24,22 @@ import redis.asyncio as aioredis
 import websockets
 
 from processors import backfill as bf
-from processors.candles import CandleProcessor, snapshots
-from processors.leases import Fence
+from processors.candles import snapshots
 from projections import gaps as g
 from projections import store
-from projections.candles import Candle
+from projections.candles import Candle, CandleBook, apply_snapshot
+from projections.rollups import rollup
 from streams import keys, log
-from streams.frames import decode_frame
-from streams.partitions import partition_of
+from streams.frames import RestCandle, RestCandlesFrame, decode_frame
+from streams.partitions import partition_of, route
 from streams.rest import BinanceRestClient, CoinbaseRestClient
 from streams.simulator import Simulator
-from streams.simulator.markets import Series, Trade
+from streams.simulator.markets import Agg, Series, Trade
 from streams.simulator.refdata import instrument
 from streams.symbols import bundled
-from tests.support import drain
+from tests.support import all_candles, close_events, drain
 from tickfold.commands_gaps import find_gaps
+from tickfold.errors import FrameDecodeError
 
 MIN = 60_000
 FIVE = 5 * MIN
@@ -109,6 +113,14 @@ def binance_frame(sim: Simulator, symbol: str, start: int, event_ms: int, closed
     return f'{{"stream":"{symbol.lower()}@kline_1m","data":{payload}}}'.encode()
 
 
+def partial_frame(sim: Simulator, symbol: str, start: int, event_ms: int) -> bytes:
+    """An open kline frame as streamed at ``event_ms``: the bucket's trades up to then."""
+    series = sim.binance.series[symbol]
+    agg = Agg(start, start + MIN).add_all(series.window(start, event_ms))
+    payload = sim.binance.kline_payload(series, "1m", agg, event_ms, False)
+    return f'{{"stream":"{symbol.lower()}@kline_1m","data":{payload}}}'.encode()
+
+
 def coinbase_streamed(sim: Simulator, product: str, start: int) -> Candle:
     """The candle the live fold makes of the candles frame the simulator streams for a 5-minute bucket."""
     series = sim.coinbase.series[product]
@@ -162,9 +174,18 @@ def test_missing_starts_holes_and_runs() -> None:
     assert g.aligned_starts("1w", 0, monday + 1) == [monday]
 
 
-def _c(start: int, *, closed: bool = True, close: str = "10", event_ns: int = 0, source: str = "native") -> Candle:
+def _c(
+    start: int,
+    *,
+    closed: bool = True,
+    close: str = "10",
+    event_ns: int = 0,
+    source: str = "native",
+    closed_by: str | None = None,
+) -> Candle:
     return Candle(exchange="x", symbol="A-B", timeframe="1m", start=start, open="9", high="11", low="8",
-                  close=close, volume="1", closed=closed, event_ns=event_ns, source=source)  # fmt: skip
+                  close=close, volume="1", closed=closed, event_ns=event_ns, source=source,
+                  closed_by=closed_by)  # fmt: skip
 
 
 def _plan(**kw: Any) -> g.FillPlan:
@@ -175,16 +196,92 @@ def _plan(**kw: Any) -> g.FillPlan:
 
 
 @pytest.mark.unit
-def test_plan_never_overwrites_closed_and_replaces_open_only_with_closed() -> None:
+def test_plan_never_overwrites_final_candles_and_replaces_open_only_with_closed() -> None:
     live_closed, live_open = _c(MIN, close="1"), _c(2 * MIN, closed=False, event_ns=10**15)
-    rest = {s: _c(s, close="2", event_ns=(s + MIN) * 10**6, source="rest") for s in (MIN, 2 * MIN, 3 * MIN)}
+    rest = {s: _c(s, close="2", event_ns=g.rest_event_ns("1m", s), source="rest") for s in (MIN, 2 * MIN, 3 * MIN)}
     rest[4 * MIN] = _c(4 * MIN, closed=False, source="rest")
     plan = _plan(wanted=[MIN, 2 * MIN, 3 * MIN, 4 * MIN], stored={MIN: live_closed, 2 * MIN: live_open},
                  marked=[MIN, 3 * MIN], rest=rest, covered=rest, horizon_ms=9 * MIN)  # fmt: skip
-    assert [c.start for c in plan.write] == [2 * MIN, 3 * MIN]
+    assert plan.write == [rest[2 * MIN], rest[3 * MIN]]  # as REST gave them: the fold decides by event time
     assert all(c.source == "rest" and c.closed for c in plan.write)
-    assert plan.write[0].event_ns == 10**15  # not older than the open candle it replaces
     assert plan.unmark == [MIN, 3 * MIN] and plan.pending == [4 * MIN] and plan.mark == []
+
+
+@pytest.mark.unit
+def test_plan_repairs_candles_closed_by_the_watermark_with_values_from_before_their_end() -> None:
+    during = (MIN + 30_000) * 10**6  # a snapshot taken during the bucket
+    cut = _c(MIN, close="1", event_ns=during)
+    stored = {
+        MIN: msgspec.structs.replace(cut, closed_by="watermark"),
+        2 * MIN: msgspec.structs.replace(cut, start=2 * MIN, closed_by="newer"),  # Coinbase: only on request
+        3 * MIN: msgspec.structs.replace(cut, start=3 * MIN, closed_by="exchange"),  # the exchange's final
+        4 * MIN: _c(4 * MIN, event_ns=(5 * MIN + 1) * 10**6, closed_by="watermark"),  # values from after the end
+    }
+    assert [s for s, c in stored.items() if g.wants(c, marked=False, repair=False)] == [MIN]
+    assert [s for s, c in stored.items() if g.wants(c, marked=False, repair=True)] == [MIN, 2 * MIN]
+    rest = {s: _c(s, close="2", event_ns=g.rest_event_ns("1m", s), source="rest") for s in stored}
+    plan = _plan(wanted=list(stored), stored=stored, rest=rest, covered=rest, horizon_ms=9 * MIN, repair=[2 * MIN])
+    assert [c.start for c in plan.write] == [MIN, 2 * MIN] and plan.pending == [] and plan.mark == []
+    # REST could not give a bucket to repair: its values stay, and a later backfill asks again
+    plan = _plan(wanted=[MIN], stored=stored, covered=[MIN], horizon_ms=9 * MIN)
+    assert plan.write == [] and plan.pending == [MIN] and plan.mark == []
+
+
+def _binance(start: int, event_ms: int, close: str, closed: bool) -> Candle:
+    return Candle(exchange="binance", symbol="BTC-USDT", timeframe="1m", start=start, open="9", high="11",
+                  low="8", close=close, volume="1", closed=closed, event_ns=event_ms * 10**6,
+                  closed_by="exchange" if closed else None)  # fmt: skip
+
+
+@pytest.mark.unit
+def test_the_rest_event_time_repairs_what_was_taken_during_the_bucket_and_yields_to_the_exchange_final() -> None:
+    row = RestCandle(start=MIN, open="9", high="12", low="8", close="3", volume="2")
+    frame = RestCandlesFrame(exchange="binance", symbol="BTCUSDT", timeframe="1m", fetched_ns=1, source="t",
+                             candles=[row])  # fmt: skip
+    ((rest, close_older),) = snapshots("binance", frame, BN)
+    assert not close_older and rest.closed and rest.source == "rest" and rest.closed_by == "rest"
+    assert rest.event_ns == 2 * MIN * 10**6 - 1 == g.rest_event_ns("1m", MIN)
+    during = _binance(MIN, 2 * MIN - 1, "1", closed=False)  # the last snapshot before a disconnect
+    final = _binance(MIN, 2 * MIN, "2", closed=True)  # the exchange's final, at (or after) the end
+    watermarked = msgspec.structs.replace(during, closed=True, closed_by="watermark")
+    for current in (during, watermarked):  # open, or closed by the watermark: repaired by REST
+        new, event = apply_snapshot(current, rest)
+        assert new == rest and event is not None and event.correction is current.closed
+        # ... and a snapshot from during the bucket arriving later loses against it
+        assert apply_snapshot(new, during) == (new, None)
+    # the exchange's final wins in either order
+    a, _ = apply_snapshot(apply_snapshot(during, rest)[0], final)
+    b, _ = apply_snapshot(apply_snapshot(during, final)[0], rest)
+    assert a == b == final
+    # the Coinbase rule: a bucket closed by a newer one is repaired, and stays closed
+    book = CandleBook({})
+    book.apply(msgspec.structs.replace(during, closed_by=None), close_older=True)
+    book.apply(_binance(2 * MIN, 2 * MIN + 1, "5", closed=False), close_older=True)
+    assert book.candles[MIN].closed_by == "newer"
+    (event,) = book.apply(rest)
+    assert event.correction and book.candles[MIN] == rest
+
+
+@pytest.mark.unit
+def test_rest_candles_frames_decode_on_both_exchanges_and_route_to_the_symbols_partition() -> None:
+    frames = bf.rest_frames("coinbase", "BTC-USD", "5m", [_c(FIVE, close="7")], fetched_ns=5, source="x")
+    (raw,) = frames
+    assert raw.startswith(b'{"tickfold":"rest_candles","exchange":"coinbase","symbol":"BTC-USD"')
+    frame = decode_frame("coinbase", raw)
+    assert isinstance(frame, RestCandlesFrame) and frame.candles[0].close == "7" and frame.candles[0].trades is None
+    assert route("coinbase", raw, 7) == partition_of("BTC-USD", 7)
+    ((c, _),) = snapshots("coinbase", frame, CB)
+    assert (c.symbol, c.timeframe, c.start, c.close, c.closed) == ("BTC-USD", "5m", FIVE, "7", True)
+    (raw,) = bf.rest_frames("binance", "ETHUSDT", "1m", [_c(MIN)], fetched_ns=5, source="x")
+    assert isinstance(decode_frame("binance", raw), RestCandlesFrame)
+    assert route("binance", raw, 7) == partition_of("ETHUSDT", 7)
+    with pytest.raises(FrameDecodeError, match="exchange 'binance'"):
+        decode_frame("coinbase", raw)  # a frame of another exchange is not folded
+    bad = raw.replace(b'"start":60000', b'"start":60001')
+    with pytest.raises(FrameDecodeError, match="not the start"):
+        snapshots("binance", decode_frame("binance", bad), BN)
+    many = bf.rest_frames("binance", "ETHUSDT", "1m", [_c(i * MIN) for i in range(2500)], fetched_ns=5, source="x")
+    assert [len(msgspec.json.decode(f)["candles"]) for f in many] == [1000, 1000, 500]
 
 
 @pytest.mark.unit
@@ -258,11 +355,16 @@ async def test_binance_outage_is_filled_with_exactly_what_the_simulator_streamed
             assert not set(outage) & set(before) and {b0 + MIN, b0 + 5 * MIN} <= set(before)
             async with BinanceRestClient(sim.urls["binance"].rest_url) as rest:
                 result = await bf.backfill(client, rest, "binance", "BTC-USDT", "1m", b0, last + MIN)
+            assert await series_of(client, "binance", "BTC-USDT", "1m") == before  # appended, not yet folded
+            (_, frame), *_ = await log.entries(client, result.stream, newest_first=True)
+            assert frame[b"frame"].startswith(b'{"tickfold":"rest_candles"') and len(result.appended) == 1
+            await drain(client, ["binance"])
+            await bf.wait_folded(client, [result], timeout_s=1)
             after = await series_of(client, "binance", "BTC-USDT", "1m")
         finally:
             await client.aclose()
     assert result.written == outage and result.gaps == [] and result.errors == [] and result.attempts == 1
-    assert result.requests == 1
+    assert result.requests == 1 and result.repaired == []
     fields = ("open", "high", "low", "close", "volume", "quote_volume", "taker_buy_volume", "trades")
     series = sim.binance.series["BTCUSDT"]
     for b in outage:
@@ -304,7 +406,10 @@ async def test_binance_errors_mark_gaps_then_a_later_backfill_fills_and_unmarks(
                 assert early.gaps == [base - 3 * MIN, base - 2 * MIN, base - MIN] and early.written == []
                 filled = await bf.backfill(client, rest, "binance", "BTC-USDT", "1m", base, base + 12 * MIN)
             assert filled.written == outage and filled.unmarked == outage and filled.gaps == []
-            assert await markers(client, "binance", "BTC-USDT", "1m") == [base - 3 * MIN, base - 2 * MIN, base - MIN]
+            early_gaps = [base - 3 * MIN, base - 2 * MIN, base - MIN]
+            assert await markers(client, "binance", "BTC-USDT", "1m") == early_gaps + outage  # until folded
+            await drain(client, ["binance"])
+            assert await markers(client, "binance", "BTC-USDT", "1m") == early_gaps  # the fold removed them
             after = await series_of(client, "binance", "BTC-USDT", "1m")
         finally:
             await client.aclose()
@@ -324,6 +429,7 @@ async def test_binance_zero_volume_klines_become_confirmed_empty_candles(redis_u
             await put(client, live)
             async with BinanceRestClient(sim.urls["binance"].rest_url) as rest:
                 result = await bf.backfill(client, rest, "binance", "BTC-USDT", "1m", base, base + 8 * MIN)
+            await drain(client, ["binance"])
             after = await series_of(client, "binance", "BTC-USDT", "1m")
         finally:
             await client.aclose()
@@ -358,6 +464,7 @@ async def test_coinbase_outage_filled_quiet_bucket_confirmed_empty_tail_pending(
             await put(client, live)
             async with CoinbaseRestClient(sim.urls["coinbase"].rest_url) as rest:
                 result = await bf.backfill(client, rest, "coinbase", "BTC-USD", "5m", base - FIVE, base + 14 * FIVE)
+                await drain(client, ["coinbase"])
                 after = await series_of(client, "coinbase", "BTC-USD", "5m")
                 # with an exchange-time estimate the quiet tail is over by more than a bucket: empty
                 now_ms = time.time_ns() // 1_000_000
@@ -417,6 +524,7 @@ async def test_a_live_write_during_the_backfill_commit_makes_it_replan_and_survi
             monkeypatch.setattr(bf, "plan_fill", racing_plan)
             async with BinanceRestClient(sim.urls["binance"].rest_url) as rest:
                 result = await bf.backfill(client, rest, "binance", "BTC-USDT", "1m", base, base + 10 * MIN)
+            await drain(client, ["binance"])
             after = await series_of(client, "binance", "BTC-USDT", "1m")
         finally:
             await client.aclose()
@@ -428,51 +536,42 @@ async def test_a_live_write_during_the_backfill_commit_makes_it_replan_and_survi
 
 
 @pytest.mark.redis
-async def test_a_live_batch_that_read_before_a_backfill_commit_refolds_on_top_of_it(redis_url: str) -> None:
+@pytest.mark.parametrize("rest_first", [False, True], ids=["live-first", "rest-first"])
+async def test_live_frames_and_a_backfill_give_the_same_series_in_either_stream_order(
+    redis_url: str, rest_first: bool
+) -> None:
     base = (time.time_ns() // 1_000_000 // MIN - 30) * MIN
     async with Simulator(seed=7) as sim:
         binance_market(sim, list(range(10)), base, seed=7)
         outage = [base + 3 * MIN, base + 4 * MIN]
-        live = [binance_streamed(sim, "BTCUSDT", base + m * MIN, base + m * MIN + MIN + 5)
-                for m in range(9) if base + m * MIN not in outage]  # fmt: skip
+        # the live feed: a snapshot from during each outage bucket (stale against REST), a late exchange
+        # final for the second (it wins against REST), and every other bucket's final
+        live = [binance_frame(sim, "BTCUSDT", b, b + 20_000, closed=False) for b in outage]
+        live.append(binance_frame(sim, "BTCUSDT", outage[1], outage[1] + MIN + 900, closed=True))
+        live += [binance_frame(sim, "BTCUSDT", base + m * MIN, base + m * MIN + MIN + 5, closed=True)
+                 for m in range(9) if base + m * MIN not in outage]  # fmt: skip
         client = aioredis.Redis.from_url(redis_url)
         try:
-            await put(client, live)
             partitions = await log.ensure_partitions(client, "binance", 4)
-            p = partition_of("BTCUSDT", partitions)
-            stream = keys.frames_stream("binance", p)
-            # a late, stale open snapshot of an outage bucket (taken during it) and the next bucket, open
-            stale = binance_frame(sim, "BTCUSDT", outage[0], outage[0] + 20_000, closed=False)
-            newest = binance_frame(sim, "BTCUSDT", base + 9 * MIN, base + 9 * MIN + 30_000, closed=False)
-            for raw in (stale, newest):
-                await client.xadd(stream, {"frame": raw, "recv_ns": 0})
-            entries = await log.entries(client, stream)
-            lease = keys.lease("candles", "binance", p)
-            await client.set(lease, b"token")
-            rest = BinanceRestClient(sim.urls["binance"].rest_url)
-            backfills: list[bf.BackfillResult] = []
-
-            class Racing(CandleProcessor):
-                async def _load(self, c: aioredis.Redis, plan: Any, due: Any, scope: Any) -> Any:
-                    loaded = await super()._load(c, plan, due, scope)
-                    if not backfills:  # the backfill commits after this batch read the series
-                        backfills.append(
-                            await bf.backfill(client, rest, "binance", "BTC-USDT", "1m", base, base + 9 * MIN)
-                        )
-                    return loaded
-
-            proc = Racing("binance", p, BN, history=5000)
-            await proc.handle(client, entries, Fence(lease, b"token"))
-            await rest.aclose()
+            stream = keys.frames_stream("binance", partition_of("BTCUSDT", partitions))
+            if not rest_first:
+                await log.append_frames(client, "binance", [(raw, 0) for raw in live])
+            async with BinanceRestClient(sim.urls["binance"].rest_url) as rest:
+                # what REST serves for the outage, whatever the series holds now
+                result = await bf.backfill(client, rest, "binance", "BTC-USDT", "1m", outage[0], outage[-1] + MIN)
+            if rest_first:
+                await log.append_frames(client, "binance", [(raw, 0) for raw in live])
+            await drain(client, ["binance"])
             after = await series_of(client, "binance", "BTC-USDT", "1m")
+            order = [f[b"frame"][:12] for _, f in await log.entries(client, stream)]
         finally:
             await client.aclose()
-    (filled,) = backfills
-    assert filled.written == outage
-    for b in outage:  # the backfill's closed candles survived the live batch (its stale snapshot lost)
-        assert after[b].source == "rest" and after[b].closed
-        assert values(after[b]) == values(binance_streamed(sim, "BTCUSDT", b, 0))
-    assert after[base + 9 * MIN].source == "native" and not after[base + 9 * MIN].closed  # the live write too
+    assert result.stream == stream and result.written == outage
+    assert (order.index(b'{"tickfold":') == 0) is rest_first
+    first, second = after[outage[0]], after[outage[1]]
+    assert first.source == "rest" and first.closed_by == "rest"  # repaired what was taken during the bucket
+    assert values(first) == values(binance_streamed(sim, "BTCUSDT", outage[0], 0))
+    assert second == binance_streamed(sim, "BTCUSDT", outage[1], outage[1] + MIN + 900)  # the exchange's final
 
 
 @pytest.mark.redis
@@ -488,9 +587,10 @@ async def test_warm_up_backfills_the_last_n_closed_candles_per_symbol_and_timefr
         try:
             async with BinanceRestClient(sim.urls["binance"].rest_url) as rest:
                 results = await bf.warm_up(
-                    client, rest, "binance", ["BTC-USDT"], ["1m", "5m"],
+                    client, rest, "binance", ["BTC-USDT"], ["5m", "1m"],  # 5m first: the 1m fill comes after
                     count=settings.backfill_history, now_ms=base + 12 * MIN + 30_000,
                 )  # fmt: skip
+                await drain(client, ["binance"])
                 again = await bf.warm_up(
                     client, rest, "binance", ["BTC-USDT"], ["1m"], count=5, now_ms=base + 12 * MIN + 30_000
                 )
@@ -498,13 +598,111 @@ async def test_warm_up_backfills_the_last_n_closed_candles_per_symbol_and_timefr
             five = await series_of(client, "binance", "BTC-USDT", "5m")
         finally:
             await client.aclose()
-    minute, fives = results
+    fives, minute = results
     assert minute.written == [base + m * MIN for m in range(7, 12)] and sorted(one) == minute.written
     assert all(values(one[b]) == values(binance_streamed(sim, "BTCUSDT", b, 0)) for b in one)
     first5 = (base + 12 * MIN) // FIVE * FIVE - 5 * FIVE
     # the 5-minute buckets before the first trade: the exchange has nothing there -> gaps, none invented
-    assert sorted(five) == fives.written and set(fives.written) | set(fives.gaps) == {
+    rolled = {b // FIVE * FIVE for b in minute.written} - set(fives.written)  # the 5m bucket in progress
+    assert all(five[b].source == "rollup" and not five[b].closed for b in rolled)
+    assert sorted(set(five) - rolled) == fives.written and set(fives.written) | set(fives.gaps) == {
         first5 + i * FIVE for i in range(5)
     }
     assert all(b + FIVE > base for b in fives.written) and all(b + FIVE <= base for b in fives.gaps)
+    # the 1m fill does not turn a REST 5m candle into a roll-up of the few 1m candles it has (a complete
+    # roll-up may replace it: the same values)
+    series = sim.binance.series["BTCUSDT"]
+    for b, c in five.items():
+        if b in rolled:
+            continue
+        k = json.loads(sim.binance.kline_payload(series, "5m", series.fold(b, b + FIVE), b + FIVE, True))["k"]
+        assert c.source in ("rest", "rollup") and c.closed
+        assert values(c) == (k["o"], k["h"], k["l"], k["c"], k["v"], k["q"], k["n"], k["V"], True)
+    assert "rest" in {c.source for c in five.values()}
     assert again[0].wanted == 0 and again[0].requests == 0  # nothing missing: REST is not asked
+
+
+# ---------------------------------------------------------------- through the fold: roll-ups, events, replay
+
+
+async def raw_dump(client: aioredis.Redis, exchange_id: str) -> dict[str, list[log.Entry]]:
+    partitions = await log.stored_partitions(client, exchange_id) or 0
+    return {s: await log.entries(client, s) for s in (keys.frames_stream(exchange_id, p) for p in range(partitions))}
+
+
+@pytest.mark.redis
+async def test_a_backfilled_outage_repairs_the_cut_bucket_updates_roll_ups_and_indicators_and_replays(
+    redis_url: str,
+) -> None:
+    base = (time.time_ns() // 1_000_000 // FIVE - 12) * FIVE
+    minutes = 45
+    cut, lost = base + 38 * MIN, [base + m * MIN for m in (39, 40, 41)]  # disconnected at 38:40, back at 42:00
+    async with Simulator(seed=9) as sim:
+        binance_market(sim, list(range(minutes)), base, seed=9)
+        live: list[tuple[bytes, int]] = []
+        for b in (base + m * MIN for m in range(minutes)):
+            if b in lost:
+                continue
+            live.append((partial_frame(sim, "BTCUSDT", b, b + 30_000), 0))
+            if b != cut:
+                live.append((binance_frame(sim, "BTCUSDT", b, b + MIN + 50, closed=True), 0))
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            await log.append_frames(client, "binance", live, partitions=2)
+            await drain(client, ["binance"])
+            before = await all_candles(client, "binance")
+            events_before = len(await close_events(client, "binance"))
+            points_before: list[tuple[bytes, float]] = await client.zrange(  # type: ignore[assignment]
+                keys.indicator("binance", "BTC-USDT", "1m", "macdv"), 0, -1, withscores=True
+            )
+            async with BinanceRestClient(sim.urls["binance"].rest_url) as rest:
+                result = await bf.backfill(client, rest, "binance", "BTC-USDT", "1m", base, base + minutes * MIN)
+            await drain(client, ["binance"])
+            after = await all_candles(client, "binance")
+            events = (await close_events(client, "binance"))[events_before:]
+            points_after: list[tuple[bytes, float]] = await client.zrange(  # type: ignore[assignment]
+                keys.indicator("binance", "BTC-USDT", "1m", "macdv"), 0, -1, withscores=True
+            )
+            dump = await raw_dump(client, "binance")
+            # replay: a fresh Redis, the same raw frames (the rest_candles frame included), folded from scratch
+            await client.flushall()
+            await log.ensure_partitions(client, "binance", len(dump))
+            for stream, entries in dump.items():
+                for eid, fields in entries:
+                    await client.xadd(stream, fields, id=eid)  # type: ignore[arg-type]
+            await drain(client, ["binance"])
+            replayed = await all_candles(client, "binance")
+        finally:
+            await client.aclose()
+    one = ("BTC-USDT", "1m")
+    cut_before = before[(*one, cut)]
+    assert cut_before.closed and cut_before.closed_by == "watermark"  # closed with the values of 38:30
+    assert values(cut_before) != values(binance_streamed(sim, "BTCUSDT", cut, cut + MIN + 50))
+    assert result.written == [cut, *lost] and result.repaired == [cut] and result.gaps == []
+    for b in (cut, *lost):  # exactly what the exchange would have streamed as final
+        c = after[(*one, b)]
+        assert c.source == "rest" and c.closed_by == "rest"
+        assert values(c) == values(binance_streamed(sim, "BTCUSDT", b, b + MIN + 50))
+    untouched = {k: c for k, c in before.items() if k[1] == "1m" and k[2] != cut}
+    assert {k: c for k, c in after.items() if k[1] == "1m" and k[2] not in (cut, *lost)} == untouched
+    # events: a correction for the cut bucket, closes for the lost ones, corrections for their roll-ups
+    got = {(e.candle.timeframe, e.candle.start, e.correction) for e in events}
+    assert {("1m", cut, True)} | {("1m", b, False) for b in lost} <= got
+    assert {("5m", base + 35 * MIN, True), ("5m", base + 40 * MIN, True)} <= got
+    series = sim.binance.series["BTCUSDT"]
+    for start in (base + 35 * MIN, base + 40 * MIN):
+        r = after[("BTC-USDT", "5m", start)]
+        k = json.loads(sim.binance.kline_payload(series, "5m", series.fold(start, start + FIVE), start + FIVE, True))[
+            "k"
+        ]
+        assert r.source == "rollup" and r.closed
+        assert values(r) == (k["o"], k["h"], k["l"], k["c"], k["v"], k["q"], k["n"], k["V"], True)
+        assert values(before[("BTC-USDT", "5m", start)]) != values(r)
+        parts = [after[(*one, s)] for s in range(start, start + FIVE, MIN)]
+        assert values(r) == values(rollup(parts, "5m").candle)
+    # MACD-V follows: the lost buckets have points now, and the later points were recomputed
+    starts_before = {int(s) for _, s in points_before}
+    starts_after = {int(s) for _, s in points_after}
+    assert not set(lost) & starts_before and set(lost) <= starts_after
+    # the replay of the raw streams gives the same candles, backfill included (invariant 1)
+    assert replayed == after

@@ -7,6 +7,9 @@ The real candle processor folds the raw streams, then the gap watch reads the co
 
 Oracles are the simulator's own: the closing kline it streams for a bucket (``kline_payload`` of its
 trade log) and an independent ``Decimal`` fold of that log.
+
+Backfills append ``rest_candles`` frames to the raw streams; the tests let the gap watch run the fold
+after each round (``fold=``, as ``process --backfill`` serves it) or drain the processors themselves.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -116,6 +120,11 @@ async def control_events(client: aioredis.Redis) -> list[ev.ControlEvent]:
 
 async def pending(client: aioredis.Redis) -> int:
     return int((await client.xpending(keys.CONTROL_STREAM, gw.GROUP))["pending"])
+
+
+def folder(client: aioredis.Redis) -> Any:
+    """The gap watch's ``fold``: the candle (and indicator) processors, until idle."""
+    return lambda: drain(client, ["binance"])
 
 
 def config(**kw: Any) -> gw.GapWatchConfig:
@@ -253,11 +262,14 @@ async def test_reconnect_backfills_the_outage_and_a_redelivered_event_changes_no
             events = await control_events(client)
             timeframes = [k.rsplit(":", 1)[1] for k in await store.list_series(client, "binance")]
             async with BinanceRestClient(o.sim.urls["binance"].rest_url) as rest:
+                crashed = CrashBeforeAck(client, {"binance": rest}, config())
                 with pytest.raises(Crash):
-                    await CrashBeforeAck(client, {"binance": rest}, config()).run(until_idle=True)
+                    await crashed.run(until_idle=True)
+                unfolded = await series_of(client)
+                await drain(client, ["binance"])  # the frames it appended are in the stream: the fold applies them
                 filled = await series_of(client)
                 left_pending = await pending(client)
-                again = await gw.GapWatch(client, {"binance": rest}, config()).run(until_idle=True)
+                again = await gw.GapWatch(client, {"binance": rest}, config(), fold=folder(client)).run(until_idle=True)
             after = await series_of(client)
             holes = await find_gaps(client, "binance")
             still_pending = await pending(client)
@@ -265,43 +277,51 @@ async def test_reconnect_backfills_the_outage_and_a_redelivered_event_changes_no
             await client.aclose()
     kinds = [type(e).__name__ for e in events]
     assert kinds.count("Connected") == 2 and "Disconnected" in kinds and "Gap" in kinds  # the aggTrade id jump
-    assert not set(o.lost) & set(before) and before[o.cut].closed
+    assert not set(o.lost) & set(before) and before[o.cut].closed and before[o.cut].closed_by == "watermark"
+    assert unfolded == before  # a backfill appends frames; it writes no candle itself
     # the crashed run filled the outage; its two triggers (reconnect, gap) stayed pending, the rest was acked
-    assert left_pending == 2
+    assert left_pending == 2 and crashed.stats.appended >= 1
+    assert (SERIES, o.cut) in crashed.stats.suspect  # the cut bucket was asked for again ...
     series = o.sim.binance.series["BTCUSDT"]
-    for b in o.lost:
+    for b in [o.cut, *o.lost]:  # ... and repaired with the lost ones
         c = filled[b]
-        assert c.source == "rest" and c.closed
+        assert c.source == "rest" and c.closed and c.closed_by == "rest"
         assert values(c) == values(streamed_close(o.sim, b))  # what the simulator would have streamed
         assert as_decimals(c) == decimal_fold(series, b)
-    assert {b: c for b, c in filled.items() if b not in o.lost} == before  # live candles untouched
+    assert {b: c for b, c in filled.items() if b not in [o.cut, *o.lost]} == {
+        b: c for b, c in before.items() if b != o.cut
+    }  # live candles untouched
     # redelivered: the same two triggers, coalesced into one round, at most one backfill per stored series (1m
     # and the roll-ups whose window is not empty); nothing missing any more, so REST is not even asked
     assert (again.triggers, again.rounds) == (2, 1)
     done = [r.timeframe for r in again.results]
     assert "1m" in done and len(done) == len(set(done)) and set(done) <= set(timeframes)
     assert all((r.wanted, r.requests, r.written, r.gaps) == (0, 0, [], []) for r in again.results)
-    assert after == filled and still_pending == 0
+    assert after == filled and still_pending == 0 and again.appended == 0 and again.suspect == []
     assert [(r.kind, r.first) for r in holes] == []  # no hole, no marked gap left
-    assert (SERIES, o.cut) in again.suspect  # the cut bucket: see the next test
 
 
 @pytest.mark.redis
-@pytest.mark.xfail(
-    strict=True,
-    reason="the bucket the disconnect cut is closed by the live fold's watermark with its last pre-outage "
-    "snapshot; backfill never rewrites a closed bucket (processors/backfill.py, projections/gaps.py plan_fill)",
-)
 async def test_the_bucket_the_disconnect_cut_is_repaired_too(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     async with outage(redis_url, monkeypatch, seed=22) as o:
         client = aioredis.Redis.from_url(redis_url)
         try:
+            before = await series_of(client)
+            start = len(await log.entries(client, keys.closes_stream("binance")))
             async with BinanceRestClient(o.sim.urls["binance"].rest_url) as rest:
-                await gw.GapWatch(client, {"binance": rest}, config()).run(until_idle=True)
+                stats = await gw.GapWatch(client, {"binance": rest}, config(), fold=folder(client)).run(until_idle=True)
             after = await series_of(client)
+            events = [
+                store.decode_closed(f[b"event"]) for _, f in await log.entries(client, keys.closes_stream("binance"))
+            ]
         finally:
             await client.aclose()
-    assert values(after[o.cut]) == values(streamed_close(o.sim, o.cut))
+    assert before[o.cut].closed_by == "watermark" and values(before[o.cut]) != values(streamed_close(o.sim, o.cut))
+    assert values(after[o.cut]) == values(streamed_close(o.sim, o.cut)) and after[o.cut].closed_by == "rest"
+    (minute,) = [r for r in stats.results if r.timeframe == "1m"]
+    assert minute.repaired == [o.cut] and minute.written == [o.cut, *o.lost]
+    fixed = [e for e in events[start:] if e.candle.timeframe == "1m" and e.candle.start == o.cut]
+    assert [e.correction for e in fixed] == [True]  # the indicators and roll-ups hear of it
 
 
 # ------------------------------------------------------------------------------------- unrecoverable
@@ -376,8 +396,9 @@ async def test_warm_up_on_start_and_a_burst_of_gap_events_is_one_backfill_per_se
             async with BinanceRestClient(sim.urls["binance"].rest_url) as rest:
                 clock = lambda: (base + 20 * MIN + 10_000) * 1_000_000  # noqa: E731
                 stats = await gw.GapWatch(
-                    client, {"binance": rest}, config(warm_up=True, backfill_history=3), clock=clock
-                ).run(until_idle=True)
+                    client, {"binance": rest}, config(warm_up=True, backfill_history=3), clock=clock,
+                    fold=folder(client),
+                ).run(until_idle=True)  # fmt: skip
             after = await series_of(client)
         finally:
             await client.aclose()
@@ -414,12 +435,14 @@ async def test_process_backfill_flag_runs_the_gap_watch_with_the_exchanges_rest_
             )  # fmt: skip
             async with asyncio.timeout(60):
                 out, err = await proc.communicate()
+            # `process --until-idle` folds, runs the gap watch, and folds what the backfill appended
             after = await series_of(client)
             left = await pending(client)
         finally:
             await client.aclose()
     assert proc.returncode == 0, err.decode()
-    assert "1 reconnect/gap event(s) in 1 round(s) filled 2 candles" in out.decode()
+    filled = re.search(r"1 reconnect/gap event\(s\) in 1 round\(s\) filled (\d+) candles", out.decode())
+    assert filled and int(filled.group(1)) >= 2, out.decode()
     for b in (base + 4 * MIN, base + 5 * MIN):
         assert after[b].source == "rest" and values(after[b]) == values(streamed_close(sim, b))
     assert left == 0

@@ -17,6 +17,7 @@ Streams and bookkeeping (DESIGN.md):
     alerts:{exchange_id}            alert events
     alerts:{exchange_id}:ids        ids of the alerts raised (sorted set by candle start): no alert twice
     control                         commands + lifecycle events (the source of truth)
+    lease:adapter:{exchange_id}     which serve instance runs the exchange's adapter (token, with a TTL)
     proj:{name}:{exchange_id}:p{n}:last_id    the raw-stream position a projection reflects
     proj:{name}:{exchange_id}:p{n}:watermark  the newest event time (ns) seen in that partition
     proj:{name}:{exchange_id}:p{n}:open       open candles of that partition (series|start, scored by end ms)
@@ -219,3 +220,15 @@ def indicator_state(exchange_id: str, symbol: str, timeframe: str, kind: str) ->
         f"indstate:{exchange_part(exchange_id)}:{_part('symbol', symbol)}:"
         f"{timeframe_part(timeframe)}:{_part('type', kind)}"
     )
+
+
+# ------------------------------------------------------------------------------ the supervisor (serve)
+
+SUPERVISOR_GROUP = "supervisor"  # the consumer group on CONTROL_STREAM that answers commands
+
+
+def exchange_lease(exchange_id: str) -> str:
+    """``lease:adapter:{exchange_id}``: which ``serve`` instance runs the exchange's adapter (token, with a TTL).
+
+    Distinct from the partition leases ``lease:{group}:{exchange_id}:p{n}``, which end in a partition."""
+    return f"lease:adapter:{exchange_part(exchange_id)}"

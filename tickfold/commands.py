@@ -29,7 +29,7 @@ from projections.candles import Candle
 from streams import keys, log, recorded
 from streams.frames import DECODERS
 from streams.symbols import SymbolMap, bundled, load_symbol_map
-from tickfold import commands_gaps, commands_indicators, commands_live
+from tickfold import commands_api, commands_gaps, commands_indicators, commands_live, commands_serve, commands_status
 from tickfold.errors import TickfoldError, UnknownExchange
 from tickfold.runtime import Servers, servers
 from tickfold.settings import Settings
@@ -70,6 +70,12 @@ def dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int:
         "indicators": commands_indicators.indicators,
         "alerts": commands_indicators.alerts,
         "markets": commands_live.markets,
+        "serve": commands_serve.serve,
+        "start": commands_serve.start,
+        "stop": commands_serve.stop,
+        "api": commands_api.api,
+        "status": commands_status.status,
+        "rebuild": commands_status.rebuild,
     }
     return handlers[command](args, settings)
 
@@ -121,11 +127,14 @@ async def _ingest(client: aioredis.Redis, exchange_id: str, path: Path, partitio
 
 def process(args: argparse.Namespace, settings: Settings) -> int:
     exchanges = [check_exchange(e) for e in (args.exchange or EXCHANGES)]
-    with servers(settings, _say, postgres=settings.backfill) as srv:  # backfill: REST URLs from the exchanges table
+    # backfill: REST URLs from the exchanges table; connection state (EXC-04) when a database is configured
+    pg = settings.backfill or (settings.connection_state and settings.database_url is not None)
+    with servers(settings, _say, postgres=pg) as srv:
         return _run(_process(srv, settings, exchanges, until_idle=args.until_idle))
 
 
 async def _process(srv: Servers, settings: Settings, exchanges: Sequence[str], *, until_idle: bool) -> int:
+    from control import connection_state
     from control import exchanges as exchange_rows
     from processors.gapwatch import GapWatchConfig, GapWatchStats, run_gapwatch
 
@@ -145,12 +154,16 @@ async def _process(srv: Servers, settings: Settings, exchanges: Sequence[str], *
         backfill_history=settings.backfill_history,
     )
     gap_stats: GapWatchStats | None = None
-    async with log.connect(srv.redis_url) as client:
+    async with (
+        log.connect(srv.redis_url) as client,
+        connection_state.alongside(client, srv.database_url, settings, until_idle=until_idle, stop=stop) as cs,
+    ):
         if not rows:
             results = await run_processors(client, settings, exchanges, until_idle=until_idle, stop=stop)
         elif until_idle:  # fold first, then the control stream's events once: the same result every run
             results = await run_processors(client, settings, exchanges, until_idle=True, stop=stop)
-            gap_stats = await run_gapwatch(client, rows, gap_config, until_idle=True, stop=stop)
+            refold = functools.partial(run_processors, client, settings, exchanges, until_idle=True, stop=stop)
+            gap_stats = await run_gapwatch(client, rows, gap_config, until_idle=True, stop=stop, fold=refold)
         else:
             results, gap_stats = await asyncio.gather(
                 run_processors(client, settings, exchanges, until_idle=False, stop=stop),
@@ -162,6 +175,8 @@ async def _process(srv: Servers, settings: Settings, exchanges: Sequence[str], *
             f"{exchange_id}: {t.processed} frames folded in {stats.batches} batches, "
             f"{t.skipped} redelivered skipped, {t.dead} dead-lettered, {t.events} candle-close events"
         )
+    if cs is not None:
+        out.print(f"connection state: {cs.folded} lifecycle events folded, {cs.rows_written} row writes")
     if gap_stats is not None:
         g = gap_stats
         out.print(

@@ -43,6 +43,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     consumer: str = ""  # empty: {hostname}-{pid}
     partitions: int = 4  # raw-stream partitions per exchange (fixed once an exchange's first frame is written)
     lease_ttl_ms: int = 5000  # a dead processor's partitions (and pending entries) are claimed after this long
+    exchange_lease_ttl_ms: int = 5000  # serve: a dead instance's exchanges are taken over after this long
     max_deliveries: int = 10  # an entry delivered more often than this goes to the dead-letter stream
     stream_max_len: int = 1_000_000  # raw entries kept per partition; never trims what is not yet acknowledged
     stream_max_age_ms: int = 7 * 86_400_000  # older raw entries are trimmed (once acknowledged)
@@ -52,7 +53,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     indicator_window: int = 1000  # closed candles each MACD-V recompute reads (enough to forget the seed)
     indicator_history: int = 1000  # MACD-V points kept per series
     close_grace_ms: int = 5000  # an open candle closes once event time passes its end plus this
+    connection_state: bool = True  # `process` folds the control stream into Postgres (EXC-04) when it has one
+    heartbeat_write_every_s: float = 30.0  # connection state: last_heartbeat recorded at most this often
     log_level: str = "INFO"
+    api_token: str = ""  # bearer token of the API's control endpoints; empty: they are refused (403)
+    api_read_open: bool = True  # False: the API's read endpoints and /ws need the token too
 
     def __post_init__(self) -> None:
         if self.redis_url is not None:
@@ -85,8 +90,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 ok = False
             if not ok:
                 raise ConfigError("rollups", f"{tf!r} is not a timeframe that 1m candles roll up into")
+        if self.heartbeat_write_every_s < 0:
+            raise ConfigError("heartbeat_write_every_s", f"must be >= 0, got {self.heartbeat_write_every_s}")
         if self.close_grace_ms < 0:
             raise ConfigError("close_grace_ms", f"must be >= 0, got {self.close_grace_ms}")
+        if self.exchange_lease_ttl_ms < 3 * 100:
+            raise ConfigError(
+                "exchange_lease_ttl_ms",
+                f"must be >= 300 (leases are renewed every third of it), got {self.exchange_lease_ttl_ms}",
+            )
         if self.lease_ttl_ms < 3 * 100:
             raise ConfigError(
                 "lease_ttl_ms", f"must be >= 300 (leases are renewed every third of it), got {self.lease_ttl_ms}"
@@ -153,6 +165,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         for key in ("redis_url", "database_url"):
             if out[key] is not None:
                 out[key] = mask_url(out[key])
+        if out["api_token"]:
+            out["api_token"] = "***"
         return out
 
 

@@ -139,6 +139,8 @@ class WsAdapter:
         self._dedupe: set[bytes] | None = None
         self._dedupe_users = 0
         self.frames_since_heartbeat = 0
+        self._open: dict[str, Conn] = {}  # connections whose reader runs (for disconnect_now)
+        self._backoffs: set[asyncio.Future[None]] = set()  # pending backoff waits (for reconnect_now)
 
     # ---------------------------------------------------------------- what an exchange module provides
 
@@ -161,6 +163,23 @@ class WsAdapter:
 
     def emit(self, event_type: type[ev.ControlEvent], conn_id: str = "", **fields: Any) -> None:
         self.control.emit(event_type(exchange=self.exchange_id, at_ns=now_ns(), connection=conn_id, **fields))
+
+    async def disconnect_now(self, reason: str) -> int:
+        """Drop every open connection now (the ``disconnect`` command); each shard reconnects after its
+        usual backoff. Returns how many connections were closed."""
+        conns = list(self._open.values())
+        for conn in conns:
+            conn.reason = conn.reason or reason
+        await asyncio.gather(*(conn.ws.close(code=1000, reason=reason[:100]) for conn in conns), return_exceptions=True)
+        return len(conns)
+
+    def reconnect_now(self) -> int:
+        """Cut every pending backoff short (the ``connect`` command): shards waiting to reconnect try at
+        once; connected shards are left alone. Returns how many waits were cut short."""
+        waits = [w for w in self._backoffs if not w.done()]
+        for w in waits:
+            w.set_result(None)
+        return len(waits)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run every shard until ``stop`` is set; then close, drain the sink, and return."""
@@ -239,6 +258,7 @@ class WsAdapter:
                 continue
             now = time.monotonic()
             conn = Conn(conn_id, ws, opened=now, last_frame=now, caught_up=caught_up or asyncio.Event())
+            self._open[conn_id] = conn
             self.on_open(conn, shard)
             conn.reader = asyncio.create_task(self._read(conn, shard))
             try:
@@ -272,6 +292,7 @@ class WsAdapter:
                 conn.reason = _close_reason(exc)
         finally:
             watchdog.cancel()
+            self._open.pop(conn.id, None)
 
     async def _watch(self, conn: Conn) -> None:
         limit = self.config.stale_after_s
@@ -356,8 +377,15 @@ class WsAdapter:
         self.emit(ev.Disconnected, conn.id, reason=reason, retry_in_s=retry_in)
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop.wait(), seconds)
+        """A backoff wait: ends early when told to stop or when :meth:`reconnect_now` cuts it short."""
+        cut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._backoffs.add(cut)
+        stopping: asyncio.Future[Any] = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait([cut, stopping], timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            self._backoffs.discard(cut)
 
 
 def _failed(conn: Conn) -> bool:

@@ -103,26 +103,23 @@ def parse_entry(fields: dict[bytes, bytes]) -> Command | Outcome | ev.ControlEve
     return f"an entry with neither a 'command' nor an 'event' field (fields: {sorted(f.decode() for f in fields)})"
 
 
-async def append_command(client: aioredis.Redis, command: Command) -> bytes:
-    """Append a command to the control stream (and publish it); returns its entry id."""
-    payload = encode(command)
+async def _append(client: aioredis.Redis, field: str, payload: bytes) -> bytes:
     with translated("appending to the control stream"):
         pipe = client.pipeline(transaction=False)
-        pipe.xadd(keys.CONTROL_STREAM, {"command": payload})
+        pipe.xadd(keys.CONTROL_STREAM, {field: payload})
         pipe.publish(keys.CONTROL_CHANNEL, payload)
         entry_id, _ = await pipe.execute()
     return bytes(entry_id)
+
+
+async def append_command(client: aioredis.Redis, command: Command) -> bytes:
+    """Append a command to the control stream (and publish it); returns its entry id."""
+    return await _append(client, "command", encode(command))
 
 
 async def append_outcome(client: aioredis.Redis, outcome: Outcome) -> bytes:
     """Append an Accepted / Rejected event to the control stream (and publish it)."""
-    payload = encode(outcome)
-    with translated("appending to the control stream"):
-        pipe = client.pipeline(transaction=False)
-        pipe.xadd(keys.CONTROL_STREAM, {"event": payload})
-        pipe.publish(keys.CONTROL_CHANNEL, payload)
-        entry_id, _ = await pipe.execute()
-    return bytes(entry_id)
+    return await _append(client, "event", encode(outcome))
 
 
 def now_ns() -> int:

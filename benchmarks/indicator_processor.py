@@ -48,10 +48,9 @@ async def _setup(url: str, symbols: int, history: int, rounds: int) -> list[list
         rnd = random.Random(7)
         series = [_series(f"S{i:04d}-USDT", history + rounds + 1, rnd) for i in range(symbols)]
         pipe = client.pipeline(transaction=False)
-        for candles in series:
-            store.queue_series(
-                pipe, keys.candles("binance", candles[0].symbol, "1m"), candles, history=10_000, stored=()
-            )
+        for candles in series:  # what has closed so far; the rest close during the run
+            key = keys.candles("binance", candles[0].symbol, "1m")
+            store.queue_series(pipe, key, candles[:history], history=10_000, stored=())
         await pipe.execute()
         return series
     finally:
@@ -63,7 +62,9 @@ async def _closes(url: str, series: list[list[Candle]], indices: range) -> int:
     try:
         pipe = client.pipeline(transaction=False)
         for i in indices:
-            for candles in series:
+            for candles in series:  # as the candle processor does: the closed candle, then its close event
+                key = keys.candles("binance", candles[0].symbol, "1m")
+                store.queue_series(pipe, key, [candles[i]], history=10_000, stored=())
                 pipe.xadd(keys.closes_stream("binance"), {"event": store.encode(CandleClosed(candle=candles[i]))})
         await pipe.execute()
         return len(series) * len(indices)

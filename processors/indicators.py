@@ -128,13 +128,19 @@ class IndicatorProcessor:
         self.alert_history = alert_history
         self.ids_key = keys.alert_ids(exchange_id)
 
-    def _recompute(self, candles: list[Candle]) -> tuple[list[Point | None], Point | None, SeriesState | None]:
-        """MACD-V of the whole window, and the kernel state it leaves (ready for the next close)."""
+    def _recompute(
+        self, candles: list[Candle], since: int
+    ) -> tuple[list[Point | None], Point | None, SeriesState | None]:
+        """MACD-V of the whole window, and the kernel state it leaves (ready for the next close); points
+        from the candle before ``since`` on (the one before is what the alert rules compare with)."""
         p = self.params
         state = macdv_state(p.fast, p.slow, p.signal, p.atr_period)
         high, low, close = _arrays(candles)
         line, signal, hist = macdv_feed(state, high, low, close)
-        pts = points([c.start for c in candles], line.tolist(), signal.tolist(), hist.tolist(), self.zones)
+        k = max(next((i for i, c in enumerate(candles) if c.start >= since), len(candles)) - 1, 0)
+        before = float(line[k - 1]) if k > 0 else math.nan
+        tail = [c.start for c in candles[k:]]
+        pts = points(tail, line[k:].tolist(), signal[k:].tolist(), hist[k:].tolist(), self.zones, previous=before)
         after = None
         if candles:
             last = float(line[-1])
@@ -217,7 +223,8 @@ class IndicatorProcessor:
                 replies: Any = await reader.execute() if todo else []
                 for (symbol, tf), members in zip(todo, replies, strict=True):
                     candles = [c for c in map(store.decode_candle, members) if c.closed][-self.window :]
-                    stepped[(symbol, tf)] = self._recompute(candles)
+                    since = min(e.candle.start for e in changed[(symbol, tf)])
+                    stepped[(symbol, tf)] = self._recompute(candles, since)
                 writes: list[tuple[str, int, list[Point]]] = []  # (indicator key, since, points)
                 fresh: list[Alert] = []
                 new_states: dict[str, bytes] = {}

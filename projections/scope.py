@@ -74,16 +74,15 @@ class Scope:
         if not symbols:
             return scope
         with translated(f"reading the symbol scope of {exchange_id}"):
+            if not await client.scard(keys.pool(exchange_id)):
+                return scope  # no pool defined: everything is shared (one round trip)
             pipe = client.pipeline(transaction=False)
-            pipe.scard(keys.pool(exchange_id))
             pipe.smismember(keys.pool(exchange_id), symbols)
             for s in symbols:
                 pipe.zrange(keys.holders(exchange_id, s), 0, -1, withscores=True)
             replies: Any = await pipe.execute()
-            if not replies[0]:
-                return scope  # no pool defined: everything is shared
             now = await now_ms(client)
-        for s, in_pool, holders in zip(symbols, replies[1], replies[2:], strict=True):
+        for s, in_pool, holders in zip(symbols, replies[0], replies[1:], strict=True):
             live = sorted((u.decode(), int(score)) for u, score in holders if score > now)
             if not in_pool and live:
                 scope.overflow[s] = live

@@ -24,6 +24,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from control import events as ev
+from control.universe import UniverseEvent
 from streams import keys
 from streams.log import translated
 
@@ -73,7 +74,7 @@ class Rejected(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=
 Outcome = Accepted | Rejected
 
 _COMMAND: Final = msgspec.json.Decoder(Command)
-_OUTCOME_OR_EVENT: Final = msgspec.json.Decoder(Accepted | Rejected | ev.ControlEvent)
+_OUTCOME_OR_EVENT: Final = msgspec.json.Decoder(Accepted | Rejected | ev.ControlEvent | UniverseEvent)
 _ENCODER: Final = msgspec.json.Encoder()
 
 
@@ -85,7 +86,7 @@ def encode(obj: Command | Outcome) -> bytes:
     return _ENCODER.encode(obj)
 
 
-def parse_entry(fields: dict[bytes, bytes]) -> Command | Outcome | ev.ControlEvent | str:
+def parse_entry(fields: dict[bytes, bytes]) -> Command | Outcome | ev.ControlEvent | UniverseEvent | str:
     """A control-stream entry decoded: a command, an outcome, a lifecycle event, or (a str) why it is
     none of them."""
     if b"command" in fields:
@@ -96,7 +97,7 @@ def parse_entry(fields: dict[bytes, bytes]) -> Command | Outcome | ev.ControlEve
         return command
     if b"event" in fields:
         try:
-            event: Outcome | ev.ControlEvent = _OUTCOME_OR_EVENT.decode(fields[b"event"])
+            event: Outcome | ev.ControlEvent | UniverseEvent = _OUTCOME_OR_EVENT.decode(fields[b"event"])
         except msgspec.DecodeError as exc:
             return f"malformed event: {exc}"
         return event

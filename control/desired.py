@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 
 from control import events as ev
 from control.commands import Accepted, Command, Connect, Disconnect, Outcome, Rejected, Start, Stop, parse_entry
+from control.universe import SymbolAdded, SymbolRemoved
 from streams import keys
 from streams.log import Entry, translated
 
@@ -89,6 +90,8 @@ def _salvage(raw: bytes) -> dict[str, Any]:
 def classify(fields: dict[bytes, bytes]) -> Item:
     """What a control-stream entry is (see the module docstring); never raises."""
     parsed = parse_entry(fields)
+    if isinstance(parsed, SymbolAdded | SymbolRemoved):
+        return None  # the symbol universe's events: not the supervisor's to answer
     if not isinstance(parsed, str):
         return parsed
     if b"command" in fields:

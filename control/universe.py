@@ -1,0 +1,95 @@
+"""The symbol universe as events (SYM-01, SYM-02, SYM-04): which symbols are watched, in which tier, why.
+
+Every change is an event on the control stream (field ``event``, like the lifecycle events):
+``symbol:added`` / ``symbol:removed`` with the exchange, the canonical symbol, the tier (``tier1`` —
+top N by 24h quote volume; ``tier2`` — a user's held position, with the user; ``manual`` — SYM-03)
+and the reason. The current universe is a pure fold of those events (:func:`fold`), so it survives
+restarts and can be replayed. A symbol can be in several tiers at once; it is *watched* while it is in
+any, and *shared* (exchange-scoped keys) while it is in Tier 1 (SYM-04: never stored twice).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+import msgspec
+
+TIERS: Final = ("tier1", "tier2", "manual")
+
+
+class SymbolAdded(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="symbol:added"):
+    exchange: str
+    at_ns: int
+    symbol: str  # canonical BASE-QUOTE
+    tier: str  # tier1, tier2, manual
+    user: str = ""  # tier2 / manual: whose
+    reason: str = ""  # e.g. "rank 3 by 24h quote volume (1.2e9 USD)", "position opened"
+
+
+class SymbolRemoved(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="symbol:removed"):
+    exchange: str
+    at_ns: int
+    symbol: str
+    tier: str
+    user: str = ""
+    reason: str = ""
+
+
+UniverseEvent = SymbolAdded | SymbolRemoved
+_ENCODER: Final = msgspec.json.Encoder()
+_DECODER: Final = msgspec.json.Decoder(UniverseEvent)
+
+
+def encode(event: UniverseEvent) -> bytes:
+    return _ENCODER.encode(event)
+
+
+def decode(raw: bytes) -> UniverseEvent:
+    event: UniverseEvent = _DECODER.decode(raw)
+    return event
+
+
+@dataclass
+class Membership:
+    """Why one symbol of one exchange is watched: its tiers (tier -> users, "" for tier1) and reasons."""
+
+    tiers: dict[str, dict[str, str]] = field(default_factory=dict)  # tier -> {user: reason}
+
+    @property
+    def shared(self) -> bool:
+        return "tier1" in self.tiers
+
+
+@dataclass
+class Universe:
+    symbols: dict[str, dict[str, Membership]] = field(default_factory=dict)  # exchange -> symbol -> why
+
+    def watched(self, exchange: str) -> list[str]:
+        return sorted(s for s, m in self.symbols.get(exchange, {}).items() if m.tiers)
+
+    def pool(self, exchange: str) -> list[str]:
+        """Tier 1: the shared pool (``pool:{exchange}``)."""
+        return sorted(s for s, m in self.symbols.get(exchange, {}).items() if m.shared)
+
+
+def apply(universe: Universe, event: UniverseEvent) -> Universe:
+    member = universe.symbols.setdefault(event.exchange, {}).setdefault(event.symbol, Membership())
+    if isinstance(event, SymbolAdded):
+        member.tiers.setdefault(event.tier, {})[event.user] = event.reason
+    else:
+        users = member.tiers.get(event.tier, {})
+        users.pop(event.user, None)
+        if not users:
+            member.tiers.pop(event.tier, None)
+        if not member.tiers:
+            del universe.symbols[event.exchange][event.symbol]
+    return universe
+
+
+def fold(events: Iterable[UniverseEvent], universe: Universe | None = None) -> Universe:
+    universe = universe or Universe()
+    for event in events:
+        apply(universe, event)
+    return universe

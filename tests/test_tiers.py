@@ -1,0 +1,262 @@
+"""Tier 1 (SYM-01) as events: ranking on the recorded REST responses, refresh against a local server.
+
+The simulator's ``/products`` and ``ticker/24hr`` report *simulated* volumes for the simulated symbols
+only, so the recorded responses (Coinbase's 920 products, Binance's full 2021 exchangeInfo) are served
+verbatim by a tiny aiohttp server here, as in test_rest.py. No all-symbols ``ticker/24hr`` array was
+recorded, so the Binance tickers are made up over the real exchangeInfo symbols.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from control import tier1 as t1
+from control import universe as uv
+from control.commands import Accepted
+from control.commands import encode as encode_outcome
+from projections import tiers
+from streams import keys
+from streams.rest import BinanceRestClient, CoinbaseRestClient
+from streams.rest import types as t
+from tests.realdata import REALDATA, require
+from tickfold import cli
+
+PRODUCTS = require(REALDATA / "coinbase" / "rest_market_products_2026-08-09.json")
+EXCHANGE_INFO = require(REALDATA / "binance" / "rest_exchangeInfo_2021-10-12_full.json")
+COINBASE_TOP5 = ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "ZEC-USD"]
+
+
+def _products_doc() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(PRODUCTS.read_bytes())
+    return doc
+
+
+def _ticker(symbol: str, quote_volume: float, last: float) -> dict[str, Any]:
+    return {
+        "symbol": symbol, "priceChange": "0", "priceChangePercent": "0", "weightedAvgPrice": str(last),
+        "lastPrice": str(last), "openPrice": str(last), "highPrice": str(last), "lowPrice": str(last),
+        "volume": "0", "quoteVolume": str(quote_volume), "openTime": 0, "closeTime": 1, "firstId": 1,
+        "lastId": 2, "count": 1,
+    }  # fmt: skip
+
+
+BINANCE_VOLUMES = {  # symbol -> (quote volume in the quote asset, last price)
+    "BTCUSDT": (3.0e9, 60_000.0),
+    "ETHUSDT": (2.0e9, 3_900.0),
+    "BCCUSDT": (9.0e9, 500.0),  # BREAK: never counted, however large
+    "ETHBTC": (20_000.0, 0.065),  # 20k BTC -> 1.2e9 USD through BTCUSDT
+    "BNBBUSD": (5.0e8, 450.0),
+    "BTCRUB": (1.0e10, 4_300_000.0),  # RUB has no USD pair: through BTC -> ~1.4e8 USD
+}
+
+
+def _binance_tickers() -> list[dict[str, Any]]:
+    info = json.loads(EXCHANGE_INFO.read_bytes())
+    return [_ticker(s["symbol"], *BINANCE_VOLUMES.get(s["symbol"], (0.0, 0.0))) for s in info["symbols"]]
+
+
+# ----------------------------------------------------------------------------------------------- pure
+
+
+def _coinbase_products(doc: dict[str, Any] | None = None) -> list[t.Product]:
+    return msgspec.json.decode(json.dumps(doc or _products_doc()), type=t.ProductsResponse).products
+
+
+def test_coinbase_top5_counts_aliases_once_and_skips_delisted() -> None:
+    tier = tiers.rank(tiers.coinbase_candidates(_coinbase_products()), 5)
+    assert tier.symbols == COINBASE_TOP5
+    assert tier.ranked[0].reason.startswith("rank 1 by 24h quote volume (1.866e+08 USD")
+    assert tier.excluded["BTC-USDC"] == "alias of BTC-USD (counted once, as BTC-USD)"
+    assert tier.excluded["DAI-USD"] == "status delisted"
+    assert sum(1 for why in tier.excluded.values() if why.startswith("alias of")) == 396  # + 4 delisted
+
+
+def test_coinbase_oracle_over_the_whole_list() -> None:
+    """An independent plain-json oracle for the USD-like-quoted top 20."""
+    doc = _products_doc()
+    rows = [
+        p for p in doc["products"]
+        if p["status"] == "online" and not p["trading_disabled"] and not p["alias"]
+        and p["quote_currency_id"] in ("USD", "USDC", "USDT")
+    ]  # fmt: skip
+    rows.sort(key=lambda p: (-float(p["approximate_quote_24h_volume"] or 0), p["product_id"]))
+    expected = [p["product_id"] for p in rows[:20]]
+    tier = tiers.rank(tiers.coinbase_candidates(_coinbase_products()), 20, quotes=["USD", "USDC", "USDT"])
+    assert tier.symbols == expected
+
+
+def test_coinbase_non_usd_quotes_are_converted() -> None:
+    tier = tiers.rank(tiers.coinbase_candidates(_coinbase_products()), 1000, quotes=["EUR", "BTC"])
+    by = {r.symbol: r for r in tier.ranked}
+    assert "BTC via BTC-USD" in by["BTC-EUR"].reason  # EUR has no USD pair: through the base
+    assert by["BTC-EUR"].usd_volume == pytest.approx(3026562.88 / 56306.27 * 65086.18)
+    assert "BTC via BTC-USD" in by["ETH-BTC"].reason  # BTC quote: through the quote's USD price
+    assert by["ETH-BTC"].usd_volume == pytest.approx(6.784799 * 65086.18)
+    assert tier.excluded["BTC-USD"].startswith("quote USD not in")
+
+
+def test_binance_only_trading_and_converted() -> None:
+    info = msgspec.json.decode(EXCHANGE_INFO.read_bytes(), type=t.ExchangeInfo)
+    tickers = msgspec.json.decode(json.dumps(_binance_tickers()), type=list[t.Ticker24hr])
+    tier = tiers.rank(tiers.binance_candidates(info, tickers), 5)
+    assert tier.symbols == ["BTC-USDT", "ETH-USDT", "ETH-BTC", "BNB-BUSD", "BTC-RUB"]
+    assert tier.excluded["BCC-USDT"] == "status BREAK"
+    assert tier.ranked[2].usd_volume == pytest.approx(20_000 * 60_000)
+
+
+def test_no_usd_price_is_excluded_with_the_reason() -> None:
+    tier = tiers.rank([tiers.Candidate("AAA-BBB", "AAA", "BBB", 1e9, 2.0)], 5)
+    assert tier.ranked == []
+    assert tier.excluded == {"AAA-BBB": "no USD price for BBB or AAA"}
+
+
+def test_changes_are_differences_only() -> None:
+    old = tiers.rank([tiers.Candidate(s, s[:1], "USD", v, 1.0) for s, v in (("A-USD", 3), ("B-USD", 2))], 2)
+    universe = uv.fold(tiers.tier1_changes(uv.Universe(), "x", old, 1))
+    assert tiers.tier1_changes(universe, "x", old, 2) == []
+    new = tiers.rank([tiers.Candidate(s, s[:1], "USD", v, 1.0) for s, v in (("A-USD", 3), ("C-USD", 5))], 2)
+    changes = tiers.tier1_changes(universe, "x", new, 3)
+    assert [(type(e).__name__, e.symbol) for e in changes] == [("SymbolRemoved", "B-USD"), ("SymbolAdded", "C-USD")]
+
+
+# ------------------------------------------------------------------------------------ against a server
+
+
+class RecordedRest:
+    """Serves the recorded products / exchangeInfo (and made-up tickers); ``products`` can be edited."""
+
+    def __init__(self) -> None:
+        self.products = _products_doc()
+        self.info = EXCHANGE_INFO.read_bytes()
+        self.tickers = _binance_tickers()
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/coinbase/products", self._products)
+        app.router.add_get("/binance/api/v3/exchangeInfo", self._info)
+        app.router.add_get("/binance/api/v3/ticker/24hr", self._tickers)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = self.runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def _products(self, _: web.Request) -> web.Response:
+        return web.json_response(self.products)
+
+    async def _info(self, _: web.Request) -> web.Response:
+        return web.Response(body=self.info, content_type="application/json")
+
+    async def _tickers(self, _: web.Request) -> web.Response:
+        return web.json_response(self.tickers)
+
+
+@pytest.fixture
+async def rest() -> AsyncIterator[RecordedRest]:
+    server = RecordedRest()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    c = aioredis.Redis.from_url(redis_url)
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+async def _universe_events(client: aioredis.Redis) -> list[uv.UniverseEvent]:
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = await client.xrange(keys.CONTROL_STREAM)  # type: ignore[assignment]
+    return [uv.decode(f[b"event"]) for _, f in entries if b"symbol:" in f.get(b"event", b"")]
+
+
+async def _pool(client: aioredis.Redis, exchange: str) -> list[str]:
+    members: set[bytes] = await client.smembers(keys.pool(exchange))  # type: ignore[assignment]
+    return sorted(m.decode() for m in members)
+
+
+@pytest.mark.redis
+async def test_refresh_appends_differences_and_sets_the_pool(client: aioredis.Redis, rest: RecordedRest) -> None:
+    # other control entries (outcomes, commands) are ignored by the fold
+    await client.xadd(keys.CONTROL_STREAM, {"event": encode_outcome(
+        Accepted(command_id="c1", exchange="coinbase", at_ns=1, command="start"))})  # fmt: skip
+    await client.xadd(keys.CONTROL_STREAM, {"command": b"not json"})
+    async with CoinbaseRestClient(rest.url + "/coinbase") as cb:
+        tier, events = await t1.refresh_tier1(client, cb, "coinbase", 5, at_ns=10)
+        assert [e.symbol for e in events] == COINBASE_TOP5
+        assert all(isinstance(e, uv.SymbolAdded) and e.tier == "tier1" and e.reason for e in events)
+        assert await _pool(client, "coinbase") == sorted(COINBASE_TOP5)
+        before = await client.xlen(keys.CONTROL_STREAM)
+
+        _, again = await t1.refresh_tier1(client, cb, "coinbase", 5, at_ns=11)
+        assert again == []
+        assert await client.xlen(keys.CONTROL_STREAM) == before
+
+        # a ranking change: XRP-USD drops, BICO-USD (6th) moves up; SOL-USD is delisted
+        for p in rest.products["products"]:
+            if p["product_id"] == "XRP-USD":
+                p["approximate_quote_24h_volume"] = "1"
+            if p["product_id"] == "SOL-USD":
+                p["status"] = "delisted"
+        _, changed = await t1.refresh_tier1(client, cb, "coinbase", 5, at_ns=12)
+    removed = {e.symbol: e.reason for e in changed if isinstance(e, uv.SymbolRemoved)}
+    added = [e.symbol for e in changed if isinstance(e, uv.SymbolAdded)]
+    assert removed == {"SOL-USD": "status delisted", "XRP-USD": "no longer in the top 5"}
+    assert len(added) == 2 and "BICO-USD" in added
+    universe = await t1.read_universe(client)
+    assert await _pool(client, "coinbase") == universe.pool("coinbase")
+    assert len(await _universe_events(client)) == 9
+
+    # a "restart": a fresh fold of the stream is the same universe
+    restarted = uv.fold(await _universe_events(client))
+    assert restarted == universe == await t1.read_universe(client)
+    assert tier.n == 5
+
+
+@pytest.mark.redis
+async def test_refresh_binance_and_a_quote_filter(client: aioredis.Redis, rest: RecordedRest) -> None:
+    async with BinanceRestClient(rest.url + "/binance") as bn:
+        _, events = await t1.refresh_tier1(client, bn, "binance", 3, quotes=["USDT", "BUSD"], at_ns=1)
+    assert [e.symbol for e in events] == ["BTC-USDT", "ETH-USDT", "BNB-BUSD"]
+    assert await _pool(client, "binance") == ["BNB-BUSD", "BTC-USDT", "ETH-USDT"]
+
+
+@pytest.mark.redis
+async def test_symbols_json_shows_tiers_and_reasons(
+    client: aioredis.Redis, rest: RecordedRest, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with CoinbaseRestClient(rest.url + "/coinbase") as cb:
+        await t1.refresh_tier1(client, cb, "coinbase", 3, at_ns=1)
+    held = uv.SymbolAdded(exchange="coinbase", at_ns=2, symbol="BTC-USD", tier="tier2", user="u1", reason="opened")
+    await client.xadd(keys.CONTROL_STREAM, {"event": uv.encode(held)})
+    capsys.readouterr()
+    argv = ["--redis-url", redis_url, "symbols", "coinbase", "--json"]
+    assert await asyncio.to_thread(cli.main, argv) == 0  # the CLI runs its own event loop
+    rows = json.loads(capsys.readouterr().out)
+    by = {r["symbol"]: r for r in rows}
+    assert sorted(by) == ["BTC-USD", "ETH-USD", "SOL-USD"]
+    assert by["BTC-USD"]["shared"] is True
+    assert [(e["tier"], e["user"]) for e in by["BTC-USD"]["tiers"]] == [("tier1", ""), ("tier2", "u1")]
+    assert by["BTC-USD"]["tiers"][0]["reason"].startswith("rank 1 by 24h quote volume")
+    assert by["BTC-USD"]["tiers"][1]["reason"] == "opened"
+    assert by["SOL-USD"]["tiers"][0]["reason"].startswith("rank 3 ")

@@ -15,7 +15,13 @@ import pytest
 from migrations.runner import LOCK_KEY, AppliedMigration, available, migrate, status
 from tickfold.errors import MigrationError, StoreUnavailable
 
-ALL = ["001_exchanges.sql", "002_user_exchanges.sql", "003_connection_state.sql", "004_connection_links.sql"]
+ALL = [
+    "001_exchanges.sql",
+    "002_user_exchanges.sql",
+    "003_connection_state.sql",
+    "004_connection_links.sql",
+    "005_positions.sql",
+]
 
 
 async def _fetch(dsn: str, sql: str, *args: Any) -> list[Any]:
@@ -84,6 +90,7 @@ async def test_fresh_database_then_twice_is_a_no_op(pg_dsn: str) -> None:
         (2, "user_exchanges", False),
         (3, "connection_state", False),
         (4, "connection_links", False),
+        (5, "positions", False),
     ]
     said: list[str] = []
     applied = await migrate(pg_dsn, progress=said.append)
@@ -208,19 +215,19 @@ async def test_unknown_legacy_names_fail_and_change_nothing(pg_dsn: str) -> None
     assert await _versions(pg_dsn) == [1]
     assert len(await _fetch(pg_dsn, "SELECT id FROM exchanges")) == 2
     assert await _fetch(pg_dsn, "SELECT to_regclass('public.exchange_connections') AS t") == [(None,)]
-    assert [applied for _, _, applied in await status(pg_dsn)] == [True, False, False, False]
+    assert [applied for _, _, applied in await status(pg_dsn)] == [True, False, False, False, False]
     # Fixing the data lets the migration finish, from where it stopped.
     await _execute(pg_dsn, "DELETE FROM user_exchanges WHERE exchange IN ('kraken', 'FTX')")
-    assert [m.version for m in await migrate(pg_dsn)] == [2, 3, 4]
+    assert [m.version for m in await migrate(pg_dsn)] == list(range(2, len(ALL) + 1))
     assert len(await _fetch(pg_dsn, "SELECT * FROM user_exchanges")) == len(before) - 2
 
 
 @pytest.mark.postgres
 async def test_concurrent_runs_apply_each_migration_once(pg_dsn: str) -> None:
     results = await asyncio.gather(*(migrate(pg_dsn) for _ in range(4)))
-    assert sorted(len(r) for r in results) == [0, 0, 0, 4]
+    assert sorted(len(r) for r in results) == [0, 0, 0, len(ALL)]
     versions = await _fetch(pg_dsn, "SELECT version, count(*) AS n FROM schema_migrations GROUP BY version ORDER BY 1")
-    assert [(r["version"], r["n"]) for r in versions] == [(1, 1), (2, 1), (3, 1), (4, 1)]
+    assert [(r["version"], r["n"]) for r in versions] == [(v, 1) for v in range(1, len(ALL) + 1)]
     assert len(await _fetch(pg_dsn, "SELECT * FROM exchanges")) == 2
     assert len(await _fetch(pg_dsn, "SELECT * FROM exchange_connections")) == 2
 
@@ -280,4 +287,4 @@ async def test_a_connection_lost_inside_a_file_is_store_unavailable_and_a_rerun_
         await holder.close()
     assert await _versions(pg_dsn) == [1]
     assert await _columns(pg_dsn, "user_exchanges") == {"id", "user_id", "exchange", "api_label"}
-    assert [m.version for m in await migrate(pg_dsn)] == [2, 3, 4]
+    assert [m.version for m in await migrate(pg_dsn)] == list(range(2, len(ALL) + 1))

@@ -29,7 +29,16 @@ from projections.candles import Candle
 from streams import keys, log, recorded
 from streams.frames import DECODERS
 from streams.symbols import SymbolMap, bundled, load_symbol_map
-from tickfold import commands_api, commands_gaps, commands_indicators, commands_live, commands_serve, commands_status
+from tickfold import (
+    commands_api,
+    commands_gaps,
+    commands_indicators,
+    commands_live,
+    commands_positions,
+    commands_serve,
+    commands_status,
+    commands_symbols,
+)
 from tickfold.errors import TickfoldError, UnknownExchange
 from tickfold.runtime import Servers, servers
 from tickfold.settings import Settings
@@ -76,6 +85,9 @@ def dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int:
         "api": commands_api.api,
         "status": commands_status.status,
         "rebuild": commands_status.rebuild,
+        "symbols": commands_symbols.symbols,
+        "tier1": commands_symbols.tier1,
+        "positions": commands_positions.positions,
     }
     return handlers[command](args, settings)
 

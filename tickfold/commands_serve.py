@@ -61,7 +61,7 @@ def extra_tasks(args: argparse.Namespace, settings: Settings) -> list[ServeTask]
     """The long-running parts of ``serve`` beside the supervisor and the processors: the HTTP/WebSocket
     API (unless ``--no-api``) and the connection-state projection (setting ``connection_state``). A part
     that raises ends serve (non-zero) after the adapters are stopped."""
-    tasks: list[ServeTask] = [_connection_state_task]
+    tasks: list[ServeTask] = [_connection_state_task, _positions_task]
     if not getattr(args, "no_api", False):
         tasks.append(functools.partial(_api_task, host=args.api_host, port=args.api_port))
     return tasks
@@ -74,6 +74,24 @@ async def _api_task(ctx: ServeContext, *, host: str, port: int) -> None:
         ApiDeps(settings=ctx.settings, redis_url=ctx.redis_url, database_url=ctx.database_url, redis=ctx.redis)
     )
     await run_api(app, host, port, ctx.stop, on_listening=lambda h, p: ctx.say(f"API on http://{h}:{p}"))
+
+
+async def _positions_task(ctx: ServeContext, every_s: float = 3_600.0) -> None:
+    """Tier 2: re-register the holder of every open position well within the overflow TTL (24 h)."""
+    import asyncpg
+
+    from control.positions import refresh_holds
+
+    while not ctx.stop.is_set():
+        try:
+            await refresh_holds(ctx.database_url, ctx.redis)
+        except asyncpg.UndefinedTableError:
+            ctx.say("positions: the positions table is missing (run `tickfold migrate`); holds not refreshed")
+            return
+        try:
+            await asyncio.wait_for(ctx.stop.wait(), every_s)
+        except TimeoutError:
+            pass
 
 
 async def _connection_state_task(ctx: ServeContext) -> None:

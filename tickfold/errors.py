@@ -8,7 +8,12 @@
     ├── ProjectionConflict     a projection changed under us between read and commit (retry)
     ├── MigrationError         a migration failed; the database is left as it was
     ├── ServerStartError       an embedded Redis/PostgreSQL server could not be started
-    └── StoreUnavailable       Redis/Postgres cannot be reached (the retryable one)
+    ├── StoreUnavailable       Redis/Postgres cannot be reached (the retryable one)
+    │   (defined beside the code that raises them:)
+    ├── LeaseLost              processors/leases.py: another instance owns the partition now
+    ├── RestError (+ kinds)    streams/rest/errors.py: an exchange's REST API failed
+    ├── IndicatorStateError    projections/indicators/state.py: a stored kernel state doesn't fit
+    └── NoPosition             control/positions.py: closing a position that isn't open
 
 Lower-level errors are translated at the edge (``raise X(...) from exc``); nothing outside
 ``streams/`` imports ``redis.exceptions``.

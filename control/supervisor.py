@@ -19,6 +19,10 @@ Acting is level-triggered — reality follows the fold, not the messages — so 
 and the act loses nothing, and a (re)start, kill -9 included, folds the stream from ``0`` and brings back
 exactly the exchanges whose latest accepted command is ``start``: the stream, not the process, is the truth.
 
+A running exchange watches the start command's symbols plus the symbol universe's watched symbols of
+that exchange (:mod:`control.universe`, folded from the same stream); a ``symbol:added`` /
+``symbol:removed`` changes the running adapter's subscriptions in place (``update_symbols``), no restart.
+
 The lease ``lease:adapter:{exchange}`` (SET NX PX, renewed every third of the TTL) keeps two serve
 instances from both connecting an exchange: the others retry every third of the TTL and take over within
 about a TTL of the holder's death; a holder that can't renew stops its adapter at once. (A holder frozen
@@ -47,14 +51,15 @@ import redis.asyncio as aioredis
 
 from control import events as ev
 from control import exchanges as repo
+from control import universe as uv
 from control.commands import Accepted as AcceptedOutcome
-from control.commands import Connect, Disconnect, Rejected, Start, Stop, append_outcome, now_ns
+from control.commands import Connect, Disconnect, Rejected, Start, Stop, append_outcome, now_ns, parse_entry
 from control.desired import Desired, Item, Malformed, Want, apply, classify, position, read_desired
 from streams import keys, log
 from streams.adapters.base import WsAdapter
 from streams.adapters.factory import ExchangeRow, build_adapter
 from streams.log import translated
-from streams.symbols import UnknownSymbol, load_symbol_map
+from streams.symbols import SymbolMap, UnknownSymbol, load_symbol_map
 from tickfold.errors import StoreUnavailable, TickfoldError
 
 _log = logging.getLogger(__name__)
@@ -206,6 +211,7 @@ class Supervisor:
         self.config = config
         self.say: Say = say or (lambda text: _log.info("%s", text))
         self.desired = Desired()
+        self.universe = uv.Universe()
         self.slots: dict[str, _Slot] = {}
         self._progress = asyncio.Event()
         self._stop = asyncio.Event()
@@ -216,6 +222,7 @@ class Supervisor:
         out every adapter is stopped cleanly and every lease released (the desired state is unchanged)."""
         self._stop = stop
         self.desired = await read_desired(self.client)
+        self.universe = await _read_universe(self.client, self.desired.last_id)
         await log.ensure_group(self.client, keys.CONTROL_STREAM, keys.SUPERVISOR_GROUP)
         running = self.desired.running()
         if running:
@@ -258,11 +265,21 @@ class Supervisor:
             for entry_id, fields in reply[0][1] if reply else []:
                 eid = entry_id.decode()
                 item = classify(fields)
+                if item is None and b"event" in fields:
+                    self._universe_event(fields)
                 before = self.desired
                 self.desired = apply(before, eid, item)
                 self._react(item, before)
             self._progress.set()
             self._progress = asyncio.Event()
+
+    def _universe_event(self, fields: dict[bytes, bytes]) -> None:
+        parsed = parse_entry(fields)
+        if isinstance(parsed, uv.SymbolAdded | uv.SymbolRemoved):
+            uv.apply(self.universe, parsed)
+            slot = self.slots.get(parsed.exchange)
+            if slot is not None:
+                slot.wake.set()
 
     def _react(self, item: Item, before: Desired) -> None:
         if not isinstance(item, AcceptedOutcome):
@@ -409,6 +426,25 @@ class _Slot:
         self.adapter: WsAdapter | None = None
         self.task: asyncio.Task[None] | None = None  # None while serving: failed to start, or crashed
         self.stopper = asyncio.Event()
+        self.base_symbols: tuple[str, ...] = ()  # the start command's, exchange-native
+        self.symbol_map: SymbolMap | None = None
+        self.symbols: tuple[str, ...] = ()  # what the adapter is subscribed to
+        self.updating: asyncio.Task[None] | None = None  # an update_symbols under way (it is rate-limited)
+
+    def _wanted_symbols(self) -> tuple[str, ...]:
+        """The start command's symbols plus the universe's watched ones (native; unknown markets skipped)."""
+        natives = list(self.base_symbols)
+        symbol_map = self.symbol_map
+        if symbol_map is not None:
+            known = symbol_map.markets
+            for canonical in self.sup.universe.watched(self.exchange):
+                try:
+                    native = symbol_map.native(canonical)
+                except UnknownSymbol:
+                    continue
+                if not known or native in known:
+                    natives.append(native)
+        return tuple(dict.fromkeys(natives))
 
     async def run(self) -> None:
         stop = self.sup._stop
@@ -449,6 +485,13 @@ class _Slot:
                 await self._halt(f"restarting for command {want.command_id}")
         if self.serving is None:
             await self._start(want)
+        elif self.adapter is not None and self.task is not None and (self.updating is None or self.updating.done()):
+            symbols = self._wanted_symbols()
+            if symbols != self.symbols:  # in the background: the lease must be renewed meanwhile
+                self.symbols = symbols
+                self.updating = asyncio.create_task(
+                    self._update(self.adapter, symbols), name=f"adapter-{self.exchange}-symbols"
+                )
         while self.actions:
             command = self.actions.popleft()
             if self.adapter is None or self.task is None:
@@ -471,10 +514,13 @@ class _Slot:
             self.sup.say(f"{self.exchange}: cannot start: {exc}")
             await self._final(f"cannot start: {exc}")
             return
+        self.base_symbols = plan.symbols
+        self.symbol_map = await load_symbol_map(self.sup.client, self.exchange)
+        self.symbols = self._wanted_symbols()
         adapter = build_adapter(
             plan.row,
             self.sup.adapter_client,
-            symbols=plan.symbols,
+            symbols=self.symbols,
             timeframes=plan.timeframes,
             **self.sup.config.adapter_options,
         )
@@ -485,6 +531,13 @@ class _Slot:
             f"{self.exchange}: started ({', '.join(plan.symbols)}; {', '.join(plan.timeframes)}) "
             f"for command {want.command_id}"
         )
+
+    async def _update(self, adapter: WsAdapter, symbols: tuple[str, ...]) -> None:
+        try:
+            await adapter.update_symbols(symbols)
+            self.sup.say(f"{self.exchange}: now watching {', '.join(symbols) or 'nothing'} (symbol universe)")
+        finally:
+            self.wake.set()  # the universe may have changed again meanwhile
 
     def _crashed(self, task: asyncio.Task[None]) -> None:
         error = None if task.cancelled() else task.exception()
@@ -498,6 +551,10 @@ class _Slot:
             return
         self.serving = None
         task, adapter, self.task, self.adapter = self.task, self.adapter, None, None
+        if self.updating is not None:
+            self.updating.cancel()
+            await asyncio.wait([self.updating])
+            self.updating = None
         wrote_final = False
         if task is not None and adapter is not None:
             seen = len(adapter.control.emitted)
@@ -521,6 +578,21 @@ class _Slot:
             await append_event(
                 self.sup.client, ev.Disconnected(exchange=self.exchange, at_ns=now_ns(), reason=reason, retry_in_s=None)
             )
+
+
+async def _read_universe(client: aioredis.Redis, upto: str) -> uv.Universe:
+    """The symbol universe: a fold of the control stream's universe events up to ``upto`` (inclusive)."""
+    events: list[uv.UniverseEvent] = []
+    start = "-"
+    while True:
+        with translated(f"reading {keys.CONTROL_STREAM}"):
+            page: Any = await client.xrange(keys.CONTROL_STREAM, min=start, max=upto, count=1000)
+        for _entry_id, fields in page:
+            if b"event" in fields and isinstance(parsed := parse_entry(fields), uv.SymbolAdded | uv.SymbolRemoved):
+                events.append(parsed)
+        if len(page) < 1000:
+            return uv.fold(events)
+        start = "(" + bytes(page[-1][0]).decode()
 
 
 async def _pause(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None = None) -> bool:

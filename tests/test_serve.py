@@ -234,7 +234,10 @@ async def test_idle_start_stop_and_resume_after_kill(world: World) -> None:
     assert "resuming from the control stream: coinbase (BTC-USD)" in again.text
     await until(lambda: world.open_connections("coinbase") == 1, "coinbase to come back", within=15)
     assert world.attempts("coinbase") > coinbase_attempts
-    await until(lambda: bool(world.sim.connections("coinbase")[-1].subscriptions), "the resumed subscription")
+    await until(
+        lambda: any("BTC-USD" in s for s in world.sim.connections("coinbase")[-1].subscriptions),
+        "the resumed subscription",
+    )
     subs = world.sim.connections("coinbase")[-1].subscriptions
     assert any("BTC-USD" in s for s in subs) and not any("ETH-USD" in s for s in subs), subs
     await asyncio.sleep(0.5)

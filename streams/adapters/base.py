@@ -12,7 +12,10 @@ runs :meth:`WsAdapter._shard`:
 * rotation (``rotate_after_s``, or the exchange announcing a shutdown): a second connection is opened
   *before* the first is closed; while both run, frames are de-duplicated by their exact text, and the
   old one is closed once the new one has caught up (it delivered a frame the old one already had);
-* only transport errors are retried; a bug in the adapter propagates.
+* only transport errors are retried; a bug in the adapter propagates;
+* :meth:`WsAdapter.update_symbols` changes the subscriptions of a running adapter incrementally: only
+  the (un)subscribe messages for the difference are sent on the live connections (rate-limited like
+  the first subscribe); the shards' lists are updated so a reconnect subscribes the new set.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import websockets
@@ -114,6 +117,7 @@ class Conn:
     reason: str | None = None
     caught_up: asyncio.Event = field(default_factory=asyncio.Event)
     reader: asyncio.Task[None] | None = None
+    shard: str = ""  # the name of the shard it carries
 
 
 @dataclass
@@ -141,6 +145,9 @@ class WsAdapter:
         self.frames_since_heartbeat = 0
         self._open: dict[str, Conn] = {}  # connections whose reader runs (for disconnect_now)
         self._backoffs: set[asyncio.Future[None]] = set()  # pending backoff waits (for reconnect_now)
+        self._shards: list[Shard] | None = None  # while running
+        self._tg: asyncio.TaskGroup | None = None
+        self._subscribing = asyncio.Lock()  # a connection's first subscribe vs update_symbols
 
     # ---------------------------------------------------------------- what an exchange module provides
 
@@ -158,6 +165,18 @@ class WsAdapter:
 
     def on_open(self, conn: Conn, shard: Shard) -> None:
         """Reset per-connection tracking state."""
+
+    def subscription_keys(self) -> list[str]:
+        """What the shards' subscriptions should be for ``config.symbols`` (for :meth:`update_symbols`)."""
+        raise NotImplementedError
+
+    def shard_capacity(self) -> int | None:
+        """At most this many subscriptions per shard (None: no limit, one shard)."""
+        return None
+
+    async def send_changes(self, conn: Conn, shard: Shard, added: tuple[str, ...], removed: tuple[str, ...]) -> None:
+        """Subscribe ``added`` and unsubscribe ``removed`` on a live connection of ``shard``."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------------------------ the machinery
 
@@ -181,6 +200,49 @@ class WsAdapter:
             w.set_result(None)
         return len(waits)
 
+    async def update_symbols(self, symbols: Sequence[str]) -> None:
+        """Follow a new symbol set (exchange-native) without reconnecting: the difference is unsubscribed
+        and subscribed on the live connections; a full shard makes room on a new shard (connection)."""
+        wanted_symbols = tuple(dict.fromkeys(symbols))
+        async with self._subscribing:
+            self.config = replace(self.config, symbols=wanted_symbols)
+            shards, tg = self._shards, self._tg
+            if shards is None or tg is None or self.stop.is_set():
+                return  # not running: shards() builds from the new set
+            wanted = list(dict.fromkeys(self.subscription_keys()))
+            wanted_set = set(wanted)
+            have = {s for shard in shards for s in shard.subscriptions}
+            changes: dict[str, tuple[list[str], list[str]]] = {}
+            for shard in shards:
+                gone = [s for s in shard.subscriptions if s not in wanted_set]
+                if gone:
+                    shard.subscriptions = tuple(s for s in shard.subscriptions if s in wanted_set)
+                    changes[shard.name] = ([], gone)
+            new = [s for s in wanted if s not in have]
+            cap = self.shard_capacity()
+            for shard in shards:
+                if not new:
+                    break
+                room = len(new) if cap is None else max(cap - len(shard.subscriptions), 0)
+                take, new = new[:room], new[room:]
+                if take:
+                    shard.subscriptions = (*shard.subscriptions, *take)
+                    changes.setdefault(shard.name, ([], []))[0].extend(take)
+            for shard in shards:
+                added, removed = changes.get(shard.name, ([], []))
+                if not added and not removed:
+                    continue
+                for conn in [c for c in self._open.values() if c.shard == shard.name]:
+                    try:
+                        await self.send_changes(conn, shard, tuple(added), tuple(removed))
+                    except websockets.WebSocketException:
+                        pass  # the connection is going away; its reconnect subscribes the shard's new list
+            while new:  # every shard is full: more connections
+                take, new = new[: cap or len(new)], new[cap or len(new) :]
+                shard = Shard(f"{self.exchange_id}-{len(shards)}", tuple(take))
+                shards.append(shard)
+                tg.create_task(self._shard(shard))
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run every shard until ``stop`` is set; then close, drain the sink, and return."""
         if stop is not None:
@@ -188,10 +250,12 @@ class WsAdapter:
         writers = [asyncio.create_task(self.sink.run()), asyncio.create_task(self.control.run())]
         try:
             async with asyncio.TaskGroup() as tg:
-                for shard in self.shards():
+                self._shards, self._tg = self.shards(), tg
+                for shard in self._shards:
                     tg.create_task(self._shard(shard))
                 tg.create_task(self._heartbeats())
         finally:
+            self._shards = self._tg = None
             await self.sink.close()
             await self.control.close()
             await asyncio.gather(*writers)
@@ -256,15 +320,18 @@ class WsAdapter:
                 self.emit(ev.Disconnected, conn_id, reason=f"connect failed: {exc}", retry_in_s=delay)
                 await self._sleep(delay)
                 continue
-            now = time.monotonic()
-            conn = Conn(conn_id, ws, opened=now, last_frame=now, caught_up=caught_up or asyncio.Event())
-            self._open[conn_id] = conn
-            self.on_open(conn, shard)
-            conn.reader = asyncio.create_task(self._read(conn, shard))
-            try:
-                await self.subscribe(conn, shard)
-            except websockets.WebSocketException as exc:
-                conn.reason = f"subscribe failed: {exc}"
+            async with self._subscribing:  # the shard's list can't change between this and the subscribe
+                now = time.monotonic()
+                conn = Conn(
+                    conn_id, ws, opened=now, last_frame=now, caught_up=caught_up or asyncio.Event(), shard=shard.name
+                )
+                self._open[conn_id] = conn
+                self.on_open(conn, shard)
+                conn.reader = asyncio.create_task(self._read(conn, shard))
+                try:
+                    await self.subscribe(conn, shard)
+                except websockets.WebSocketException as exc:
+                    conn.reason = f"subscribe failed: {exc}"
             self.emit(ev.Connected, conn_id, url=url, subscriptions=list(shard.subscriptions))
             return conn, failures
         return None, failures

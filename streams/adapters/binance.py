@@ -7,6 +7,8 @@
 * Binance pings every 20 s; the client library answers each ping with a pong echoing its payload.
 * A connection lives at most 24 h: it is rotated before that (``rotate_after_s``) with overlap, and
   ``serverShutdown`` rotates it at once, so nothing is missed.
+* A symbol set change (:meth:`WsAdapter.update_symbols`) is SUBSCRIBE / UNSUBSCRIBE requests on the live
+  connections, through the same per-connection token bucket; a full connection spills onto a new one.
 * aggTrade ids increase by one per symbol: a jump is an ``exchange:gap`` event (backfill: REST
   ``aggTrades?fromId=``).
 """
@@ -71,6 +73,7 @@ class BinanceAdapter(WsAdapter):
         self.last_agg_id: dict[str, int] = {}
         self._request_ids = itertools.count(1)
         self._in_url: dict[str, tuple[str, ...]] = {}
+        self._buckets: dict[str, TokenBucket] = {}  # per connection: every message counts against 5/s
 
     def shards(self) -> list[Shard]:
         names = stream_names(self.config.symbols, self.config.timeframes)
@@ -91,15 +94,34 @@ class BinanceAdapter(WsAdapter):
         self._in_url[shard.name] = tuple(in_url)
         return base + "/".join(in_url)
 
+    def subscription_keys(self) -> list[str]:
+        return stream_names(self.config.symbols, self.config.timeframes)
+
+    def shard_capacity(self) -> int | None:
+        return self.limits.max_streams_per_connection
+
+    def on_open(self, conn: Conn, shard: Shard) -> None:
+        self._buckets = {k: v for k, v in self._buckets.items() if k in self._open}  # closed connections' go
+        self._buckets[conn.id] = TokenBucket(self.limits.messages_per_s)
+
     async def subscribe(self, conn: Conn, shard: Shard) -> None:
-        rest = shard.subscriptions[len(self._in_url.get(shard.name, ())) :]
-        if not rest:
-            return
-        bucket = TokenBucket(self.limits.messages_per_s)
-        for chunk in chunks(rest, self.limits.params_per_subscribe):
-            await bucket.acquire()
-            request = {"method": "SUBSCRIBE", "params": list(chunk), "id": next(self._request_ids)}
-            await conn.ws.send(msgspec.json.encode(request).decode())
+        # the URL was built before connecting; the shard's list may have changed since (update_symbols)
+        in_url = self._in_url.get(shard.name, ())
+        url_set, current = set(in_url), set(shard.subscriptions)
+        await self.send_changes(
+            conn,
+            shard,
+            tuple(s for s in shard.subscriptions if s not in url_set),
+            tuple(s for s in in_url if s not in current),
+        )
+
+    async def send_changes(self, conn: Conn, shard: Shard, added: tuple[str, ...], removed: tuple[str, ...]) -> None:
+        bucket = self._buckets.setdefault(conn.id, TokenBucket(self.limits.messages_per_s))
+        for method, streams in (("UNSUBSCRIBE", removed), ("SUBSCRIBE", added)):
+            for chunk in chunks(streams, self.limits.params_per_subscribe):
+                await bucket.acquire()
+                request = {"method": method, "params": list(chunk), "id": next(self._request_ids)}
+                await conn.ws.send(msgspec.json.encode(request).decode())
 
     def inspect(self, conn: Conn, shard: Shard, frame: bytes) -> None:
         if b"serverShutdown" in frame:

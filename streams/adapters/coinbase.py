@@ -3,6 +3,8 @@
 * One ``{"type":"subscribe","product_ids":[..],"channel":..}`` per channel, the first within 5 s of
   connecting, throttled under the 8 messages/s Coinbase allows; ``heartbeats`` is always subscribed
   (without it quiet channels are closed after 60–90 s) and keeps the connection from looking stale.
+* A symbol set change (:meth:`WsAdapter.update_symbols`) is one unsubscribe / subscribe per channel for
+  the difference, through the connection's token bucket; ``heartbeats`` stays subscribed.
 * ``sequence_num`` counts every frame of a connection from 0 across all channels. A jump means frames
   were dropped: an ``exchange:gap`` event, then the stateful channels are re-subscribed so their
   snapshots re-seed the state. A lower number than expected is ignored (the frame is still kept).
@@ -57,16 +59,31 @@ class CoinbaseAdapter(WsAdapter):
 
     def on_open(self, conn: Conn, shard: Shard) -> None:
         self.expected_seq[conn.id] = 0
-        self._buckets[conn.id] = TokenBucket(self.messages_per_s, burst=4)
+        # burst + rate bounds what any 1 s window sees: 2 + 6 stays within the 8/s Coinbase allows (a burst
+        # of 4 let a subscribe followed by symbol changes reach 10 in a second, and be disconnected)
+        self._buckets[conn.id] = TokenBucket(self.messages_per_s, burst=max(1, min(4, int(8 - self.messages_per_s))))
 
     async def subscribe(self, conn: Conn, shard: Shard) -> None:
         await self._send_subscribes(conn, shard, self.channels)
 
+    def subscription_keys(self) -> list[str]:
+        return list(self.config.symbols)
+
+    async def send_changes(self, conn: Conn, shard: Shard, added: tuple[str, ...], removed: tuple[str, ...]) -> None:
+        for kind, products in (("unsubscribe", removed), ("subscribe", added)):
+            if products:
+                await self._send(conn, kind, products, tuple(c for c in self.channels if c != "heartbeats"))
+
     async def _send_subscribes(self, conn: Conn, shard: Shard, channels: tuple[str, ...]) -> None:
+        if not shard.subscriptions:  # no products (all removed): only heartbeats, which need none
+            channels = tuple(c for c in channels if c == "heartbeats")
+        await self._send(conn, "subscribe", shard.subscriptions, channels)
+
+    async def _send(self, conn: Conn, kind: str, products: tuple[str, ...], channels: tuple[str, ...]) -> None:
         bucket = self._buckets[conn.id]
         for channel in channels:
             await bucket.acquire()
-            msg = {"type": "subscribe", "product_ids": list(shard.subscriptions), "channel": channel}
+            msg = {"type": kind, "product_ids": list(products), "channel": channel}
             await conn.ws.send(msgspec.json.encode(msg).decode())
 
     def inspect(self, conn: Conn, shard: Shard, frame: bytes) -> None:

@@ -104,7 +104,8 @@ def parse_entry(fields: dict[bytes, bytes]) -> Command | Outcome | ev.ControlEve
     return f"an entry with neither a 'command' nor an 'event' field (fields: {sorted(f.decode() for f in fields)})"
 
 
-async def _append(client: aioredis.Redis, field: str, payload: bytes) -> bytes:
+async def append_entry(client: aioredis.Redis, field: str, payload: bytes) -> bytes:
+    """Append one entry (``command`` or ``event`` field) to the control stream and publish it."""
     with translated("appending to the control stream"):
         pipe = client.pipeline(transaction=False)
         pipe.xadd(keys.CONTROL_STREAM, {field: payload})
@@ -115,12 +116,12 @@ async def _append(client: aioredis.Redis, field: str, payload: bytes) -> bytes:
 
 async def append_command(client: aioredis.Redis, command: Command) -> bytes:
     """Append a command to the control stream (and publish it); returns its entry id."""
-    return await _append(client, "command", encode(command))
+    return await append_entry(client, "command", encode(command))
 
 
 async def append_outcome(client: aioredis.Redis, outcome: Outcome) -> bytes:
     """Append an Accepted / Rejected event to the control stream (and publish it)."""
-    return await _append(client, "event", encode(outcome))
+    return await append_entry(client, "event", encode(outcome))
 
 
 def now_ns() -> int:

@@ -26,9 +26,8 @@ import msgspec
 import redis.asyncio as aioredis
 
 from control import universe
+from control.commands import append_entry
 from projections import scope
-from streams import keys
-from streams.log import translated
 from streams.symbols import SymbolMap, UnknownSymbol, load_symbol_map
 from tickfold.errors import StoreUnavailable, TickfoldError, UnknownExchange
 
@@ -79,13 +78,7 @@ def canonical_symbol(symbols: SymbolMap, text: str) -> str:
 
 async def _append_event(client: aioredis.Redis, event: universe.UniverseEvent) -> bytes:
     """Append a universe event to the control stream (field ``event``) and publish it."""
-    payload = universe.encode(event)
-    with translated("appending to the control stream"):
-        pipe = client.pipeline(transaction=False)
-        pipe.xadd(keys.CONTROL_STREAM, {"event": payload})
-        pipe.publish(keys.CONTROL_CHANNEL, payload)
-        entry_id, _ = await pipe.execute()
-    return bytes(entry_id)
+    return await append_entry(client, "event", universe.encode(event))
 
 
 async def open_position(

@@ -53,7 +53,17 @@ from control import events as ev
 from control import exchanges as repo
 from control import universe as uv
 from control.commands import Accepted as AcceptedOutcome
-from control.commands import Connect, Disconnect, Rejected, Start, Stop, append_outcome, now_ns, parse_entry
+from control.commands import (
+    Connect,
+    Disconnect,
+    Rejected,
+    Start,
+    Stop,
+    append_entry,
+    append_outcome,
+    now_ns,
+    parse_entry,
+)
 from control.desired import Desired, Item, Malformed, Want, apply, classify, position, read_desired
 from streams import keys, log
 from streams.adapters.base import WsAdapter
@@ -124,13 +134,7 @@ async def plan_start(
 
 async def append_event(client: aioredis.Redis, event: ev.ControlEvent) -> bytes:
     """Append a lifecycle event to the control stream and publish it (as the adapters' emitter does)."""
-    payload = ev.encode(event)
-    with translated("appending to the control stream"):
-        pipe = client.pipeline(transaction=False)
-        pipe.xadd(keys.CONTROL_STREAM, {"event": payload})
-        pipe.publish(keys.CONTROL_CHANNEL, payload)
-        entry_id, _ = await pipe.execute()
-    return bytes(entry_id)
+    return await append_entry(client, "event", ev.encode(event))
 
 
 # ------------------------------------------------------------------------------------------- leases

@@ -121,17 +121,6 @@ async def read_group(
     return [(eid, fields) for eid, fields in entries if fields is not None]
 
 
-async def group_lag(client: aioredis.Redis, stream: str, group: str) -> tuple[int, int]:
-    """(entries not yet delivered, entries delivered but not acknowledged) for a group."""
-    with translated(f"inspecting {stream}"):
-        groups: Any = await client.xinfo_groups(stream)
-    for info in groups:
-        if info["name"] in (group, group.encode()):
-            lag = info.get("lag")
-            return (int(lag) if lag is not None else -1), int(info["pending"])
-    return -1, 0
-
-
 async def entries(
     client: aioredis.Redis, stream: str, *, count: int | None = None, newest_first: bool = False
 ) -> list[Entry]:

@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,8 +25,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as WsConnect
 
 from streams.rest import BinanceRestClient, CoinbaseRestClient
+from streams.rest.errors import UnexpectedResponse
 from streams.simulator import Simulator, serve_forever
-from tests.realdata import BINANCE_0404, COINBASE_AT, require
+from tests.realdata import BINANCE_0404, COINBASE_AT, REALDATA, require
 
 pytestmark = pytest.mark.unit
 
@@ -595,6 +597,66 @@ async def test_the_project_rest_clients_read_the_simulator() -> None:
             candles = await cb.candles("BTC-USD", "ONE_MINUTE", now - 3600, now)
         assert product.product_id == "BTC-USD" and product.base_currency_id == "BTC"
         assert all(c.closed for c in candles)  # the in-progress minute is left out
+
+
+EXCHANGE_INFO_2021 = REALDATA / "binance" / "rest_exchangeInfo_2021-10-12_full.json"
+PRODUCTS_2026 = REALDATA / "coinbase" / "rest_market_products_2026-08-09.json"
+
+
+async def test_recorded_rest_documents_are_served_verbatim_within_the_rate_limits(tmp_path: Path) -> None:
+    info_bytes = require(EXCHANGE_INFO_2021).read_bytes()
+    products_bytes = require(PRODUCTS_2026).read_bytes()
+    tickers = [{"symbol": "BTCUSDT", "quoteVolume": "1"}, {"symbol": "BCCUSDT", "quoteVolume": "2"}]
+    ticker_file = tmp_path / "tickers.json"
+    ticker_file.write_text(json.dumps(tickers))
+    docs = (
+        ("binance/exchangeInfo", str(EXCHANGE_INFO_2021)),
+        ("binance/ticker/24hr", str(ticker_file)),
+        ("coinbase/products", str(PRODUCTS_2026)),
+    )
+    async with Simulator(rest_documents=docs, binance_weight_limit=250) as sim, aiohttp.ClientSession() as http:
+        sim.add_synthetic("binance", ["BTCUSDT"], rate=50)  # the WebSocket markets don't change the documents
+        b, c = sim.urls["binance"].rest_url, sim.urls["coinbase"].rest_url
+        async with http.get(f"{b}/api/v3/exchangeInfo") as r:
+            assert r.status == 200 and await r.read() == info_bytes
+            assert int(r.headers["X-MBX-USED-WEIGHT-1M"]) % 20 == 0
+        async with http.get(f"{b}/api/v3/exchangeInfo", params={"symbol": "BCCUSDT"}) as r:
+            (entry,) = (await r.json())["symbols"]
+            assert entry["status"] == "BREAK"  # recorded as it was, not forced to TRADING
+        async with http.get(f"{b}/api/v3/exchangeInfo", params={"symbol": "NOPEUSDT"}) as r:
+            assert r.status == 400 and await r.json() == {"code": -1121, "msg": "Invalid symbol."}
+        async with http.get(f"{b}/api/v3/ticker/24hr") as r:
+            assert await r.json() == tickers
+        async with http.get(f"{b}/api/v3/ticker/24hr", params={"symbol": "BCCUSDT"}) as r:
+            assert await r.json() == tickers[1]
+        async with http.get(f"{b}/api/v3/ticker/24hr", params={"symbol": "ETHUSDT"}) as r:
+            assert r.status == 400  # not in the recorded array
+        statuses = []
+        for _ in range(4):  # 144 used so far (less after a new minute), + 80 each: over 250 -> 429, Retry-After
+            async with http.get(f"{b}/api/v3/ticker/24hr") as r:
+                statuses.append((r.status, r.headers.get("Retry-After")))
+        assert statuses[-1][0] == 429 and 1 <= int(statuses[-1][1] or 0) <= 60
+
+        async with http.get(f"{c}/products") as r:
+            assert r.status == 200 and await r.read() == products_bytes
+        async with http.get(f"{c}/products/BTC-USDC") as r:
+            assert (await r.json())["alias"] == "BTC-USD"
+        async with http.get(f"{c}/products/NOPE-USD") as r:
+            assert r.status == 404 and (await r.json())["error"] == "NOT_FOUND"
+        await sim.rest_429("coinbase", times=1)
+        async with http.get(f"{c}/products") as r:
+            assert r.status == 429 and r.headers["Retry-After"] == "1"
+
+        sim.recorded.set("coinbase/products", {"products": [{"product_id": "X-USD"}]})  # changed while running
+        async with CoinbaseRestClient(c) as cb:
+            with pytest.raises(UnexpectedResponse):  # the project client still checks the wire shape
+                await cb.products()
+        assert "rest     coinbase/products: recorded document" in sim.describe()
+
+    with pytest.raises(ValueError, match="unknown recorded REST endpoint 'binance/klines'"):
+        Simulator(rest_documents=(("binance/klines", str(ticker_file)),))
+    with pytest.raises(ValueError, match=re.escape("not [{...}, ...] with 'symbol' in every entry")):
+        Simulator(rest_documents=(("binance/ticker/24hr", str(EXCHANGE_INFO_2021)),))
 
 
 async def test_serve_forever_prints_the_urls_and_serves_until_stopped() -> None:

@@ -155,6 +155,13 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--rate", type=float, default=20.0, help="synthetic trades per second per exchange")
     sim.add_argument("--speed", type=float, default=1.0, help="replay speed of --recorded (2 = twice real time)")
     sim.add_argument("--seed", type=int, default=42, help="seed of the synthetic markets")
+    sim.add_argument(
+        "--rest-doc",
+        action="append",
+        default=[],
+        metavar="ENDPOINT=FILE",
+        help="serve a recorded REST body (repeatable): binance/exchangeInfo, binance/ticker/24hr, coinbase/products",
+    )
     return p
 
 

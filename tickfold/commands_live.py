@@ -16,7 +16,7 @@ from control import exchanges as repo
 from streams import log
 from streams.adapters.factory import ExchangeRow, build_adapter
 from streams.symbols import Market, load_symbol_map, store_markets
-from tickfold.errors import TickfoldError
+from tickfold.errors import ConfigError, TickfoldError
 from tickfold.runtime import servers
 from tickfold.settings import Settings
 
@@ -124,6 +124,7 @@ async def _simulate(args: argparse.Namespace) -> int:
             for ex, name in DEMO_RECORDINGS.items():
                 recordings.append((ex, files.enter_context(importlib.resources.as_file(data.joinpath(name)))))
         symbols: int | tuple[str, ...] = args.symbols if args.symbols else ()
+        rest_documents = _rest_documents(getattr(args, "rest_doc", None) or [])
         await serve_forever(
             args.port,
             seed=args.seed,
@@ -132,10 +133,23 @@ async def _simulate(args: argparse.Namespace) -> int:
             coinbase_symbols=symbols or ("BTC-USD", "ETH-USD"),
             recordings=recordings,
             speed=args.speed,
+            rest_documents=rest_documents,
             print_line=out.print,
             stop=stop,
         )
     return 0
+
+
+def _rest_documents(flags: list[str]) -> list[tuple[str, str]]:
+    """``--rest-doc ENDPOINT=FILE`` flags, checked (endpoint known, file readable JSON) before serving."""
+    from streams.simulator.recorded_rest import RecordedDocs, parse_rest_doc
+
+    try:
+        pairs = [parse_rest_doc(flag) for flag in flags]
+        RecordedDocs(dict(pairs))
+    except ValueError as exc:
+        raise ConfigError("--rest-doc", str(exc)) from exc
+    return pairs
 
 
 def markets(args: argparse.Namespace, settings: Settings) -> int:

@@ -215,6 +215,7 @@ class Product(msgspec.Struct, frozen=True):
     low_24h: str = ""
     mid_market_price: str = ""
     new_at: str = ""
+    market_cap: str = ""  # sent, but empty for all 920 products of the 2026-08-09 capture
 
 
 class Pagination(msgspec.Struct, frozen=True):

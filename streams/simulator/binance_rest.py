@@ -4,7 +4,9 @@ Every answer is computed from the trades the simulator streamed. Request weight 
 minute (wall clock), sent back in ``X-MBX-USED-WEIGHT-1M``: exchangeInfo 20, ticker/24hr 2 (one symbol)
 or 80 (all), klines 2, aggTrades 4, ping/time 1; over ``binance_weight_limit`` → 429 with Retry-After
 (seconds to the next minute). exchangeInfo is the real 2021 response with the simulated symbols set to
-TRADING (made-up symbols appended) and REQUEST_WEIGHT set to the simulator's limit.
+TRADING (made-up symbols appended) and REQUEST_WEIGHT set to the simulator's limit. With recorded
+documents (:mod:`streams.simulator.recorded_rest`), exchangeInfo and ticker/24hr answer those instead,
+at the same weights.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from aiohttp import web
 
 from streams.simulator.binance import Binance
 from streams.simulator.markets import BINANCE_INTERVALS_MS, Agg, Series, bucket_start, next_start, prev_start, ticker
+from streams.simulator.recorded_rest import BINANCE_EXCHANGE_INFO, BINANCE_TICKER_24HR, RecordedDocs
 from streams.simulator.refdata import binance_symbol_entry, exchange_info
 from streams.simulator.rest import Injected429, Reject, int_param, reply
 from streams.simulator.wire import fixed
@@ -39,8 +42,9 @@ def _illegal(name: str) -> dict[str, object]:
 
 
 class BinanceRest:
-    def __init__(self, venue: Binance) -> None:
+    def __init__(self, venue: Binance, recorded: RecordedDocs | None = None) -> None:
         self.venue = venue
+        self.recorded = recorded or RecordedDocs()
         self.clock = venue.clock
         self.used: dict[str, tuple[int, int]] = {}  # ip → (minute, weight)
         self.fault = Injected429()
@@ -104,19 +108,34 @@ class BinanceRest:
             raise Reject(400, _BAD_SYMBOL)
         return series
 
-    def _exchange_info(self, request: web.Request) -> bytes | dict[str, Any]:
-        now_ms = self.clock() // 1_000_000
-        info = exchange_info()
-        limit = self.venue.config.binance_weight_limit
-        rate_limits = [
-            {**rl, "limit": limit} if rl["rateLimitType"] == "REQUEST_WEIGHT" else rl for rl in info["rateLimits"]
-        ] or [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": limit}]
+    def _wanted_symbols(self, request: web.Request) -> list[str] | None:
         wanted = [request.query["symbol"]] if "symbol" in request.query else None
         if "symbols" in request.query:
             try:
                 wanted = [str(s) for s in json.loads(request.query["symbols"])]
             except ValueError:
                 raise Reject(400, _illegal("symbols")) from None
+        return wanted
+
+    def _recorded_info(self, request: web.Request) -> bytes | dict[str, Any]:
+        wanted = self._wanted_symbols(request)
+        if wanted is None:
+            return self.recorded.raw(BINANCE_EXCHANGE_INFO)
+        entries = [self.recorded.entry(BINANCE_EXCHANGE_INFO, s) for s in wanted]
+        if any(e is None for e in entries):
+            raise Reject(400, _BAD_SYMBOL)
+        return {**self.recorded.document(BINANCE_EXCHANGE_INFO), "symbols": entries}
+
+    def _exchange_info(self, request: web.Request) -> bytes | dict[str, Any]:
+        if self.recorded.has(BINANCE_EXCHANGE_INFO):
+            return self._recorded_info(request)
+        now_ms = self.clock() // 1_000_000
+        info = exchange_info()
+        limit = self.venue.config.binance_weight_limit
+        rate_limits = [
+            {**rl, "limit": limit} if rl["rateLimitType"] == "REQUEST_WEIGHT" else rl for rl in info["rateLimits"]
+        ] or [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": limit}]
+        wanted = self._wanted_symbols(request)
         simulated = tuple(sorted(self.venue.instruments))
         head = {"timezone": "UTC", "serverTime": now_ms, "rateLimits": rate_limits, "exchangeFilters": []}
         if wanted is not None:
@@ -143,9 +162,19 @@ class BinanceRest:
 
     async def _ticker_24hr(self, request: web.Request) -> web.Response:
         symbol = request.query.get("symbol")
+        if self.recorded.has(BINANCE_TICKER_24HR):
+            if symbol is None:
+                return await self._serve(request, 80, lambda: self.recorded.raw(BINANCE_TICKER_24HR))
+            return await self._serve(request, 2, lambda: self._recorded_ticker(symbol))
         if symbol is None:
             return await self._serve(request, 80, lambda: [self._ticker(s) for s in sorted(self.venue.series)])
         return await self._serve(request, 2, lambda: self._ticker(self._series(request).symbol))
+
+    def _recorded_ticker(self, symbol: str) -> dict[str, Any]:
+        entry = self.recorded.entry(BINANCE_TICKER_24HR, symbol)
+        if entry is None:
+            raise Reject(400, _BAD_SYMBOL)
+        return entry
 
     def _ticker(self, symbol: str) -> dict[str, Any]:
         now_ms = self.clock() // 1_000_000

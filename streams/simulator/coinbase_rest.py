@@ -4,7 +4,8 @@
 computed from the simulated trades), ``/products/{id}``, ``/products/{id}/ticker`` and
 ``/products/{id}/candles`` (newest first, empty buckets and the in-progress bucket left out, at most
 ``limit`` ≤ 350 buckets between ``start`` and ``end``). ``coinbase_requests_per_s`` requests per IP in
-any second, more → 429 with ``Retry-After: 1``.
+any second, more → 429 with ``Retry-After: 1``. With a recorded ``coinbase/products`` document
+(:mod:`streams.simulator.recorded_rest`), ``/products`` and ``/products/{id}`` answer from it instead.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from streams.simulator.coinbase import Coinbase
 from streams.simulator.markets import COINBASE_GRANULARITY_S, Series, ticker
+from streams.simulator.recorded_rest import COINBASE_PRODUCTS, RecordedDocs
 from streams.simulator.refdata import coinbase_product_entry
 from streams.simulator.rest import Injected429, Reject, int_param, reply
 from streams.simulator.wire import plain
@@ -30,13 +32,18 @@ def _bad(message: str) -> dict[str, object]:
     return {"error": "INVALID_ARGUMENT", "error_details": message, "message": message}
 
 
+def _not_found() -> Reject:
+    return Reject(404, {"error": "NOT_FOUND", "error_details": "ProductID is invalid", "message": "NotFound"})
+
+
 def _invalid(message: str) -> Reject:
     return Reject(400, _bad(message))
 
 
 class CoinbaseRest:
-    def __init__(self, venue: Coinbase) -> None:
+    def __init__(self, venue: Coinbase, recorded: RecordedDocs | None = None) -> None:
         self.venue = venue
+        self.recorded = recorded or RecordedDocs()
         self.clock = venue.clock
         self.recent: dict[str, deque[float]] = {}  # ip → request times (monotonic) in the last second
         self.fault = Injected429()
@@ -51,10 +58,20 @@ class CoinbaseRest:
         ]
 
     async def _products_endpoint(self, request: web.Request) -> web.Response:
+        if self.recorded.has(COINBASE_PRODUCTS):
+            return await self._serve(request, lambda: self.recorded.raw(COINBASE_PRODUCTS))
         return await self._serve(request, self._products)
 
     async def _product_endpoint(self, request: web.Request) -> web.Response:
+        if self.recorded.has(COINBASE_PRODUCTS):
+            return await self._serve(request, lambda: self._recorded_product(request))
         return await self._serve(request, lambda: self._product(self._series(request)))
+
+    def _recorded_product(self, request: web.Request) -> dict[str, Any]:
+        entry = self.recorded.entry(COINBASE_PRODUCTS, request.match_info["product_id"])
+        if entry is None:
+            raise _not_found()
+        return entry
 
     async def _ticker_endpoint(self, request: web.Request) -> web.Response:
         return await self._serve(request, lambda: self._ticker(request))
@@ -88,7 +105,7 @@ class CoinbaseRest:
         product = request.match_info["product_id"]
         series = self.venue.series.get(product)
         if series is None:
-            raise Reject(404, {"error": "NOT_FOUND", "error_details": "ProductID is invalid", "message": "NotFound"})
+            raise _not_found()
         return series
 
     def _products(self) -> dict[str, Any]:

@@ -20,6 +20,9 @@ class SimConfig:
     record_sent: bool = True  # keep every frame written (sim.sent); turn off for long benchmarks
     max_outbox: int = 50_000  # frames queued on one connection before the feeds wait for it
     max_trades: int = 500_000  # trades kept per symbol for REST answers
+    # recorded REST bodies served instead of computed ones: (endpoint, file) pairs, endpoints in
+    # streams.simulator.recorded_rest.ENDPOINTS (binance/exchangeInfo, binance/ticker/24hr, coinbase/products)
+    rest_documents: tuple[tuple[str, str], ...] = ()
     # Binance
     ping_interval: float = 20.0
     pong_timeout: float = 60.0

@@ -20,14 +20,18 @@ async def serve_forever(
     coinbase_symbols: Sequence[str] | int = DEFAULT_SYMBOLS["coinbase"],
     recordings: Sequence[tuple[str, Path]] = (),
     speed: float = 1.0,
+    rest_documents: Sequence[tuple[str, str]] = (),
     print_line: Callable[[str], object] = print,
     stop: asyncio.Event | None = None,
     ready: Callable[[Simulator], object] | None = None,
 ) -> None:
     """Serve on ``127.0.0.1:port`` (0: a free port): a synthetic market per exchange at ``rate`` trades/s,
     unless ``recordings`` (``(exchange, path)`` pairs) are given for it, which then loop at ``speed``.
+    ``rest_documents``: ``(endpoint, file)`` pairs of recorded REST bodies to serve (see ``recorded_rest``).
     Prints :meth:`Simulator.describe` through ``print_line`` once listening; ``ready(sim)`` is called then."""
-    async with Simulator(port, seed=seed, record_sent=False) as sim:  # runs for long: keep no frame log
+    docs = tuple(rest_documents)
+    # runs for long: keep no frame log
+    async with Simulator(port, seed=seed, record_sent=False, rest_documents=docs) as sim:
         replayed = set()
         for exchange, path in recordings:
             sim.add_recording(exchange, path, loop=True, speed=speed)

@@ -35,6 +35,7 @@ from streams.simulator.coinbase_rest import CoinbaseRest
 from streams.simulator.coinbase_ws import CoinbaseWs
 from streams.simulator.config import Clock, SimConfig, default_clock
 from streams.simulator.hub import ConnectionInfo, Hub, SentFrame
+from streams.simulator.recorded_rest import RecordedDocs
 from streams.simulator.refdata import instrument, pick_symbols
 from streams.simulator.replay import ReplayFeed
 from streams.simulator.synthetic import SyntheticFeed, periodic
@@ -76,8 +77,9 @@ class Simulator:
         self.hubs = {ex: Hub(ex, record=cfg.record_sent, max_outbox=cfg.max_outbox) for ex in EXCHANGES}
         self.binance = Binance(cfg, self.clock, self.hubs["binance"])
         self.coinbase = Coinbase(cfg, self.clock, self.hubs["coinbase"])
-        self.binance_rest = BinanceRest(self.binance)
-        self.coinbase_rest = CoinbaseRest(self.coinbase)
+        self.recorded = RecordedDocs(dict(cfg.rest_documents))  # recorded REST bodies (set() to change)
+        self.binance_rest = BinanceRest(self.binance, self.recorded)
+        self.coinbase_rest = CoinbaseRest(self.coinbase, self.recorded)
         self.feeds: list[Feed] = []
         self.urls: dict[str, ExchangeUrls] = {}
         self._synthetic: dict[str, set[str]] = {ex: set() for ex in EXCHANGES}
@@ -222,6 +224,7 @@ class Simulator:
             f"faults   POST http://{self.config.host}:{self._port}/_sim/fault "
             '{"fault": "close", "exchange": "binance"}  (faults: ' + ", ".join(_FAULTS) + ")",
         ]
+        lines += [f"rest     {endpoint}: recorded document" for endpoint in self.recorded.endpoints()]
         for feed in self.feeds:
             if isinstance(feed, SyntheticFeed):
                 what = f"synthetic {', '.join(feed.symbols)} at {feed.rate:g} trades/s"

@@ -44,6 +44,14 @@ class Candidate:
     quote_volume: float
     last_price: float
     excluded: str = ""
+    native: str = ""  # the exchange's own name (BTCUSDT); "" when it is the canonical one
+    alias_of: str = ""  # Coinbase: the product whose book this one shares (BTC-USDC -> BTC-USD)
+    market_cap: str = ""  # as the exchange gives it ("" when it gives none)
+
+    @property
+    def tradable(self) -> bool:
+        """Open for trading (an alias is: it trades on its target's book, though it is ranked once, as that)."""
+        return not self.excluded or (bool(self.alias_of) and self.excluded == alias_reason(self.alias_of))
 
 
 @dataclass(frozen=True)
@@ -77,24 +85,37 @@ def binance_candidates(info: ExchangeInfo, tickers: Iterable[Ticker24hr]) -> lis
     out: list[Candidate] = []
     for s in info.symbols:
         tk = by_symbol.get(s.symbol)
-        excluded = "" if s.status == "TRADING" else f"status {s.status}"
+        excluded = binance_not_trading(s.status)
         if tk is None and not excluded:
             excluded = "no 24h ticker"
         volume, last = (_num(tk.quote_volume), _num(tk.last_price)) if tk else (0.0, 0.0)
-        out.append(Candidate(f"{s.base_asset}-{s.quote_asset}", s.base_asset, s.quote_asset, volume, last, excluded))
+        canonical = f"{s.base_asset}-{s.quote_asset}"
+        out.append(Candidate(canonical, s.base_asset, s.quote_asset, volume, last, excluded, native=s.symbol))
     return out
 
 
-def coinbase_excluded(p: Product) -> str:
-    """Why a Coinbase product is not counted ("" when it is)."""
+def binance_not_trading(status: str) -> str:
+    """Why a Binance symbol of this exchangeInfo ``status`` does not trade ("" when it does)."""
+    return "" if status == "TRADING" else f"status {status}"
+
+
+def coinbase_not_trading(p: Product) -> str:
+    """Why a Coinbase product does not trade ("" when it does); ``limit_only`` / ``post_only`` still trade."""
     if p.status != "online":
         return f"status {p.status}"
     for flag in ("trading_disabled", "is_disabled", "cancel_only", "view_only", "auction_mode"):
         if getattr(p, flag):
             return flag
-    if p.alias:
-        return f"alias of {p.alias} (counted once, as {p.alias})"
     return ""
+
+
+def alias_reason(target: str) -> str:
+    return f"alias of {target} (counted once, as {target})"
+
+
+def coinbase_excluded(p: Product) -> str:
+    """Why a Coinbase product is not counted ("" when it is): not trading, or an alias."""
+    return coinbase_not_trading(p) or (alias_reason(p.alias) if p.alias else "")
 
 
 def coinbase_candidates(products: Iterable[Product]) -> list[Candidate]:
@@ -106,6 +127,8 @@ def coinbase_candidates(products: Iterable[Product]) -> list[Candidate]:
             _num(p.approximate_quote_24h_volume),
             _num(p.price),
             coinbase_excluded(p),
+            alias_of=p.alias,
+            market_cap=p.market_cap,
         )
         for p in products
     ]

@@ -1,9 +1,11 @@
-"""Tier 1 (SYM-01) as events: ranking on the recorded REST responses, refresh against a local server.
+"""Tier 1 (SYM-01) as events: ranking on the recorded REST responses, refresh through the simulator.
 
-The simulator's ``/products`` and ``ticker/24hr`` report *simulated* volumes for the simulated symbols
-only, so the recorded responses (Coinbase's 920 products, Binance's full 2021 exchangeInfo) are served
-verbatim by a tiny aiohttp server here, as in test_rest.py. No all-symbols ``ticker/24hr`` array was
-recorded, so the Binance tickers are made up over the real exchangeInfo symbols.
+The simulator serves the recorded documents verbatim (``rest_documents``): Coinbase's 920 products
+(2026-08-09) and Binance's full exchangeInfo (2021-10-12, 1262 TRADING + 433 BREAK symbols). No
+all-symbols Binance ``ticker/24hr`` array was ever recorded (see ``../shared/realdata/SOURCES.md``), so
+the Binance 24h volumes are INVENTED: ``tests/data/binance_ticker_24hr_INVENTED.json`` gives a few
+symbols made-up volumes and every other symbol of the real exchangeInfo gets a zero-volume ticker. What
+counts (TRADING vs BREAK) is always the real exchangeInfo's status.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
 
 from control import tier1 as t1
 from control import universe as uv
@@ -26,11 +28,13 @@ from projections import tiers
 from streams import keys
 from streams.rest import BinanceRestClient, CoinbaseRestClient
 from streams.rest import types as t
+from streams.simulator import Simulator
 from tests.realdata import REALDATA, require
 from tickfold import cli
 
 PRODUCTS = require(REALDATA / "coinbase" / "rest_market_products_2026-08-09.json")
 EXCHANGE_INFO = require(REALDATA / "binance" / "rest_exchangeInfo_2021-10-12_full.json")
+INVENTED_TICKERS = Path(__file__).parent / "data" / "binance_ticker_24hr_INVENTED.json"
 COINBASE_TOP5 = ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "ZEC-USD"]
 
 
@@ -39,28 +43,38 @@ def _products_doc() -> dict[str, Any]:
     return doc
 
 
-def _ticker(symbol: str, quote_volume: float, last: float) -> dict[str, Any]:
+def _ticker(symbol: str, quote_volume: str, last: str) -> dict[str, Any]:
     return {
-        "symbol": symbol, "priceChange": "0", "priceChangePercent": "0", "weightedAvgPrice": str(last),
-        "lastPrice": str(last), "openPrice": str(last), "highPrice": str(last), "lowPrice": str(last),
-        "volume": "0", "quoteVolume": str(quote_volume), "openTime": 0, "closeTime": 1, "firstId": 1,
+        "symbol": symbol, "priceChange": "0", "priceChangePercent": "0", "weightedAvgPrice": last,
+        "lastPrice": last, "openPrice": last, "highPrice": last, "lowPrice": last,
+        "volume": "0", "quoteVolume": quote_volume, "openTime": 0, "closeTime": 1, "firstId": 1,
         "lastId": 2, "count": 1,
     }  # fmt: skip
 
 
-BINANCE_VOLUMES = {  # symbol -> (quote volume in the quote asset, last price)
-    "BTCUSDT": (3.0e9, 60_000.0),
-    "ETHUSDT": (2.0e9, 3_900.0),
-    "BCCUSDT": (9.0e9, 500.0),  # BREAK: never counted, however large
-    "ETHBTC": (20_000.0, 0.065),  # 20k BTC -> 1.2e9 USD through BTCUSDT
-    "BNBBUSD": (5.0e8, 450.0),
-    "BTCRUB": (1.0e10, 4_300_000.0),  # RUB has no USD pair: through BTC -> ~1.4e8 USD
-}
+def invented_volumes() -> dict[str, tuple[str, str]]:
+    """symbol -> (quote volume in the quote asset, last price): INVENTED (see the module docstring)."""
+    doc = json.loads(INVENTED_TICKERS.read_bytes())
+    assert doc["_note"].startswith("INVENTED")
+    return {symbol: (vol, last) for symbol, (vol, last) in doc["volumes"].items()}
 
 
-def _binance_tickers() -> list[dict[str, Any]]:
+def binance_tickers() -> list[dict[str, Any]]:
+    """An all-symbols ticker/24hr array over the real exchangeInfo, with the invented volumes (0 elsewhere)."""
+    volumes = invented_volumes()
     info = json.loads(EXCHANGE_INFO.read_bytes())
-    return [_ticker(s["symbol"], *BINANCE_VOLUMES.get(s["symbol"], (0.0, 0.0))) for s in info["symbols"]]
+    return [_ticker(s["symbol"], *volumes.get(s["symbol"], ("0", "0"))) for s in info["symbols"]]
+
+
+def rest_documents(tmp_path: Path) -> tuple[tuple[str, str], ...]:
+    """The simulator's ``rest_documents``: the recorded exchangeInfo and products, the invented tickers."""
+    tickers = tmp_path / "binance_ticker_24hr.json"
+    tickers.write_text(json.dumps(binance_tickers()))
+    return (
+        ("binance/exchangeInfo", str(EXCHANGE_INFO)),
+        ("binance/ticker/24hr", str(tickers)),
+        ("coinbase/products", str(PRODUCTS)),
+    )
 
 
 # ----------------------------------------------------------------------------------------------- pure
@@ -105,11 +119,32 @@ def test_coinbase_non_usd_quotes_are_converted() -> None:
 
 def test_binance_only_trading_and_converted() -> None:
     info = msgspec.json.decode(EXCHANGE_INFO.read_bytes(), type=t.ExchangeInfo)
-    tickers = msgspec.json.decode(json.dumps(_binance_tickers()), type=list[t.Ticker24hr])
-    tier = tiers.rank(tiers.binance_candidates(info, tickers), 5)
-    assert tier.symbols == ["BTC-USDT", "ETH-USDT", "ETH-BTC", "BNB-BUSD", "BTC-RUB"]
-    assert tier.excluded["BCC-USDT"] == "status BREAK"
-    assert tier.ranked[2].usd_volume == pytest.approx(20_000 * 60_000)
+    tickers = msgspec.json.decode(json.dumps(binance_tickers()), type=list[t.Ticker24hr])
+    tier = tiers.rank(tiers.binance_candidates(info, tickers), 8)
+    assert tier.symbols == [
+        "BTC-USDT", "ETH-USDT", "ETH-BTC", "BNB-BUSD", "BTC-BUSD", "SOL-USDT", "XRP-USDT", "BTC-RUB"
+    ]  # fmt: skip
+    assert tier.excluded["BCC-USDT"] == "status BREAK"  # the largest invented volume, but BREAK in the real data
+    assert sum(1 for why in tier.excluded.values() if why == "status BREAK") == 433
+    assert tier.ranked[2].usd_volume == pytest.approx(20_000 * 60_000)  # ETH-BTC through BTC-USDT
+    assert tier.ranked[7].usd_volume == pytest.approx(1e10 / 4_300_000 * 60_000)  # RUB: through the base
+    assert "BTC via BTC-USDT" in tier.ranked[7].reason
+
+
+def test_binance_oracle_over_the_real_statuses() -> None:
+    """A plain-json oracle: TRADING symbols of the real exchangeInfo quoted in USDT/BUSD, by invented volume."""
+    info = json.loads(EXCHANGE_INFO.read_bytes())
+    volumes = json.loads(INVENTED_TICKERS.read_bytes())["volumes"]
+    rows = [
+        (float(volumes.get(s["symbol"], ["0"])[0]), f"{s['baseAsset']}-{s['quoteAsset']}")
+        for s in info["symbols"]
+        if s["status"] == "TRADING" and s["quoteAsset"] in ("USDT", "BUSD")
+    ]
+    rows.sort(key=lambda r: (-r[0], r[1]))
+    decoded = msgspec.json.decode(EXCHANGE_INFO.read_bytes(), type=t.ExchangeInfo)
+    tickers = msgspec.json.decode(json.dumps(binance_tickers()), type=list[t.Ticker24hr])
+    tier = tiers.rank(tiers.binance_candidates(decoded, tickers), 10, quotes=["USDT", "BUSD"])
+    assert tier.symbols == [symbol for _, symbol in rows[:10]]
 
 
 def test_no_usd_price_is_excluded_with_the_reason() -> None:
@@ -130,50 +165,10 @@ def test_changes_are_differences_only() -> None:
 # ------------------------------------------------------------------------------------ against a server
 
 
-class RecordedRest:
-    """Serves the recorded products / exchangeInfo (and made-up tickers); ``products`` can be edited."""
-
-    def __init__(self) -> None:
-        self.products = _products_doc()
-        self.info = EXCHANGE_INFO.read_bytes()
-        self.tickers = _binance_tickers()
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/coinbase/products", self._products)
-        app.router.add_get("/binance/api/v3/exchangeInfo", self._info)
-        app.router.add_get("/binance/api/v3/ticker/24hr", self._tickers)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = self.runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-
-    async def _products(self, _: web.Request) -> web.Response:
-        return web.json_response(self.products)
-
-    async def _info(self, _: web.Request) -> web.Response:
-        return web.Response(body=self.info, content_type="application/json")
-
-    async def _tickers(self, _: web.Request) -> web.Response:
-        return web.json_response(self.tickers)
-
-
 @pytest.fixture
-async def rest() -> AsyncIterator[RecordedRest]:
-    server = RecordedRest()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+async def sim(tmp_path: Path) -> AsyncIterator[Simulator]:
+    async with Simulator(rest_documents=rest_documents(tmp_path)) as simulator:
+        yield simulator
 
 
 @pytest.fixture
@@ -196,12 +191,13 @@ async def _pool(client: aioredis.Redis, exchange: str) -> list[str]:
 
 
 @pytest.mark.redis
-async def test_refresh_appends_differences_and_sets_the_pool(client: aioredis.Redis, rest: RecordedRest) -> None:
+async def test_refresh_appends_differences_and_sets_the_pool(client: aioredis.Redis, sim: Simulator) -> None:
     # other control entries (outcomes, commands) are ignored by the fold
     await client.xadd(keys.CONTROL_STREAM, {"event": encode_outcome(
         Accepted(command_id="c1", exchange="coinbase", at_ns=1, command="start"))})  # fmt: skip
     await client.xadd(keys.CONTROL_STREAM, {"command": b"not json"})
-    async with CoinbaseRestClient(rest.url + "/coinbase") as cb:
+    products = _products_doc()
+    async with CoinbaseRestClient(sim.urls["coinbase"].rest_url) as cb:
         tier, events = await t1.refresh_tier1(client, cb, "coinbase", 5, at_ns=10)
         assert [e.symbol for e in events] == COINBASE_TOP5
         assert all(isinstance(e, uv.SymbolAdded) and e.tier == "tier1" and e.reason for e in events)
@@ -213,11 +209,12 @@ async def test_refresh_appends_differences_and_sets_the_pool(client: aioredis.Re
         assert await client.xlen(keys.CONTROL_STREAM) == before
 
         # a ranking change: XRP-USD drops, BICO-USD (6th) moves up; SOL-USD is delisted
-        for p in rest.products["products"]:
+        for p in products["products"]:
             if p["product_id"] == "XRP-USD":
                 p["approximate_quote_24h_volume"] = "1"
             if p["product_id"] == "SOL-USD":
                 p["status"] = "delisted"
+        sim.recorded.set("coinbase/products", products)
         _, changed = await t1.refresh_tier1(client, cb, "coinbase", 5, at_ns=12)
     removed = {e.symbol: e.reason for e in changed if isinstance(e, uv.SymbolRemoved)}
     added = [e.symbol for e in changed if isinstance(e, uv.SymbolAdded)]
@@ -234,18 +231,21 @@ async def test_refresh_appends_differences_and_sets_the_pool(client: aioredis.Re
 
 
 @pytest.mark.redis
-async def test_refresh_binance_and_a_quote_filter(client: aioredis.Redis, rest: RecordedRest) -> None:
-    async with BinanceRestClient(rest.url + "/binance") as bn:
+async def test_refresh_binance_and_a_quote_filter(client: aioredis.Redis, sim: Simulator) -> None:
+    async with BinanceRestClient(sim.urls["binance"].rest_url) as bn:
         _, events = await t1.refresh_tier1(client, bn, "binance", 3, quotes=["USDT", "BUSD"], at_ns=1)
-    assert [e.symbol for e in events] == ["BTC-USDT", "ETH-USDT", "BNB-BUSD"]
-    assert await _pool(client, "binance") == ["BNB-BUSD", "BTC-USDT", "ETH-USDT"]
+        assert [e.symbol for e in events] == ["BTC-USDT", "ETH-USDT", "BNB-BUSD"]
+        assert await _pool(client, "binance") == ["BNB-BUSD", "BTC-USDT", "ETH-USDT"]
+        _, events = await t1.refresh_tier1(client, bn, "binance", 4, at_ns=2)  # no filter: ETH-BTC (converted)
+    assert [(type(e).__name__, e.symbol) for e in events] == [("SymbolAdded", "ETH-BTC")]
+    assert "BCC-USDT" not in await _pool(client, "binance")  # BREAK, whatever its volume
 
 
 @pytest.mark.redis
 async def test_symbols_json_shows_tiers_and_reasons(
-    client: aioredis.Redis, rest: RecordedRest, redis_url: str, capsys: pytest.CaptureFixture[str]
+    client: aioredis.Redis, sim: Simulator, redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with CoinbaseRestClient(rest.url + "/coinbase") as cb:
+    async with CoinbaseRestClient(sim.urls["coinbase"].rest_url) as cb:
         await t1.refresh_tier1(client, cb, "coinbase", 3, at_ns=1)
     held = uv.SymbolAdded(exchange="coinbase", at_ns=2, symbol="BTC-USD", tier="tier2", user="u1", reason="opened")
     await client.xadd(keys.CONTROL_STREAM, {"event": uv.encode(held)})

@@ -202,6 +202,12 @@ def userindicator(user_id: str, exchange_id: str, symbol: str, timeframe: str, k
     )
 
 
+def tier1_refresh(exchange_id: str) -> str:
+    """``lock:tier1:{exchange_id}``: set (NX, with a TTL of the refresh interval) by the serve instance
+    that refreshes the exchange's Tier 1 this round, so several instances rank it once per interval."""
+    return f"lock:tier1:{exchange_part(exchange_id)}"
+
+
 def pool(exchange_id: str) -> str:
     return f"pool:{exchange_part(exchange_id)}"
 

@@ -30,7 +30,7 @@ from control.commands import Accepted, Command, Rejected, Start, Stop, append_co
 from control.desired import Desired, classify, fold, read_desired
 from control.supervisor import Supervisor, SupervisorConfig, plan_start
 from streams import keys, log
-from tickfold.errors import TickfoldError, UnknownExchange
+from tickfold.errors import ConfigError, TickfoldError, UnknownExchange
 from tickfold.runtime import servers
 from tickfold.settings import Settings
 
@@ -62,6 +62,8 @@ def extra_tasks(args: argparse.Namespace, settings: Settings) -> list[ServeTask]
     API (unless ``--no-api``) and the connection-state projection (setting ``connection_state``). A part
     that raises ends serve (non-zero) after the adapters are stopped."""
     tasks: list[ServeTask] = [_connection_state_task, _positions_task]
+    if settings.tier1_plan():
+        tasks.append(_tier1_task)
     if not getattr(args, "no_api", False):
         tasks.append(functools.partial(_api_task, host=args.api_host, port=args.api_port))
     return tasks
@@ -88,6 +90,39 @@ async def _positions_task(ctx: ServeContext, every_s: float = 3_600.0) -> None:
         except asyncpg.UndefinedTableError:
             ctx.say("positions: the positions table is missing (run `tickfold migrate`); holds not refreshed")
             return
+        try:
+            await asyncio.wait_for(ctx.stop.wait(), every_s)
+        except TimeoutError:
+            pass
+
+
+async def _tier1_task(ctx: ServeContext, every_s: float | None = None) -> None:
+    """SYM-01 on a schedule: re-rank each exchange of the ``tier1`` setting every ``tier1_refresh_s`` and
+    append the Tier 1 differences. One instance per interval does it (``lock:tier1:{exchange}``); a failed
+    refresh (REST down, rate-limited) is reported and tried again next round, it does not stop serve."""
+    from control import exchanges as repo
+    from tickfold.commands_symbols import _refresh_row
+
+    every_s = every_s or ctx.settings.tier1_refresh_s
+    plan = ctx.settings.tier1_plan()
+    for exchange_id in plan:  # a typo in the setting fails serve at start, naming the key
+        try:
+            await repo.get_exchange(ctx.database_url, exchange_id)
+        except UnknownExchange as exc:
+            raise ConfigError("tier1", str(exc)) from None
+    while not ctx.stop.is_set():
+        for exchange_id, (n, quotes) in plan.items():
+            with log.translated(f"taking the Tier 1 refresh of {exchange_id}"):
+                mine = await ctx.redis.set(keys.tier1_refresh(exchange_id), "1", nx=True, px=int(every_s * 1000))
+            if not mine:
+                continue
+            try:
+                row = await repo.get_exchange(ctx.database_url, exchange_id)
+                tier, events = await _refresh_row(ctx.redis, row, n, list(quotes) if quotes else None)
+            except (TickfoldError, OSError) as exc:
+                ctx.say(f"tier1 {exchange_id}: refresh failed, next try in {every_s:g} s: {exc}")
+                continue
+            ctx.say(f"tier1 {exchange_id}: {len(tier.ranked)} symbols, {len(events)} changes")
         try:
             await asyncio.wait_for(ctx.stop.wait(), every_s)
         except TimeoutError:

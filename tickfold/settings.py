@@ -58,6 +58,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_level: str = "INFO"
     api_token: str = ""  # bearer token of the API's control endpoints; empty: they are refused (403)
     api_read_open: bool = True  # False: the API's read endpoints and /ws need the token too
+    tier1: str = ""  # serve refreshes Tier 1: exchange:N[:QUOTE|QUOTE...] per exchange, comma-separated
+    tier1_refresh_s: float = 3600.0  # how often serve re-ranks each exchange of ``tier1`` (REST weight: ~80)
 
     def __post_init__(self) -> None:
         if self.redis_url is not None:
@@ -90,6 +92,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 ok = False
             if not ok:
                 raise ConfigError("rollups", f"{tf!r} is not a timeframe that 1m candles roll up into")
+        self.tier1_plan()  # raises ConfigError("tier1", ...) on a malformed entry
+        if self.tier1_refresh_s < 60:
+            raise ConfigError("tier1_refresh_s", f"must be >= 60 (REST rate limits), got {self.tier1_refresh_s}")
         if self.heartbeat_write_every_s < 0:
             raise ConfigError("heartbeat_write_every_s", f"must be >= 0, got {self.heartbeat_write_every_s}")
         if self.close_grace_ms < 0:
@@ -109,6 +114,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return tuple(
             tf for ex, _, tf in (p.partition(":") for p in self.trade_candles.split(",") if p) if ex == exchange_id
         )
+
+    def tier1_plan(self) -> dict[str, tuple[int, tuple[str, ...] | None]]:
+        """``tier1`` parsed: exchange -> (N, the quote assets counted or None for all USD-convertible ones)."""
+        out: dict[str, tuple[int, tuple[str, ...] | None]] = {}
+        for entry in filter(None, (e.strip() for e in self.tier1.split(","))):
+            ex, _, rest = entry.partition(":")
+            n_text, _, quotes = rest.partition(":")
+            if not ex or not n_text.isdigit() or int(n_text) <= 0:
+                msg = f"expected exchange:N[:QUOTE|QUOTE...] (binance:20:USDT|USDC), got {entry!r}"
+                raise ConfigError("tier1", msg)
+            if ex in out:
+                raise ConfigError("tier1", f"exchange {ex!r} is listed twice")
+            chosen = tuple(q.strip().upper() for q in quotes.split("|") if q.strip()) if quotes else None
+            if quotes and not chosen:
+                raise ConfigError("tier1", f"empty quote list in {entry!r}")
+            out[ex] = (int(n_text), chosen)
+        return out
 
     def rollup_plan(self, exchange_id: str, native: tuple[str, ...] = ()) -> tuple[tuple[str, str], ...]:
         """(target, source) timeframes to roll up for an exchange, shortest target first; the exchange's

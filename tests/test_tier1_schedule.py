@@ -93,7 +93,8 @@ async def test_serve_refreshes_tier1_on_schedule_once_per_round(redis_url: str, 
         top1 = [added[-1].symbol]
         universe = await t1.read_universe(client)
         assert universe.pool("coinbase") == top1
-        assert {m.decode() for m in await client.smembers(keys.pool("coinbase"))} == set(top1)
+        pool: Any = await client.smembers(keys.pool("coinbase"))
+        assert {m.decode() for m in pool} == set(top1)
         rounds = [line for line in said if line.startswith("tier1 coinbase: 1 symbols")]
         assert 2 <= len(rounds) <= 4, said  # ~3 rounds of 0.5 s, each taken by one of the two instances
 

@@ -7,7 +7,8 @@ stream, and registers / releases the user as a holder (:func:`projections.scope.
 :func:`~projections.scope.release`): a held symbol outside Tier 1 (``pool:{exchange}``) goes to the
 user's overflow keys with a TTL, one inside it stays shared (never stored twice), and after a close
 nothing refreshes the user's keys, so they run out. :func:`refresh_holds` re-registers every open
-position; run it well within the TTL while positions are held (``serve`` does).
+position and manual add (SYM-03, :mod:`control.manual`); run it well within the TTL while positions are
+held (``serve`` does). Closing a position the user also added manually keeps the hold.
 
 The row is written in a transaction that commits only after the event and the hold went to Redis: a
 Redis failure leaves no row behind (and a PostgreSQL failure at commit, a stray event that a later
@@ -27,6 +28,8 @@ import redis.asyncio as aioredis
 
 from control import universe
 from control.commands import append_entry
+from control.manual import manual_holds, manual_symbols
+from control.tier1 import read_universe
 from projections import scope
 from streams.symbols import SymbolMap, UnknownSymbol, load_symbol_map
 from tickfold.errors import StoreUnavailable, TickfoldError, UnknownExchange
@@ -158,7 +161,8 @@ async def close_position(dsn: str, client: aioredis.Redis, user: str, exchange: 
                 reason="position closed",
             )
             await _append_event(client, event)
-            await scope.release(client, exchange, canonical, user)
+            if canonical not in manual_symbols(await read_universe(client), exchange, user):
+                await scope.release(client, exchange, canonical, user)  # (a manual add keeps holding it)
     finally:
         await conn.close()
     return _position(record)
@@ -180,10 +184,12 @@ async def list_positions(dsn: str, user: str | None = None) -> list[Position]:
 
 
 async def refresh_holds(dsn: str, client: aioredis.Redis, ttl_ms: int = scope.DEFAULT_TTL_MS) -> int:
-    """Re-register the holder of every open position (extending their overflow keys' TTL); returns how many."""
-    held = await list_positions(dsn)
-    for p in held:
-        await scope.hold(client, p.exchange, p.symbol, p.user, ttl_ms)
+    """Re-register the holder of every open position and every manual add (SYM-03, from the universe),
+    extending their overflow keys' TTL; returns how many (user, exchange, symbol) holds."""
+    held = {(p.user, p.exchange, p.symbol) for p in await list_positions(dsn)}
+    held |= {(user, exchange, symbol) for exchange, symbol, user in manual_holds(await read_universe(client))}
+    for user, exchange, symbol in sorted(held):
+        await scope.hold(client, exchange, symbol, user, ttl_ms)
     return len(held)
 
 

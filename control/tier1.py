@@ -18,8 +18,10 @@ from control import universe as uv
 from control.commands import now_ns, parse_entry
 from projections import tiers
 from streams import keys
+from streams.adapters.factory import ExchangeRow
 from streams.log import translated
 from streams.rest import BinanceRestClient, CoinbaseRestClient
+from tickfold.errors import TickfoldError
 
 _PAGE = 1000
 
@@ -42,7 +44,19 @@ async def read_universe(client: aioredis.Redis) -> uv.Universe:
         start = "(" + bytes(page[-1][0]).decode()
 
 
-async def fetch_candidates(rest: BinanceRestClient | CoinbaseRestClient) -> list[tiers.Candidate]:
+RestClient = BinanceRestClient | CoinbaseRestClient
+
+
+def rest_client(row: ExchangeRow) -> RestClient:
+    """The REST client of an ``exchanges`` row (its ``rest_url``); use it as ``async with``."""
+    if row.adapter_kind == "binance_spot":
+        return BinanceRestClient(row.rest_url) if row.rest_url else BinanceRestClient()
+    if row.adapter_kind == "coinbase_advanced_trade":
+        return CoinbaseRestClient(row.rest_url) if row.rest_url else CoinbaseRestClient()
+    raise TickfoldError(f"exchange {row.id!r}: no REST client for adapter kind {row.adapter_kind!r}")
+
+
+async def fetch_candidates(rest: RestClient) -> list[tiers.Candidate]:
     """Tier 1 input from REST (rate limits are the clients'): exchangeInfo + ticker/24hr, or products."""
     if isinstance(rest, BinanceRestClient):
         info = await rest.exchange_info()

@@ -93,3 +93,29 @@ def fold(events: Iterable[UniverseEvent], universe: Universe | None = None) -> U
     for event in events:
         apply(universe, event)
     return universe
+
+
+class TierEntry(msgspec.Struct, frozen=True, kw_only=True):
+    tier: str
+    user: str
+    reason: str
+
+
+class SymbolView(msgspec.Struct, frozen=True, kw_only=True):
+    exchange: str
+    symbol: str
+    shared: bool
+    tiers: list[TierEntry]
+
+
+def view(universe: Universe, exchange_id: str) -> list[SymbolView]:
+    """The universe of one exchange, one row per symbol (sorted), tiers with their users and reasons."""
+    rows = []
+    for symbol, member in sorted(universe.symbols.get(exchange_id, {}).items()):
+        entries = [
+            TierEntry(tier=tier, user=user, reason=reason)
+            for tier, users in sorted(member.tiers.items())
+            for user, reason in sorted(users.items())
+        ]
+        rows.append(SymbolView(exchange=exchange_id, symbol=symbol, shared=member.shared, tiers=entries))
+    return rows

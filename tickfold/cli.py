@@ -137,9 +137,22 @@ def _parser() -> argparse.ArgumentParser:
     po_list = po_sub.add_parser("list", help="the open positions")
     po_list.add_argument("--user", help="only this user's")
     po_list.add_argument("--json", action="store_true", help="a JSON array, one object per position")
-    sy = sub.add_parser("symbols", help="the symbol universe of an exchange: each symbol, its tier(s) and why")
-    sy.add_argument("exchange")
-    sy.add_argument("--json", action="store_true", help="a JSON array, one object per symbol")
+    sy = sub.add_parser(
+        "symbols",
+        help="the symbol universe (each symbol, its tier(s) and why); manual adds; market data; cross-exchange ranking",
+    )
+    sy.add_argument(
+        "words",
+        nargs="+",
+        metavar="EXCHANGE | add EXCHANGE SYMBOL | remove EXCHANGE SYMBOL | market EXCHANGE | ranking",
+        help="EXCHANGE: its universe; add/remove: a manual add (checked against the exchange's REST metadata); "
+        "market: 24h volume, last price, market cap, tradable; ranking: pairs by combined USD volume",
+    )
+    sy.add_argument("--user", help="add/remove: whose manual add")
+    sy.add_argument("--reason", help="add/remove: why (shown by `tickfold symbols EXCHANGE`)")
+    sy.add_argument("--top", type=int, help="market/ranking: the first N (default 20; 0: all)")
+    sy.add_argument("--exchange", action="append", help="ranking: only these exchanges (repeatable; default all)")
+    sy.add_argument("--json", action="store_true", help="a JSON array")
     t1 = sub.add_parser("tier1", help="Tier 1: the top N symbols by 24h quote volume")
     t1_sub = t1.add_subparsers(dest="action", required=True, metavar="ACTION")
     t1_refresh = t1_sub.add_parser("refresh", help="rank from the exchange's REST API, append the changes")

@@ -14,14 +14,15 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
-from control.api import exchange_routes, feed, ops_routes, series_routes
+from control.api import exchange_routes, feed, ops_routes, series_routes, universe_routes
 from control.api.auth import SECURITY_SCHEME
 from control.api.context import STATE_KEY, ApiContext, ApiDeps, provide_context
 from control.api.errors import EXCEPTION_HANDLERS
 
 DESCRIPTION = """\
 tickfold's HTTP API: exchanges and their connection state, control commands (appended to the control
-stream; bearer token), candles and MACD-V through the dual-read, alerts, health and Prometheus metrics.
+stream; bearer token), the symbol universe (manual adds, market data, the cross-exchange ranking), candles
+and MACD-V through the dual-read, alerts, health and Prometheus metrics.
 
 WebSocket `/ws` (not in this document): send `{"subscribe": [{"exchange": "binance", "kind": "closes"|"alerts",
 "symbol"?: ..., "timeframe"?: ...}, ...]}`; receive `{"subscribed": [...]}`, then
@@ -50,7 +51,13 @@ def create_app(deps: ApiDeps) -> Litestar:
             await ctx.close()
 
     return Litestar(
-        route_handlers=[*exchange_routes.ROUTES, *series_routes.ROUTES, *ops_routes.ROUTES, feed.feed],
+        route_handlers=[
+            *exchange_routes.ROUTES,
+            *universe_routes.ROUTES,
+            *series_routes.ROUTES,
+            *ops_routes.ROUTES,
+            feed.feed,
+        ],
         dependencies={"ctx": Provide(provide_context, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         state=State({STATE_KEY: ctx}),

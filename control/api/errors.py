@@ -4,6 +4,8 @@
     missing / wrong bearer token ................ 401 unauthorized
     control disabled (no api_token) ............. 403 forbidden
     unknown exchange / symbol / route ........... 404 not_found
+    a symbol that does not trade (manual add) ... 422 not_tradable
+    an exchange's REST API failing .............. 502 exchange_unavailable
     Redis / PostgreSQL unreachable, not migrated  503 unavailable
     a bug ........................................ 500 internal (logged; the detail names no internals)
 
@@ -20,6 +22,8 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from control.api.schemas import ErrorBody
+from control.manual import NoManualAdd, NotTradable
+from streams.rest.errors import RestError
 from streams.symbols import UnknownSymbol
 from tickfold.errors import KeyFormatError, StoreUnavailable, TickfoldError, UnknownExchange
 
@@ -56,6 +60,12 @@ def on_tickfold_error(_: Request[Any, Any, Any], exc: TickfoldError) -> Response
         return error_response(404, "unknown_exchange", str(exc))
     if isinstance(exc, UnknownSymbol):
         return error_response(404, "unknown_symbol", str(exc))
+    if isinstance(exc, NoManualAdd):
+        return error_response(404, "not_found", str(exc))
+    if isinstance(exc, NotTradable):
+        return error_response(422, "not_tradable", str(exc))
+    if isinstance(exc, RestError):
+        return error_response(502, "exchange_unavailable", str(exc))
     if isinstance(exc, KeyFormatError):
         return error_response(400, "bad_request", str(exc))
     if isinstance(exc, StoreUnavailable):

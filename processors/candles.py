@@ -303,13 +303,13 @@ class CandleProcessor:
             try:
                 return await self._commit(client, entries, fence)
             except WatchError:
-                log.info("%s: position moved under us, re-folding the batch", self.position_key)
+                log.info("%s: position or placement changed under us, re-folding the batch", self.position_key)
         raise ProjectionConflict(f"{self.position_key} kept changing during {_MAX_CONFLICT_RETRIES} attempts")
 
     async def _commit(self, client: aioredis.Redis, entries: Sequence[Entry], fence: Fence) -> BatchResult:
         with translated(f"committing candles of {self.stream}"):
             async with client.pipeline(transaction=True) as pipe:
-                await pipe.watch(self.position_key, fence.key)
+                await pipe.watch(self.position_key, fence.key, keys.placement(self.exchange_id))
                 await fence.check(pipe)
                 raw_last: Any = await pipe.get(self.position_key)
                 raw_mark: Any = await pipe.get(self.watermark_key)
@@ -326,6 +326,7 @@ class CandleProcessor:
                 if self.rollups:
                     await self._rollups(client, books, closes, watermark, due, scope, plan.rest_rollups)
                 pipe.multi()  # type: ignore[no-untyped-call]
+                scope.queue_moves(pipe)  # a symbol changing tiers: its history first, then the batch
                 self._queue(
                     pipe, books, states, stored_states, due, closes, plan.dead, entries, raw_last, watermark, scope
                 )

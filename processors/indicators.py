@@ -186,7 +186,7 @@ class IndicatorProcessor:
                 raised = await self._commit(client, entries, fence, changed, dead)
                 break
             except WatchError:
-                log.info("%s: alert ids changed under us, recomputing", self.stream)
+                log.info("%s: alert ids or placement changed under us, recomputing", self.stream)
         else:
             raise ProjectionConflict(f"{self.ids_key} kept changing during {_MAX_CONFLICT_RETRIES} attempts")
         if raised:
@@ -207,7 +207,7 @@ class IndicatorProcessor:
     ) -> list[Alert]:
         with translated(f"committing indicators of {self.exchange_id}"):
             async with client.pipeline(transaction=True) as pipe:
-                await pipe.watch(fence.key, self.ids_key)
+                await pipe.watch(fence.key, self.ids_key, keys.placement(self.exchange_id))
                 await fence.check(pipe)
                 order = sorted(changed)
                 scope = await Scope.load(client, self.exchange_id, {symbol for symbol, _ in order})
@@ -245,6 +245,7 @@ class IndicatorProcessor:
                     known: Any = await pipe.zmscore(self.ids_key, [a.id for a in fresh])
                     raised = [a for a, score in zip(fresh, known, strict=True) if score is None]
                 pipe.multi()  # type: ignore[no-untyped-call]
+                scope.queue_moves(pipe)  # a symbol changing tiers: its history first, then the batch
                 for name, since, pts_ in writes:
                     targets, expiry = scope.write_keys(name)  # user overflow keys for overflow symbols
                     for key in targets:

@@ -11,6 +11,9 @@ dual-read that finds it (DATA-04).
   runs to the holder's expiry; :func:`hold` refreshes the TTL of the keys already written (listed in
   ``userkeys:{user}:{exchange_id}:{symbol}``). After :func:`release` (position closed) nothing
   refreshes them and they run out. A symbol in the pool is shared even if users hold it: never stored twice.
+* A symbol that changes tiers (enters or leaves the pool, gains or loses holders) carries its history
+  with it: the first batch that sees the new placement copies its series there and deletes the keys
+  it leaves, in the same MULTI (:mod:`projections.placement`).
 * :func:`read_candles` / :func:`read_points` look in the exchange-scoped key first, then in the user's,
   and say which answered.
 
@@ -26,7 +29,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from projections import store
+from projections import placement, store
 from projections.candles import Candle
 from streams import keys
 from streams.log import translated
@@ -66,34 +69,52 @@ class Scope:
 
     exchange_id: str
     overflow: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # symbol -> [(holder, expiry ms)]
+    moves: dict[str, placement.Move] = field(default_factory=dict)  # symbols whose series move in this batch
 
     @classmethod
     async def load(cls, client: aioredis.Redis, exchange_id: str, symbols: Iterable[str]) -> Scope:
+        """The placement of ``symbols`` now, and the moves (see :mod:`projections.placement`) it needs.
+        Call it after WATCHing ``placement:{exchange_id}`` on the committing connection."""
         symbols = sorted(set(symbols))
         scope = cls(exchange_id)
         if not symbols:
             return scope
         with translated(f"reading the symbol scope of {exchange_id}"):
-            if not await client.scard(keys.pool(exchange_id)):
-                return scope  # no pool defined: everything is shared (one round trip)
             pipe = client.pipeline(transaction=False)
-            pipe.smismember(keys.pool(exchange_id), symbols)
-            for s in symbols:
-                pipe.zrange(keys.holders(exchange_id, s), 0, -1, withscores=True)
-            replies: Any = await pipe.execute()
-            now = await now_ms(client)
-        for s, in_pool, holders in zip(symbols, replies[0], replies[1:], strict=True):
-            live = sorted((u.decode(), int(score)) for u, score in holders if score > now)
-            if not in_pool and live:
-                scope.overflow[s] = live
+            pipe.scard(keys.pool(exchange_id))
+            pipe.hmget(keys.placement(exchange_id), symbols)
+            pooled, recorded = await pipe.execute()
+            placed = {s: placement.decode_users(raw) for s, raw in zip(symbols, recorded, strict=True)}
+            if not pooled and not any(placed.values()):
+                return scope  # no pool defined and nothing placed with users: everything is shared
+            if pooled:
+                pipe = client.pipeline(transaction=False)
+                pipe.smismember(keys.pool(exchange_id), symbols)
+                for s in symbols:
+                    pipe.zrange(keys.holders(exchange_id, s), 0, -1, withscores=True)
+                replies: Any = await pipe.execute()
+                now = await now_ms(client)
+                for s, in_pool, holders in zip(symbols, replies[0], replies[1:], strict=True):
+                    live = sorted((u.decode(), int(score)) for u, score in holders if score > now)
+                    if not in_pool and live:
+                        scope.overflow[s] = live
+        for s in symbols:
+            if (new := tuple(scope.holders(s))) != placed[s]:
+                scope.moves[s] = await placement.plan_move(client, exchange_id, s, placed[s], new)
         return scope
 
     def _symbol(self, key: str) -> str:
         return key.split(":")[2]
 
     def read_key(self, key: str) -> str:
-        """Where the series named by the shared ``key`` is read from."""
-        placed = self.overflow.get(self._symbol(key))
+        """Where the series named by the shared ``key`` is read from (during a move: where it was)."""
+        symbol = self._symbol(key)
+        if (move := self.moves.get(symbol)) is not None:
+            if not move.old:
+                return key
+            kind, exchange_id, symbol, *rest = key.split(":")
+            return move.source.get(key) or self._user_key(kind, move.old[0], exchange_id, symbol, rest)
+        placed = self.overflow.get(symbol)
         if placed is None:
             return key
         kind, exchange_id, symbol, *rest = key.split(":")
@@ -129,6 +150,32 @@ class Scope:
             pipe.sadd(index, target)
             pipe.pexpireat(target, until)
             pipe.pexpireat(index, until)
+
+
+    def queue_moves(self, pipe: Any) -> None:
+        """In the caller's MULTI, before the batch's own writes: carry each moving symbol's series to its
+        new keys, delete the keys it leaves, record the new placement (:mod:`projections.placement`)."""
+        for symbol, move in sorted(self.moves.items()):
+            for name, members in move.members.items():
+                targets, expiry = self.write_keys(name)
+                for target in targets:
+                    if target == move.source[name]:
+                        continue  # a holder that stays: their copy is already there
+                    pipe.delete(target)
+                    if members:
+                        pipe.zadd(target, dict(members))
+                if members and expiry is None and name.startswith("candles:"):
+                    pipe.sadd(keys.candle_index(self.exchange_id), name)
+                self.queue_expiry(pipe, name, targets, expiry)
+            if move.stale:
+                pipe.delete(*move.stale)
+                candles = [k for k in move.stale if k.startswith("candles:")]
+                if candles:
+                    pipe.srem(keys.candle_index(self.exchange_id), *candles)
+            if move.new:
+                pipe.hset(keys.placement(self.exchange_id), symbol, placement.encode_users(move.new))
+            else:
+                pipe.hdel(keys.placement(self.exchange_id), symbol)
 
 
 @dataclass(frozen=True)

@@ -216,6 +216,26 @@ def holders(exchange_id: str, symbol: str) -> str:
     return f"holders:{exchange_part(exchange_id)}:{_part('symbol', symbol)}"
 
 
+INDICATOR_KINDS = ("macdv",)  # the ``type`` parts of indicator series
+
+
+def placement(exchange_id: str) -> str:
+    """``placement:{exchange_id}``: a hash, symbol -> the users (comma-separated) whose overflow keys hold
+    the symbol's series; a symbol without a field lives in the shared, exchange-scoped keys."""
+    return f"placement:{exchange_part(exchange_id)}"
+
+
+def shared_of_user_key(key: str) -> str:
+    """The shared series a user overflow key copies: ``usercandles:{u}:{ex}:{sym}:{tf}`` ->
+    ``candles:{ex}:{sym}:{tf}``, ``userindicator:{u}:{ex}:{sym}:{tf}:{type}`` -> ``indicator:...``."""
+    kind, _user, *rest = key.split(":")
+    if kind == "usercandles" and len(rest) == 3:
+        return candles(*rest)
+    if kind == "userindicator" and len(rest) == 4:
+        return indicator(*rest)
+    raise KeyFormatError(f"not a user overflow series key: {key!r}")
+
+
 def user_keys(user_id: str, exchange_id: str, symbol: str) -> str:
     return f"userkeys:{_part('user_id', user_id)}:{exchange_part(exchange_id)}:{_part('symbol', symbol)}"
 

@@ -123,3 +123,88 @@ async def test_overflow_indicators_and_their_dual_read(client: aioredis.Redis) -
     assert source == "user:u1" and len(pts) == 5
     source, pts = await read_points(client, "coinbase", "BTC-USD", "1m", limit=5, user_id="u1")
     assert source == "exchange" and len(pts) == 5
+
+
+async def _everything(client: aioredis.Redis, pattern: str) -> dict[str, list[Any]]:
+    """Every series matching ``pattern`` -> its members with scores."""
+    return {k.decode(): await client.zrange(k, 0, -1, withscores=True) async for k in client.scan_iter(pattern)}
+
+
+async def _shared_reference(redis_url: str, frames: list[bytes]) -> dict[str, list[Any]]:
+    """The SOL-USD candle and indicator series when everything is shared, on database 13."""
+    from streams import log
+
+    ref = aioredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/13")
+    try:
+        await ref.flushdb()
+        await log.append_frames(ref, "coinbase", [(f, 0) for f in frames])
+        await drain(ref, ["coinbase"])
+        return {**await _everything(ref, "candles:coinbase:SOL-USD:*"), **await _everything(ref, "indicator:*SOL*")}
+    finally:
+        await ref.flushdb()
+        await ref.aclose()
+
+
+def _as_user(series: dict[str, list[Any]], user: str) -> dict[str, list[Any]]:
+    out = {}
+    for key, members in series.items():
+        kind, ex, symbol, *rest = key.split(":")
+        name = (
+            keys.usercandles(user, ex, symbol, *rest)
+            if kind == "candles"
+            else keys.userindicator(user, ex, symbol, *rest)
+        )
+        out[name] = members
+    return out
+
+
+async def test_a_symbol_changing_tiers_keeps_its_history(client: aioredis.Redis, redis_url: str) -> None:
+    """SYM-04: SOL-USD is held by u1 outside Tier 1 (u1's overflow keys), enters Tier 1 (the shared keys,
+    u1's copy deleted), leaves it again while u1 and now u2 hold it (both users' keys, shared deleted).
+    At each step the series equal an all-shared fold of the same frames: nothing lost, nothing doubled."""
+    from streams import log
+    from tests.synthetic import synthetic_day
+
+    day = [f for f in synthetic_day(every_ms=120_000) if b'"BTC-USD"' in f or b'"SOL-USD"' in f]
+    third = len(day) // 3
+    parts = [day[:third], day[third : 2 * third], day[2 * third :]]
+    upto_two = await _shared_reference(redis_url, parts[0] + parts[1])
+    upto_three = await _shared_reference(redis_url, day)
+    assert any(k.startswith("indicator:") for k in upto_three) and any(k.startswith("candles:") for k in upto_three)
+
+    await client.sadd(keys.pool("coinbase"), "BTC-USD")
+    await scope.hold(client, "coinbase", "SOL-USD", "u1", ttl_ms=60_000)
+    await log.append_frames(client, "coinbase", [(f, 0) for f in parts[0]])
+    await drain(client, ["coinbase"])
+    assert await _everything(client, "candles:coinbase:SOL-USD:*") == {}
+    assert await client.hget(keys.placement("coinbase"), "SOL-USD") == b"u1"
+
+    await client.sadd(keys.pool("coinbase"), "SOL-USD")  # the ranking changed: SOL-USD is Tier 1 now
+    await log.append_frames(client, "coinbase", [(f, 0) for f in parts[1]])
+    await drain(client, ["coinbase"])
+    shared = {**await _everything(client, "candles:coinbase:SOL-USD:*"), **await _everything(client, "indicator:*SOL*")}
+    assert shared == upto_two
+    assert await _everything(client, "usercandles:u1:*") == {} == await _everything(
+        client, "userindicator:u1:*"
+    ) and not await client.exists(
+        keys.user_keys("u1", "coinbase", "SOL-USD")
+    )  # held, but in Tier 1: shared, not stored twice
+    assert not await client.hexists(keys.placement("coinbase"), "SOL-USD")
+
+    await client.srem(keys.pool("coinbase"), "SOL-USD")  # out of Tier 1 again, held by u1 and now u2
+    await scope.hold(client, "coinbase", "SOL-USD", "u2", ttl_ms=90_000)
+    await log.append_frames(client, "coinbase", [(f, 0) for f in parts[2]])
+    await drain(client, ["coinbase"])
+    assert await _everything(client, "candles:coinbase:SOL-USD:*") == {}
+    assert await _everything(client, "indicator:*SOL*") == {}
+    for user, high in (("u1", 60_000), ("u2", 90_000)):
+        mine = {
+            **await _everything(client, f"usercandles:{user}:*"),
+            **await _everything(client, f"userindicator:{user}:*"),
+        }
+        assert mine == _as_user(upto_three, user)
+        for key in _as_user(upto_three, user):
+            assert 0 < await client.pttl(key) <= high
+    assert await client.hget(keys.placement("coinbase"), "SOL-USD") == b"u1,u2"
+    index: Any = await client.smembers(keys.candle_index("coinbase"))
+    assert b"candles:coinbase:SOL-USD:1m" not in index

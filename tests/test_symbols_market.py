@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from control.api import ApiDeps, create_app, run_api
 from control.exchanges import set_urls
 from migrations.runner import migrate
 from streams import keys
-from streams.rest import CoinbaseRestClient
+from streams.rest import BinanceRestClient, CoinbaseRestClient
 from streams.simulator import Simulator
 from tests.realdata import COINBASE_AT
 from tests.support import drain, ingest
@@ -231,8 +232,6 @@ async def test_manual_add_in_tier1_is_shared_outside_it_overflows_and_is_removed
 async def test_binance_manual_add_by_canonical_name_and_the_manual_holds(
     client: aioredis.Redis, sim: Simulator
 ) -> None:
-    from streams.rest import BinanceRestClient
-
     async with BinanceRestClient(sim.urls["binance"].rest_url) as bn:
         checked, event = await manual.add_manual(client, bn, "binance", "eth/btc", "u3", ttl_ms=60_000)
     assert (checked.symbol, checked.native) == ("ETH-BTC", "ETHBTC") and event is not None
@@ -240,6 +239,23 @@ async def test_binance_manual_add_by_canonical_name_and_the_manual_holds(
     assert 0 < (await client.zscore(keys.holders("binance", "ETH-BTC"), "u3") or 0)
     removed = await manual.remove_manual(client, "binance", "ETHBTC", "u3")
     assert removed.symbol == "ETH-BTC" and removed.tier == "manual"
+
+
+async def test_a_manual_add_and_a_position_of_one_user_keep_the_hold_until_both_are_gone(
+    client: aioredis.Redis, dsn: str, sim: Simulator
+) -> None:
+    holders = keys.holders("binance", "ETH-USDT")
+    async with BinanceRestClient(sim.urls["binance"].rest_url) as bn:
+        await manual.add_manual(client, bn, "binance", "ETHUSDT", "u1")
+    await positions.open_position(dsn, client, "u1", "binance", "ETHUSDT", Decimal("1"))
+    await positions.close_position(dsn, client, "u1", "binance", "ETHUSDT")
+    assert await client.zscore(holders, "u1") is not None  # still added manually: still held
+    await positions.open_position(dsn, client, "u1", "binance", "ETHUSDT", Decimal("2"))
+    await manual.remove_manual(client, "binance", "ETH-USDT", "u1")
+    assert await client.zscore(holders, "u1") is not None  # the position still holds it
+    await positions.close_position(dsn, client, "u1", "binance", "ETHUSDT")
+    assert await client.zscore(holders, "u1") is None
+    assert (await t1.read_universe(client)).watched("binance") == []
 
 
 # --------------------------------------------------------------------------------- SYM-05 market data

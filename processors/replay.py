@@ -1,0 +1,267 @@
+"""Replay: raw frames of a range through the live fold code, into an isolated target.
+
+The same code as live processing, not a copy of it: each batch of raw entries (archive, then stream;
+:mod:`processors.replay_source`) goes to :meth:`CandleProcessor.handle` on the *target* Redis (another
+logical database, or a private server), and after every batch that closed candles the
+:class:`IndicatorProcessor` folds the new ``closes:{exchange_id}`` entries there, as the live
+processors do side by side. Fences are lease keys the replay sets in the target (no live processor
+runs there). The source is only read.
+
+Exact, not approximate: a candle in the range needs every frame of its bucket, and MACD-V needs every
+earlier candle, so the fold starts at the beginning of the data (archive included) and runs until
+each partition's event time has passed the end of the range by the *horizon* (the longest timeframe
+reported, plus the close grace, plus a minute for late frames); what is reported is what falls in the
+range (candle start in ``[start_ms, end_ms)``). A frame appended later that still changes a bucket
+of the range (a REST backfill of it, hours later) is folded only with ``to_end`` (everything up to the
+stream's end at the start of the replay). ``warmup_ms`` starts the fold that long before the range
+instead: faster, and *not exact* (partial first buckets; EMAs seeded late).
+
+Frames are merged over the partitions by event time, cut by event time (frame by frame, so the
+batching never moves the cut), and paced by it with ``speed`` (1 = real time, N = N x; None = as
+fast as possible). The target keeps every candle and point of the replay (its histories are raised so
+the range is never trimmed away): that changes what is kept, not what is computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from processors.candles import GROUP as CANDLES
+from processors.candles import NATIVE_TIMEFRAMES, CandleProcessor, event_ns
+from processors.indicators import GROUP as INDICATORS
+from processors.indicators import IndicatorProcessor
+from processors.leases import Fence
+from processors.replay_source import Sources, batches
+from projections.watermark import duration_ms
+from streams import keys, log
+from streams.frames import decode_frame
+from streams.log import Entry
+from streams.symbols import SymbolMap
+from tickfold.errors import FrameDecodeError, TickfoldError
+from tickfold.settings import Settings
+
+SETTLE_MS = 60_000  # late frames (a Binance final after the watermark closed its kline) within this still count
+_TARGET_TOKEN = b"replay"
+
+
+class ReplayNoData(TickfoldError):
+    """The range holds nothing to replay."""
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    start_ms: int  # candles starting at or after this (epoch ms, event time) ...
+    end_ms: int  # ... and before this
+    symbols: frozenset[str] | None = None  # canonical; None: every symbol
+    timeframes: tuple[str, ...] | None = None  # None: every timeframe
+    speed: float | None = None  # None: as fast as possible; 1.0 real time; N: N x real time
+    to_end: bool = False  # fold up to the stream's end, not only until the range has settled
+    warmup_ms: int | None = None  # start folding this long before start_ms (NOT exact)
+
+
+@dataclass
+class ReplayStats:
+    frames: int = 0
+    batches: int = 0
+    dead: int = 0
+    closes: int = 0
+    alerts: int = 0
+    skipped_warmup: int = 0
+    first_event_ms: int | None = None
+    last_event_ms: int | None = None
+    beyond_ms: int | None = None  # the earliest event time of the frames past the stop (not folded)
+    seconds: float = 0.0
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def candle_processor(
+    settings: Settings, exchange_id: str, partition: int, symbols: SymbolMap, *, history: int
+) -> CandleProcessor:
+    """A candle processor configured as ``tickfold process`` configures it (tickfold.commands.run_processors)."""
+    return CandleProcessor(
+        exchange_id,
+        partition,
+        symbols,
+        history=history,
+        trade_timeframes=settings.trade_timeframes(exchange_id),
+        rollups=settings.rollup_plan(exchange_id, NATIVE_TIMEFRAMES.get(exchange_id, ())),
+        close_grace_ms=settings.close_grace_ms,
+    )
+
+
+def indicator_processor(settings: Settings, exchange_id: str, *, history: int) -> IndicatorProcessor:
+    return IndicatorProcessor(exchange_id, window=settings.indicator_window, history=history)
+
+
+def timeframes_in_play(settings: Settings, exchange_id: str) -> tuple[str, ...]:
+    """The timeframes the candle processor writes for an exchange (besides whatever klines the feed carries)."""
+    rollups = tuple(t for t, _ in settings.rollup_plan(exchange_id, NATIVE_TIMEFRAMES.get(exchange_id, ())))
+    return ("1m", *NATIVE_TIMEFRAMES.get(exchange_id, ()), *settings.trade_timeframes(exchange_id), *rollups)
+
+
+def horizon_ms(settings: Settings, exchange_id: str, timeframes: tuple[str, ...] | None) -> int:
+    """How far past the range's end event time must go before the range's candles have settled."""
+    tfs = timeframes or timeframes_in_play(settings, exchange_id)
+    return max(duration_ms(tf, 0) for tf in tfs) + settings.close_grace_ms + SETTLE_MS
+
+
+@dataclass
+class Fold:
+    """The live processors over one exchange, writing to ``client`` under the given fences."""
+
+    client: aioredis.Redis
+    candles: dict[int, CandleProcessor]
+    fences: dict[int, Fence]
+    indicators: IndicatorProcessor | None
+    indicator_fence: Fence | None
+    consumer: str = "replay"
+    batch_size: int = 500
+    stats: ReplayStats = field(default_factory=ReplayStats)
+
+    async def prepare(self) -> None:
+        if self.indicators is not None:
+            await log.ensure_group(self.client, self.indicators.stream, INDICATORS)
+
+    async def feed(self, partition: int, entries: list[Entry]) -> None:
+        result = await self.candles[partition].handle(self.client, entries, self.fences[partition])
+        self.stats.frames += result.processed
+        self.stats.batches += 1
+        self.stats.dead += result.dead
+        self.stats.closes += result.events
+        if result.events:
+            await self.drain_indicators()
+
+    async def drain_indicators(self) -> None:
+        """Fold every close not yet read by the indicators group, as the live indicator processor does."""
+        if self.indicators is None or self.indicator_fence is None:
+            return
+        while True:
+            got = await log.read_group(
+                self.client, self.indicators.stream, INDICATORS, self.consumer, count=self.batch_size, block_ms=None
+            )
+            if not got:
+                return
+            result = await self.indicators.handle(self.client, got, self.indicator_fence)
+            self.stats.alerts += result.events
+
+
+async def claim_target(client: aioredis.Redis, exchange_id: str, partitions: int) -> tuple[dict[int, Fence], Fence]:
+    """Lease keys in a replay target, held by the replay for good (no live processor runs there)."""
+    pipe = client.pipeline(transaction=False)
+    fences = {p: Fence(keys.lease(CANDLES, exchange_id, p), _TARGET_TOKEN) for p in range(partitions)}
+    indicator = Fence(keys.lease(INDICATORS, exchange_id, 0), _TARGET_TOKEN)
+    for fence in [*fences.values(), indicator]:
+        pipe.set(fence.key, fence.token)
+    with log.translated("claiming the replay target"):
+        await pipe.execute()
+    return fences, indicator
+
+
+def frame_event_ms(exchange_id: str, fields: dict[bytes, bytes]) -> int:
+    """A raw entry's exchange event time (ms); 0 when it has none or can't be decoded (the fold decides)."""
+    raw = fields.get(b"frame")
+    if raw is None:
+        return 0
+    try:
+        return event_ns(decode_frame(exchange_id, raw)) // 1_000_000
+    except FrameDecodeError:
+        return 0
+
+
+@dataclass
+class _Lane:
+    """One partition's entries, cut and timed: the next chunk to feed, and its first event time."""
+
+    partition: int
+    source: AsyncIterator[list[Entry]]
+    chunk: list[Entry] = field(default_factory=list)
+    first_ms: int = 0
+    last_ms: int = 0
+    done: bool = False
+
+
+async def run(
+    source: aioredis.Redis,
+    sources: Sources,
+    fold: Fold,
+    *,
+    exchange_id: str,
+    stop_ms: int | None,
+    start_ms: int | None,
+    speed: float | None,
+    batch_size: int,
+    partitions: set[int] | None = None,
+    progress: Callable[[ReplayStats], None] | None = None,
+) -> ReplayStats:
+    """Feed every partition's entries (up to event time ``stop_ms``; from ``start_ms`` if given) to
+    ``fold``, merged by event time, paced by ``speed``. Returns the fold's stats."""
+    stats = fold.stats
+    began = time.monotonic()
+    lanes = [
+        _Lane(part.partition, batches(source, sources, part, size=batch_size))
+        for part in sources.parts
+        if partitions is None or part.partition in partitions
+    ]
+    ready: list[tuple[int, int]] = []
+    for i, lane in enumerate(lanes):
+        if await _advance(lane, exchange_id, stop_ms, start_ms, stats):
+            heapq.heappush(ready, (lane.first_ms, i))
+    first_event: int | None = None
+    paced_from = time.monotonic()
+    while ready:
+        _, i = heapq.heappop(ready)
+        lane = lanes[i]
+        if speed is not None and lane.first_ms:
+            first_event = lane.first_ms if first_event is None else first_event
+            delay = paced_from + (lane.first_ms - first_event) / 1000 / speed - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await fold.feed(lane.partition, lane.chunk)
+        if lane.first_ms:
+            stats.first_event_ms = min(stats.first_event_ms or lane.first_ms, lane.first_ms)
+            stats.last_event_ms = max(stats.last_event_ms or 0, lane.last_ms)
+        stats.seconds = time.monotonic() - began
+        if progress is not None:
+            progress(stats)
+        if await _advance(lane, exchange_id, stop_ms, start_ms, stats):
+            heapq.heappush(ready, (lane.first_ms, i))
+    stats.seconds = time.monotonic() - began
+    return stats
+
+
+async def _advance(
+    lane: _Lane, exchange_id: str, stop_ms: int | None, start_ms: int | None, stats: ReplayStats
+) -> bool:
+    """Load the lane's next chunk: entries up to (not including) the first one past ``stop_ms``, those before
+    ``start_ms`` left out. False when the lane is finished."""
+    lane.chunk = []
+    while not lane.done and not lane.chunk:
+        try:
+            entries = await anext(lane.source)
+        except StopAsyncIteration:
+            lane.done = True
+            break
+        first = last = 0
+        for entry in entries:
+            ms = frame_event_ms(exchange_id, entry[1])
+            if stop_ms is not None and ms > stop_ms:
+                lane.done = True  # the partition's event time is past the range's horizon: stop here
+                stats.beyond_ms = min(stats.beyond_ms or ms, ms)
+                break
+            if start_ms is not None and 0 < ms < start_ms:
+                stats.skipped_warmup += 1
+                continue
+            lane.chunk.append(entry)
+            if ms:
+                first, last = first or ms, max(last, ms)
+        lane.first_ms, lane.last_ms = first or lane.last_ms, max(last, lane.last_ms)
+    return bool(lane.chunk)

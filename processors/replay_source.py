@@ -1,0 +1,162 @@
+"""Where a replay reads raw frames: the archive (PostgreSQL) first, then the live stream after it.
+
+One partition stream ``frames:{exchange_id}:p{n}`` at a time, in entry-id order, with no entry twice
+and none missing: the archive holds what was trimmed from the stream (:mod:`streams.archive`), the
+stream holds the rest. Reading goes archive -> stream -> archive ... as long as the stream says it
+lost entries (``max-deleted-entry-id``, Redis 7) beyond what has been read: trimming behind the
+archiver during a long replay is followed, and an entry that is in neither place stops the replay
+with :class:`ReplayGapError` instead of folding a history with a hole in it.
+
+Every partition is read up to the position it had when the replay began (``until``), so a replay
+ends even while frames keep arriving, and reads only (XRANGE, XINFO, GET): it never writes to the
+source. The archive is optional: without a database (or before anything was archived) the stream
+alone is the source, and it must then still hold its first entry.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+import redis.asyncio as aioredis
+
+from streams import keys
+from streams.log import Entry, ResponseError, parse_id, stored_partitions, translated
+from tickfold.errors import TickfoldError
+
+Position = tuple[int, int]
+
+
+class ReplayGapError(TickfoldError):
+    """Frames were trimmed from a raw stream and are not in the archive: an exact replay is impossible."""
+
+
+class ArchiveReader(Protocol):
+    """The reader API of :mod:`streams.archive` (PostgreSQL), as a replay uses it."""
+
+    def read_archived(
+        self, dsn: str, stream: str, *, after: Position = ..., until: Position | None = ..., batch: int = ...
+    ) -> AsyncIterator[list[Entry]]: ...
+
+    def archived_position(self, dsn: str, stream: str) -> Awaitable[Position | None]: ...
+
+    def archived_streams(self, dsn: str, prefix: str = "") -> Awaitable[list[str]]: ...
+
+
+def archive_reader() -> ArchiveReader | None:
+    """The archive's reader, or None where this installation has no archive module."""
+    try:
+        return cast(ArchiveReader, importlib.import_module("streams.archive"))
+    except ModuleNotFoundError:
+        return None
+
+
+def id_text(position: Position) -> str:
+    return f"{position[0]}-{position[1]}"
+
+
+@dataclass(frozen=True)
+class PartitionSource:
+    """One partition of a replay: its stream name and the position it is read up to (inclusive)."""
+
+    partition: int
+    stream: str
+    until: Position
+    archived: Position | None  # how far the archive reaches (None: nothing archived, or no archive)
+
+
+@dataclass(frozen=True)
+class Sources:
+    exchange_id: str
+    partitions: int
+    parts: list[PartitionSource]
+    dsn: str | None
+    archive: ArchiveReader | None
+
+
+async def _last_id(client: aioredis.Redis, stream: str) -> Position | None:
+    with translated(f"reading the end of {stream}"):
+        newest: Any = await client.xrevrange(stream, count=1)
+    return parse_id(newest[0][0]) if newest else None
+
+
+async def max_deleted(client: aioredis.Redis, stream: str) -> Position:
+    """The newest id ever deleted (trimmed) from ``stream``; (0, 0) if none, or on Redis < 7 (not reported)."""
+    with translated(f"inspecting {stream}"):
+        try:
+            info: Any = await client.xinfo_stream(stream)
+        except ResponseError:  # no such key
+            return (0, 0)
+    raw = info.get("max-deleted-entry-id") or info.get(b"max-deleted-entry-id")
+    return parse_id(raw) if raw else (0, 0)
+
+
+async def plan(client: aioredis.Redis, exchange_id: str, dsn: str | None) -> Sources:
+    """The partitions of an exchange (the stored count, or the archive's streams when the stream keys are
+    gone) and the position each is read up to: its newest entry now, or the archive's end."""
+    archive = archive_reader() if dsn else None
+    count = await stored_partitions(client, exchange_id) or 0
+    prefix = f"{keys.frames_stream(exchange_id, 0)[:-1]}"  # frames:{exchange_id}:p
+    if archive is not None and dsn is not None:
+        for name in await archive.archived_streams(dsn, prefix):
+            suffix = name[len(prefix) :]
+            if suffix.isdigit():
+                count = max(count, int(suffix) + 1)
+    parts: list[PartitionSource] = []
+    for p in range(count):
+        stream = keys.frames_stream(exchange_id, p)
+        archived = await archive.archived_position(dsn, stream) if archive is not None and dsn is not None else None
+        last = await _last_id(client, stream)
+        until = max(last or (0, 0), archived or (0, 0))
+        if until > (0, 0):
+            parts.append(PartitionSource(p, stream, until, archived))
+    return Sources(exchange_id, count, parts, dsn if archive is not None else None, archive)
+
+
+async def batches(
+    client: aioredis.Redis, sources: Sources, part: PartitionSource, *, size: int
+) -> AsyncIterator[list[Entry]]:
+    """The entries of one partition up to ``part.until``, in id order, ``size`` at a time (module docstring)."""
+    pos: Position = (0, 0)
+    while pos < part.until:
+        round_start = pos
+        if sources.archive is not None and sources.dsn is not None:
+            async for chunk in sources.archive.read_archived(
+                sources.dsn, part.stream, after=pos, until=part.until, batch=size
+            ):
+                chunk = [e for e in chunk if pos < parse_id(e[0]) <= part.until]
+                if chunk:
+                    yield chunk
+                    pos = parse_id(chunk[-1][0])
+        async for chunk in _from_stream(client, part, pos, size):
+            yield chunk
+            pos = parse_id(chunk[-1][0])
+        if pos >= part.until:
+            return
+        lost = await max_deleted(client, part.stream)
+        if lost <= pos:
+            return  # nothing deleted beyond what was read: the stream simply ends before ``until``
+        if pos == round_start:
+            where = "the archive" if sources.archive is not None else "an archive (none is configured)"
+            raise ReplayGapError(
+                f"{part.stream}: entries up to {id_text(lost)} were trimmed from the stream, and {where} does not "
+                f"hold them (read up to {id_text(pos)}): the frames after {id_text(pos)} can't be replayed exactly"
+            )
+
+
+async def _from_stream(
+    client: aioredis.Redis, part: PartitionSource, after: Position, size: int
+) -> AsyncIterator[list[Entry]]:
+    """XRANGE after ``after`` up to ``part.until``. Stops as soon as the stream has lost an entry newer than
+    the cursor (trimmed, before or while it was read): the caller then goes back to the archive."""
+    cursor = after
+    while cursor < part.until:
+        with translated(f"reading {part.stream}"):
+            reply: Any = await client.xrange(part.stream, f"({id_text(cursor)}", id_text(part.until), count=size)
+        if not reply or await max_deleted(client, part.stream) > cursor:
+            return
+        chunk: list[Entry] = [(eid, fields) for eid, fields in reply]
+        yield chunk
+        cursor = parse_id(chunk[-1][0])

@@ -1,0 +1,227 @@
+"""Replay a range of an exchange's raw frames, from Python: the backtest hand-off.
+
+    from tickfold.replay import replay_frame
+    df = replay_frame("binance", "2021-04-04T10:00Z", "2021-04-04T11:00Z", redis_url="redis://127.0.0.1:6379/0")
+    btc = df[(df.symbol == "BTC-USDT") & (df.timeframe == "1m")].set_index("time")
+    print(btc[["open", "high", "low", "close", "volume", "macdv", "signal", "histogram"]].tail())
+
+:func:`replay_frame` folds into a private, temporary redis-server (thrown away afterwards), reading the
+configured Redis (and the archive in PostgreSQL when ``database_url`` is given) without writing to
+them. :func:`replay_into` is the engine under it and under ``tickfold replay``: it folds into any target
+client (a logical database of the live server, say) and returns what fell in the range. See
+:mod:`processors.replay` for what "exact" means here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+import uvloop
+
+from processors import replay_source
+from processors.replay import (
+    Fold,
+    ReplayNoData,
+    ReplayOptions,
+    ReplayStats,
+    candle_processor,
+    claim_target,
+    horizon_ms,
+    indicator_processor,
+    run,
+)
+from processors.replay_export import ReplayResult, collect, dataframe
+from projections.watermark import duration_ms
+from streams import keys, log
+from streams.partitions import partition_of
+from streams.symbols import load_symbol_map
+from tickfold.embedded import start_redis
+from tickfold.errors import ConfigError, TickfoldError
+from tickfold.settings import Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+_UNBOUNDED = 2**31 - 1
+
+
+def parse_time(value: str | int | datetime, name: str = "time") -> int:
+    """Epoch ms from epoch ms (an int, or digits) or ISO-8601 (``2021-04-04T10:00Z``; no zone means UTC)."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, int) or value.strip().lstrip("-").isdigit():
+        return int(value)
+    else:
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ConfigError(name, f"{value!r} is neither ISO-8601 (2021-04-04T10:00Z) nor epoch ms") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def check_range(options: ReplayOptions, now_ms: int) -> None:
+    """Refuse a range that can't hold data: empty, or starting in the future (the clock is fine here:
+    this is the command line, not a fold)."""
+    if options.end_ms <= options.start_ms:
+        raise ConfigError("--to", f"{iso(options.end_ms)} is not after --from {iso(options.start_ms)}")
+    if options.start_ms > now_ms:
+        raise ConfigError(
+            "--from", f"{iso(options.start_ms)} is in the future (now is {iso(now_ms)}): nothing to replay"
+        )
+    for tf in options.timeframes or ():
+        try:
+            keys.timeframe_part(tf)
+            duration_ms(tf, 0)
+        except ValueError as exc:
+            raise ConfigError("--timeframes", str(exc)) from None
+
+
+async def replay_into(
+    source: aioredis.Redis,
+    target: aioredis.Redis,
+    settings: Settings,
+    exchange_id: str,
+    options: ReplayOptions,
+    *,
+    dsn: str | None = None,
+    progress: Callable[[ReplayStats], None] | None = None,
+    on_plan: Callable[[int, int], None] | None = None,
+) -> tuple[ReplayResult, ReplayStats]:
+    """Fold ``exchange_id``'s frames (archive at ``dsn``, then ``source``'s streams) into ``target`` and
+    return what fell in the range. ``target`` must hold nothing of the exchange yet. ``on_plan`` is told
+    the event-time span the fold will cover (first frame's, stop), for a progress bar."""
+    check_range(options, int(time.time() * 1000))
+    with log.translated("inspecting the replay target"):
+        used: Any = await target.exists(keys.candle_index(exchange_id), keys.closes_stream(exchange_id))
+    if used:
+        raise TickfoldError(f"the replay target already holds {exchange_id} projections: replay into an empty one")
+    sources = await replay_source.plan(source, exchange_id, dsn)
+    if not sources.parts:
+        raise ReplayNoData(f"no raw frames of {exchange_id}: frames:{exchange_id}:p* is empty and nothing is archived")
+    symbols = await load_symbol_map(source, exchange_id)
+    wanted_parts: set[int] | None = None
+    if options.symbols is not None:
+        wanted_parts = {partition_of(symbols.native(s), sources.partitions) for s in options.symbols}
+    stop_ms = None if options.to_end else options.end_ms + horizon_ms(settings, exchange_id, options.timeframes)
+    start_ms = None if options.warmup_ms is None else options.start_ms - options.warmup_ms
+    if stop_ms is not None:
+        history = settings.candle_history + (stop_ms - (start_ms or options.start_ms)) // 60_000 + 1
+        points = settings.indicator_history + (stop_ms - (start_ms or options.start_ms)) // 60_000 + 1
+    else:
+        history = points = _UNBOUNDED
+    fences, indicator_fence = await claim_target(target, exchange_id, sources.partitions)
+    fold = Fold(
+        target,
+        {
+            p.partition: candle_processor(settings, exchange_id, p.partition, symbols, history=history)
+            for p in sources.parts
+        },
+        fences,
+        indicator_processor(settings, exchange_id, history=points) if settings.indicators else None,
+        indicator_fence,
+        batch_size=settings.batch_size,
+    )
+    await fold.prepare()
+    if on_plan is not None:
+        on_plan(start_ms or 0, stop_ms or options.end_ms)
+    batch = settings.batch_size if options.speed is None else min(settings.batch_size, 50)
+    stats = await run(
+        source,
+        sources,
+        fold,
+        exchange_id=exchange_id,
+        stop_ms=stop_ms,
+        start_ms=start_ms,
+        speed=options.speed,
+        batch_size=batch,
+        partitions=wanted_parts,
+        progress=progress,
+    )
+    result = await collect(
+        target, exchange_id, options.start_ms, options.end_ms, symbols=options.symbols, timeframes=options.timeframes
+    )
+    if not result.candles:
+        if stats.first_event_ms is not None and stats.last_event_ms is not None:
+            covered = f"the frames folded span {iso(stats.first_event_ms)} .. {iso(stats.last_event_ms)}"
+        elif stats.beyond_ms is not None:
+            covered = f"the data begins later, at {iso(stats.beyond_ms)}"
+        else:
+            covered = "no frame folded carries an event time"
+        raise ReplayNoData(
+            f"no {exchange_id} candles{_filters(options)} start in [{iso(options.start_ms)}, {iso(options.end_ms)}): "
+            f"{covered}"
+        )
+    return result, stats
+
+
+def _filters(options: ReplayOptions) -> str:
+    parts = [", ".join(sorted(options.symbols))] if options.symbols else []
+    if options.timeframes:
+        parts.append(", ".join(options.timeframes))
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+@contextlib.contextmanager
+def scratch_redis() -> Iterator[str]:
+    """A private redis-server in a temporary directory, without persistence, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="tickfold-replay-") as root:
+        server = start_redis(Path(root), appendonly=False)
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+async def replay_result(
+    source_url: str,
+    target_url: str,
+    settings: Settings,
+    exchange_id: str,
+    options: ReplayOptions,
+    *,
+    dsn: str | None = None,
+) -> tuple[ReplayResult, ReplayStats]:
+    async with log.connect(source_url) as source, log.connect(target_url, reply_timeout=None) as target:
+        return await replay_into(source, target, settings, exchange_id, options, dsn=dsn)
+
+
+def replay_frame(
+    exchange_id: str,
+    start: str | int | datetime,
+    end: str | int | datetime,
+    *,
+    redis_url: str,
+    database_url: str | None = None,
+    symbols: Iterable[str] | None = None,
+    timeframes: Iterable[str] | None = None,
+    settings: Settings | None = None,
+) -> pd.DataFrame:
+    """The candles of ``[start, end)`` with their MACD-V columns, replayed from the raw frames (module docstring).
+
+    Symbols may be given as the exchange writes them (``BTCUSDT``) or canonical (``BTC-USDT``)."""
+    settings = settings or Settings.load({})
+    from streams.symbols import bundled
+
+    canonical = None if symbols is None else frozenset(bundled(exchange_id).resolve(s) for s in symbols)
+    options = ReplayOptions(
+        start_ms=parse_time(start, "start"),
+        end_ms=parse_time(end, "end"),
+        symbols=canonical,
+        timeframes=None if timeframes is None else tuple(timeframes),
+    )
+    with scratch_redis() as target_url:
+        result, _ = uvloop.run(replay_result(redis_url, target_url, settings, exchange_id, options, dsn=database_url))
+    return dataframe(result)

@@ -121,3 +121,80 @@ async def test_a_running_exchange_follows_the_symbol_universe(redis_url: str, pg
             stop.set()
             async with asyncio.timeout(20):
                 await task
+
+
+def _binance(client: aioredis.Redis, sim: Simulator, symbols: tuple[str, ...], per_connection: int) -> Any:
+    from streams.adapters.base import AdapterConfig, Backoff
+    from streams.adapters.binance import BinanceAdapter, BinanceLimits
+    from streams.adapters.sink import ControlEmitter, FrameSink
+
+    cfg = AdapterConfig(
+        ws_url=sim.urls["binance"].ws_url, symbols=symbols, backoff=Backoff(base_s=0.05, factor=2.0, cap_s=0.2), seed=1
+    )
+    limits = BinanceLimits(max_streams_per_connection=per_connection, messages_per_s=50.0)
+    return BinanceAdapter(cfg, FrameSink(client, "binance"), ControlEmitter(client), limits)
+
+
+def streams_of(*symbols: str) -> set[str]:
+    return {f"{s.lower()}@{kind}" for s in symbols for kind in ("kline_1m", "aggTrade")}
+
+
+@pytest.mark.redis
+async def test_an_emptied_binance_shard_closes_and_new_symbols_open_a_new_one(redis_url: str) -> None:
+    """2 symbols (4 streams) per connection: removing the only symbol of the second connection closes it
+    (an idle connection would come back with an empty ``streams=`` URL); the first is untouched."""
+    async with Simulator(seed=5) as sim, log.connect(redis_url) as client:
+        adapter = _binance(client, sim, ("AAAUSDT", "BBBUSDT", "CCCUSDT"), per_connection=4)
+        stop = asyncio.Event()
+        task = asyncio.create_task(adapter.run(stop))
+        try:
+            await until(lambda: len(subscriptions(sim, "binance")) == 2, "two connections")
+            first, second = (c.id for c in sorted(sim.connections("binance"), key=lambda c: c.connected_at))
+            await until(lambda: set(subscriptions(sim, "binance").get(second, ())) == streams_of("CCCUSDT"), "sub")
+            await adapter.update_symbols(["AAAUSDT", "BBBUSDT"])
+            await until(lambda: second not in subscriptions(sim, "binance"), "the emptied connection closed")
+            closed = next(c for c in sim.connections("binance") if c.id == second)
+            assert closed.close_code == 1000
+            assert set(subscriptions(sim, "binance")[first]) == streams_of("AAAUSDT", "BBBUSDT")
+
+            await adapter.update_symbols(["AAAUSDT", "BBBUSDT", "DDDUSDT", "EEEUSDT"])  # the first is full
+            await until(lambda: len(subscriptions(sim, "binance")) == 2, "a new connection for the new symbols")
+            (third,) = set(subscriptions(sim, "binance")) - {first}
+            await until(lambda: set(subscriptions(sim, "binance")[third]) == streams_of("DDDUSDT", "EEEUSDT"), "sub")
+            assert len(sim.connect_times("binance")) == 3  # no reconnect of the first connection
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+        entries: Any = await client.xrange(keys.CONTROL_STREAM)
+        drops = [uv_event for _, f in entries if b"exchange:disconnected" in (uv_event := f.get(b"event", b""))]
+        assert sum(b"no subscriptions left (shard retired)" in d for d in drops) == 1
+        connecting = [f[b"event"] for _, f in entries if b"exchange:connecting" in f.get(b"event", b"")]
+        assert [c for c in connecting if b"binance-1#" in c] and [
+            c for c in connecting if b"binance-2#" in c
+        ]  # a fresh name
+
+
+@pytest.mark.redis
+async def test_more_than_1024_streams_spill_onto_a_second_connection(redis_url: str) -> None:
+    """Binance's real limit: 511 symbols x 2 streams = 1022 on one connection; growing to 514 symbols
+    fills it to exactly 1024 with SUBSCRIBE messages and opens one more for the last 4 streams. The
+    simulator refuses a SUBSCRIBE beyond 1024 streams on a connection, so an overflow would show."""
+    symbols = tuple(f"S{i:03d}USDT" for i in range(514))
+    async with Simulator(seed=6) as sim, log.connect(redis_url) as client:
+        adapter = _binance(client, sim, symbols[:511], per_connection=1024)
+        stop = asyncio.Event()
+        task = asyncio.create_task(adapter.run(stop))
+        try:
+            await until(lambda: [len(s) for s in subscriptions(sim, "binance").values()] == [1022], "1022", 30)
+            (first,) = subscriptions(sim, "binance")
+            await adapter.update_symbols(list(symbols))
+            await until(lambda: len(subscriptions(sim, "binance")) == 2, "a second connection", 30)
+            (second,) = set(subscriptions(sim, "binance")) - {first}
+            await until(lambda: len(subscriptions(sim, "binance")[first]) == 1024, "the first filled to 1024", 30)
+            await until(lambda: len(subscriptions(sim, "binance")[second]) == 4, "the rest on the second", 30)
+            together = set(subscriptions(sim, "binance")[first]) | set(subscriptions(sim, "binance")[second])
+            assert together == streams_of(*symbols)
+            assert len(sim.connect_times("binance")) == 2
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 20)

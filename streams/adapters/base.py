@@ -126,6 +126,7 @@ class Shard:
     subscriptions: tuple[str, ...]
     reconnect_now: asyncio.Event = field(default_factory=asyncio.Event)
     reconnect_reason: str = ""
+    retired: bool = False  # emptied by update_symbols while other shards still subscribe: its connection closes
 
 
 class WsAdapter:
@@ -146,6 +147,7 @@ class WsAdapter:
         self._open: dict[str, Conn] = {}  # connections whose reader runs (for disconnect_now)
         self._backoffs: set[asyncio.Future[None]] = set()  # pending backoff waits (for reconnect_now)
         self._shards: list[Shard] | None = None  # while running
+        self._shard_numbers = itertools.count()  # numbers of shards added while running
         self._tg: asyncio.TaskGroup | None = None
         self._subscribing = asyncio.Lock()  # a connection's first subscribe vs update_symbols
 
@@ -228,6 +230,10 @@ class WsAdapter:
                 if take:
                     shard.subscriptions = (*shard.subscriptions, *take)
                     changes.setdefault(shard.name, ([], []))[0].extend(take)
+            for shard in [s for s in shards if not s.subscriptions] if any(s.subscriptions for s in shards) else []:
+                shard.retired = True  # no subscriptions left: close it rather than keep an idle connection
+                shards.remove(shard)
+                shard.reconnect_now.set()
             for shard in shards:
                 added, removed = changes.get(shard.name, ([], []))
                 if not added and not removed:
@@ -239,7 +245,7 @@ class WsAdapter:
                         pass  # the connection is going away; its reconnect subscribes the shard's new list
             while new:  # every shard is full: more connections
                 take, new = new[: cap or len(new)], new[cap or len(new) :]
-                shard = Shard(f"{self.exchange_id}-{len(shards)}", tuple(take))
+                shard = Shard(f"{self.exchange_id}-{next(self._shard_numbers)}", tuple(take))
                 shards.append(shard)
                 tg.create_task(self._shard(shard))
 
@@ -251,6 +257,7 @@ class WsAdapter:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._shards, self._tg = self.shards(), tg
+                self._shard_numbers = itertools.count(len(self._shards))  # names of shards added later
                 for shard in self._shards:
                     tg.create_task(self._shard(shard))
                 tg.create_task(self._heartbeats())
@@ -271,7 +278,7 @@ class WsAdapter:
     async def _shard(self, shard: Shard) -> None:
         failures = 0
         current: Conn | None = None
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not shard.retired:
             if current is None:
                 current, failures = await self._connect(shard, failures)
                 if current is None:
@@ -279,6 +286,9 @@ class WsAdapter:
             why = await self._wait(current, shard)
             if why == "stop":
                 break
+            if shard.retired:
+                await self._close(current, "no subscriptions left (shard retired)", retry_in=None)
+                return
             if why == "ended":
                 if _failed(current):  # not a transport error: a bug, which propagates (after closing)
                     await self._close(current, "adapter error", retry_in=None)

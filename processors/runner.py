@@ -116,6 +116,7 @@ class RunnerConfig:
     stream_max_len: int = 1_000_000  # raw entries kept per partition (never trimming unacknowledged ones)
     stream_max_age_ms: int = 7 * 86_400_000
     trim_every_s: float = 10.0
+    trim_also_behind: tuple[str, ...] = ()  # other groups trimming must wait for (e.g. "archive" when archiving)
     call_timeout_s: float = 30.0  # one Redis round trip (or a blocked read, or a batch's commit) at most
 
 
@@ -184,14 +185,15 @@ class Runner:
         return self.stats
 
     async def _trim(self, held: list[int]) -> None:
-        """Bound the partitions this instance owns (count and age), behind the group's acknowledgements."""
+        """Bound the partitions this instance owns (count and age), behind the acknowledgements of the group
+        and of ``trim_also_behind`` (a group that does not exist yet there holds everything back)."""
         for p in held:
             removed = await self._retrying(
                 functools.partial(
                     trim,
                     self.client,
                     self.handlers[p].stream,
-                    (self.group,),
+                    (self.group, *self.config.trim_also_behind),
                     max_len=self.config.stream_max_len,
                     max_age_ms=self.config.stream_max_age_ms,
                 )

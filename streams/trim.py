@@ -3,7 +3,12 @@
 A partition stream is trimmed to its newest ``max_len`` entries and to entries younger than
 ``max_age_ms`` (Redis's clock, from the entry ids), but never beyond the oldest entry the group has
 not acknowledged: everything after the oldest pending entry, or after the last delivered one when
-nothing is pending, stays. (Once the archive exists, its position is one more such bound.)
+nothing is pending, stays.
+
+With archiving on, the ``archive`` group is one more such bound (the processors pass it in
+``RunnerConfig.trim_also_behind``): the archiver acknowledges an entry only after PostgreSQL committed
+it, so nothing is trimmed unarchived. A bound group that does not exist on the stream yet (the archiver
+has not started) holds everything back: it will read the stream from its start.
 """
 
 from __future__ import annotations

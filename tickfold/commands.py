@@ -31,6 +31,7 @@ from streams.frames import DECODERS
 from streams.symbols import SymbolMap, bundled, load_symbol_map
 from tickfold import (
     commands_api,
+    commands_archive,
     commands_gaps,
     commands_indicators,
     commands_live,
@@ -88,6 +89,7 @@ def dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int:
         "symbols": commands_symbols.symbols,
         "tier1": commands_symbols.tier1,
         "positions": commands_positions.positions,
+        "archive": commands_archive.archive,
     }
     return handlers[command](args, settings)
 
@@ -141,6 +143,7 @@ def process(args: argparse.Namespace, settings: Settings) -> int:
     exchanges = [check_exchange(e) for e in (args.exchange or EXCHANGES)]
     # backfill: REST URLs from the exchanges table; connection state (EXC-04) when a database is configured
     pg = settings.backfill or (settings.connection_state and settings.database_url is not None)
+    pg = pg or settings.archive  # the archiver (setting ``archive``) writes to PostgreSQL
     with servers(settings, _say, postgres=pg) as srv:
         return _run(_process(srv, settings, exchanges, until_idle=args.until_idle))
 
@@ -148,6 +151,7 @@ def process(args: argparse.Namespace, settings: Settings) -> int:
 async def _process(srv: Servers, settings: Settings, exchanges: Sequence[str], *, until_idle: bool) -> int:
     from control import connection_state
     from control import exchanges as exchange_rows
+    from processors.archiver import alongside as archiver_alongside
     from processors.gapwatch import GapWatchConfig, GapWatchStats, run_gapwatch
 
     stop = asyncio.Event()
@@ -169,6 +173,9 @@ async def _process(srv: Servers, settings: Settings, exchanges: Sequence[str], *
     async with (
         log.connect(srv.redis_url) as client,
         connection_state.alongside(client, srv.database_url, settings, until_idle=until_idle, stop=stop) as cs,
+        archiver_alongside(
+            client, srv.database_url, exchanges, commands_archive.enabled(settings), until_idle=until_idle, stop=stop
+        ) as archived,
     ):
         if not rows:
             results = await run_processors(client, settings, exchanges, until_idle=until_idle, stop=stop)
@@ -186,6 +193,10 @@ async def _process(srv: Servers, settings: Settings, exchanges: Sequence[str], *
         out.print(
             f"{exchange_id}: {t.processed} frames folded in {stats.batches} batches, "
             f"{t.skipped} redelivered skipped, {t.dead} dead-lettered, {t.events} candle-close events"
+        )
+    for label, stats in archived.items():
+        out.print(
+            f"archive {label}: {stats.totals.processed} entries archived, {stats.totals.skipped} already archived"
         )
     if cs is not None:
         out.print(f"connection state: {cs.folded} lifecycle events folded, {cs.rows_written} row writes")
@@ -219,6 +230,7 @@ async def run_processors(
         max_deliveries=settings.max_deliveries,
         stream_max_len=settings.stream_max_len,
         stream_max_age_ms=settings.stream_max_age_ms,
+        trim_also_behind=commands_archive.trim_bound(settings),
     )
     runners: dict[str, Runner] = {}
     indicator_runners: dict[str, Runner] = {}

@@ -30,6 +30,7 @@ from control.commands import Accepted, Command, Rejected, Start, Stop, append_co
 from control.desired import Desired, classify, fold, read_desired
 from control.supervisor import Supervisor, SupervisorConfig, plan_start
 from streams import keys, log
+from tickfold import commands_archive
 from tickfold.errors import ConfigError, TickfoldError, UnknownExchange
 from tickfold.runtime import servers
 from tickfold.settings import Settings
@@ -64,6 +65,8 @@ def extra_tasks(args: argparse.Namespace, settings: Settings) -> list[ServeTask]
     tasks: list[ServeTask] = [_connection_state_task, _positions_task]
     if settings.tier1_plan():
         tasks.append(_tier1_task)
+    if settings.archive and not getattr(args, "no_processors", False):  # the archiver runs with the processors
+        tasks.append(commands_archive.serve_task)
     if not getattr(args, "no_api", False):
         tasks.append(functools.partial(_api_task, host=args.api_host, port=args.api_port))
     return tasks

@@ -60,6 +60,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     api_read_open: bool = True  # False: the API's read endpoints and /ws need the token too
     tier1: str = ""  # serve refreshes Tier 1: exchange:N[:QUOTE|QUOTE...] per exchange, comma-separated
     tier1_refresh_s: float = 3600.0  # how often serve re-ranks each exchange of ``tier1`` (REST weight: ~80)
+    archive: bool = False  # serve / process also run the archiver (streams -> PostgreSQL); trimming waits for it
+    archive_retention_days: int = 0  # UTC days of archive kept (today included); 0 keeps everything
+    archive_batch_size: int = 5000  # entries the archiver reads per stream and batch (and per block at most)
 
     def __post_init__(self) -> None:
         if self.redis_url is not None:
@@ -97,6 +100,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError("tier1_refresh_s", f"must be >= 60 (REST rate limits), got {self.tier1_refresh_s}")
         if self.heartbeat_write_every_s < 0:
             raise ConfigError("heartbeat_write_every_s", f"must be >= 0, got {self.heartbeat_write_every_s}")
+        if self.archive_retention_days < 0:
+            days = self.archive_retention_days
+            raise ConfigError("archive_retention_days", f"must be >= 0 (0 keeps everything), got {days}")
+        if self.archive_batch_size <= 0:
+            raise ConfigError("archive_batch_size", f"must be > 0, got {self.archive_batch_size}")
         if self.close_grace_ms < 0:
             raise ConfigError("close_grace_ms", f"must be >= 0, got {self.close_grace_ms}")
         if self.exchange_lease_ttl_ms < 3 * 100:

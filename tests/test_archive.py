@@ -1,0 +1,441 @@
+"""The archive: stream entries moved into PostgreSQL by the archiver, read back byte for byte.
+
+Oracles: the recorded exchange sessions themselves (their lines, read as plain bytes), and the Redis
+streams (XRANGE) the archive copies; trimming is checked against the archive position it must not pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from control import commands as cmd
+from control import events as ev
+from migrations.runner import migrate
+from processors.archiver import GROUP, ArchiverConfig, ArchiveSink, run_archiver
+from processors.candles import CandleProcessor
+from processors.runner import Runner, RunnerConfig
+from streams import archive_store, keys, log
+from streams.archive import archived_position, archived_streams, read_archived
+from streams.archive_codec import decode_block, encode_block
+from streams.archive_store import ArchiveMissing
+from streams.symbols import bundled
+from streams.trim import trim
+from tests.realdata import BINANCE_0404, COINBASE_AT_RECORDING, require
+from tests.support import drain
+from tests.synthetic import synthetic_day
+from tickfold.errors import ConfigError
+from tickfold.settings import Settings
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres]
+BINANCE_0404_RECORDING = BINANCE_0404.with_name(BINANCE_0404.name.replace(".frames.", ".recording."))
+DAY_MS = 86_400_000
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    c = aioredis.Redis.from_url(redis_url)
+    yield c
+    await c.aclose()
+
+
+@pytest.fixture
+async def dsn(pg_dsn: str) -> str:
+    await migrate(pg_dsn)
+    return pg_dsn
+
+
+def config(batch: int = 500, *, retention_days: int = 0, lease_ttl_ms: int = 1000) -> ArchiverConfig:
+    runner = RunnerConfig(consumer="test", batch_size=batch, block_ms=50, lease_ttl_ms=lease_ttl_ms)
+    return ArchiverConfig(runner=runner, max_block=batch, retention_days=retention_days)
+
+
+async def archive(client: aioredis.Redis, dsn: str, exchanges: list[str], **kw: Any) -> dict[str, Any]:
+    return await run_archiver(client, dsn, exchanges, config(**kw), until_idle=True)
+
+
+async def archived(dsn: str, stream: str, **kw: Any) -> list[log.Entry]:
+    return [e async for batch in read_archived(dsn, stream, **kw) for e in batch]
+
+
+async def stream_keys(client: aioredis.Redis, exchange_id: str) -> list[str]:
+    n = await log.stored_partitions(client, exchange_id) or 0
+    return [keys.frames_stream(exchange_id, p) for p in range(n)]
+
+
+# ------------------------------------------------------------------------------------------- codec
+
+
+@pytest.mark.unit
+def test_block_codec_round_trips_mixed_fields_and_ids() -> None:
+    entries: list[log.Entry] = [
+        (b"1-0", {b"frame": b'{"e":"kline"}', b"recv_ns": b"17"}),
+        (b"1-1", {b"command": "é€".encode()}),
+        (b"5-0", {b"frame": b"", b"recv_ns": b"\x00\xff"}),
+        (b"18446744073709-18446744073709551615", {b"recv_ns": b"1", b"frame": b"order kept"}),
+    ]
+    decoded = decode_block(encode_block(entries))
+    assert decoded == entries
+    assert [list(f) for _, f in decoded] == [list(f) for _, f in entries]  # field order too
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 10**6),
+            st.integers(0, 5),
+            st.dictionaries(
+                st.sampled_from([b"frame", b"recv_ns", b"event", b"x"]), st.binary(max_size=40), min_size=1
+            ),
+        ),
+        min_size=1,
+        max_size=60,
+    )
+)
+@pytest.mark.unit
+def test_any_entries_come_back_exactly(rows: list[tuple[int, int, dict[bytes, bytes]]]) -> None:
+    ms, entries = 0, []
+    for delta, seq, fields in rows:
+        ms += delta
+        entries.append((f"{ms}-{seq}".encode(), fields))
+    assert decode_block(encode_block(entries)) == entries
+
+
+# ------------------------------------------------------------------------------ archive == stream
+
+
+async def test_recorded_frames_and_control_events_are_archived_byte_for_byte(client: aioredis.Redis, dsn: str) -> None:
+    await log.append_frames(client, "binance", _recorded(BINANCE_0404_RECORDING), partitions=4)
+    await log.append_frames(client, "coinbase", _recorded(COINBASE_AT_RECORDING), partitions=2)
+    start = cmd.Start(command_id="c1", exchange="binance", requested_by="test", at_ns=1, symbols=["BTCUSDT"])
+    await cmd.append_command(client, start)
+    await cmd.append_outcome(client, cmd.Accepted(command_id="c1", exchange="binance", at_ns=2, command="start"))
+    await client.xadd(
+        keys.CONTROL_STREAM, {"event": ev.encode(ev.Connected(exchange="binance", at_ns=3, url="ws://x"))}
+    )
+    await drain(client, ["binance", "coinbase"])  # candle closes (and whatever alerts) to archive too
+    stats = await archive(client, dsn, ["binance", "coinbase"], batch=300)
+    assert stats["binance"].totals.skipped == 0
+
+    every = [*await stream_keys(client, "binance"), *await stream_keys(client, "coinbase")]
+    every += [keys.CONTROL_STREAM, keys.closes_stream("binance"), keys.closes_stream("coinbase")]
+    filled: list[str] = []
+    for stream in every:
+        in_redis = await log.entries(client, stream)
+        assert await archived(dsn, stream, batch=97) == in_redis, stream
+        if in_redis:  # (a partition no symbol hashes to stays empty)
+            assert await archived_position(dsn, stream) == log.parse_id(in_redis[-1][0])
+            filled.append(stream)
+    assert {keys.CONTROL_STREAM, "closes:binance", "closes:coinbase"} < set(filled) and len(filled) >= 7
+    # independent oracle: the recording's frames, each once, each partition in file order
+    for exchange_id, path in (("binance", BINANCE_0404_RECORDING), ("coinbase", COINBASE_AT_RECORDING)):
+        recorded = _recorded(path)
+        parts = [
+            [(f[b"frame"], int(f[b"recv_ns"])) for _, f in await archived(dsn, s)]
+            for s in await stream_keys(client, exchange_id)
+        ]
+        assert sorted(x for part in parts for x in part) == sorted(recorded)
+        for part in parts:
+            rest = iter(recorded)
+            assert all(any(x == y for y in rest) for x in part)  # a subsequence of the file
+    assert await archived_streams(dsn, "frames:binance:") == [s for s in filled if s.startswith("frames:binance:")]
+    assert await archived_streams(dsn, "control") == ["control"]
+    assert await archived_position(dsn, "frames:kraken:p0") is None
+    assert await archived(dsn, "frames:kraken:p0") == []
+
+
+def _recorded(path: Path) -> list[tuple[bytes, int]]:
+    """(frame, receive ns) of a recorder file, read with plain json (not the code under test)."""
+    out = []
+    for line in require(path).read_bytes().splitlines():
+        obj = json.loads(line)
+        if obj.get("t") == "recv":
+            out.append((obj["data"].encode(), int(float(obj["ts"]) * 1e9)))
+        elif "recv_ts" in obj:
+            out.append((obj["frame"].encode(), int(float(obj["recv_ts"]) * 1e9)))
+    assert out, path
+    return out
+
+
+async def test_ranges_and_batches_cut_inside_blocks(client: aioredis.Redis, dsn: str) -> None:
+    day = synthetic_day()[:3000]
+    await log.append_frames(client, "coinbase", [(f, i) for i, f in enumerate(day)], partitions=1)
+    await archive(client, dsn, ["coinbase"], batch=250)
+    stream = keys.frames_stream("coinbase", 0)
+    whole = await log.entries(client, stream)
+    ids = [log.parse_id(eid) for eid, _ in whole]
+    rnd = random.Random(3)
+    for _ in range(12):
+        a, b = sorted(rnd.sample(range(len(ids)), 2))
+        after, until = ids[a], ids[b]
+        size = rnd.choice([1, 7, 250, 10_000])
+        batches = [b async for b in read_archived(dsn, stream, after=after, until=until, batch=size)]
+        assert all(0 < len(b) <= size for b in batches)
+        assert [e for b in batches for e in b] == whole[a + 1 : b + 1]
+    assert await archived(dsn, stream, after=ids[-1]) == []
+    assert await archived(dsn, stream, after=ids[10], until=ids[10]) == []
+    assert await archived(dsn, stream, until=(ids[0][0], ids[0][1])) == whole[:1]
+
+
+async def test_an_unmigrated_database_is_a_clear_error(pg_dsn: str) -> None:
+    with pytest.raises(ArchiveMissing, match="tickfold migrate"):
+        await archived(pg_dsn, "control")
+
+
+# --------------------------------------------------------------------------------- exactly once
+
+
+async def test_a_batch_committed_but_not_acknowledged_is_skipped_when_it_comes_back(
+    client: aioredis.Redis, dsn: str
+) -> None:
+    day = synthetic_day()[:400]
+    await log.append_frames(client, "coinbase", [(f, 0) for f in day], partitions=1)
+    stream = keys.frames_stream("coinbase", 0)
+    await log.ensure_group(client, stream, GROUP)
+    # an archiver that committed 120 entries to PostgreSQL and died before its XACK
+    taken = await log.read_group(client, stream, GROUP, "dead-one", count=120, block_ms=None)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        assert await ArchiveSink(pool, 50).write(stream, taken) == (120, 0)
+    finally:
+        await pool.close()
+    await asyncio.sleep(0.35)
+    stats = await archive(client, dsn, ["coinbase"], lease_ttl_ms=300)
+    assert stats["coinbase"].claimed == 120
+    assert stats["coinbase"].totals.skipped == 120
+    assert stats["coinbase"].totals.processed == 280
+    assert await archived(dsn, stream) == await log.entries(client, stream)
+    assert int((await client.xpending(stream, GROUP))["pending"]) == 0
+
+
+async def test_kill_9_mid_run_then_restart_archives_every_entry_exactly_once(
+    client: aioredis.Redis, dsn: str, redis_url: str
+) -> None:
+    day = synthetic_day()[:6000]
+    await log.append_frames(client, "coinbase", [(f, i) for i, f in enumerate(day)], partitions=4)
+    env = {**os.environ, "TICKFOLD_LEASE_TTL_MS": "600", "TICKFOLD_PARTITIONS": "4"}
+    rnd = random.Random(11)
+    for point in sorted(rnd.sample(range(300, len(day) - 300), 3)):
+        procs = [
+            _spawn_archiver(redis_url, dsn, {**env, "TICKFOLD_ARCHIVE_BATCH_SIZE": str(rnd.choice([1, 7, 50]))})
+            for _ in range(rnd.choice([1, 2]))
+        ]
+        await _progress(client, point)
+        await asyncio.sleep(rnd.random() * 0.05)
+        for p in procs:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+    last = _spawn_archiver(redis_url, dsn, env, "--until-idle")
+    assert last.wait(timeout=120) == 0
+    total = 0
+    for stream in await stream_keys(client, "coinbase"):
+        in_redis = await log.entries(client, stream)
+        assert await archived(dsn, stream) == in_redis  # each once, in order: no loss, no duplicate
+        assert int((await client.xpending(stream, GROUP))["pending"]) == 0
+        total += len(in_redis)
+    assert total == len(day)
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows, _ = await archive_store.status(conn)
+    finally:
+        await conn.close()
+    frames = [r for r in rows if r.stream.startswith("frames:")]
+    assert sum(r.entries for r in frames) == sum(r.archived_total for r in frames) == len(day)
+
+
+def _spawn_archiver(redis_url: str, dsn: str, env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
+    argv = ["--redis-url", redis_url, "--database-url", dsn, "archive", "--exchange", "coinbase", *extra]
+    cmd_ = [sys.executable, "-m", "tickfold.cli", *argv]
+    return subprocess.Popen(cmd_, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+async def _progress(client: aioredis.Redis, at_least: int) -> None:
+    for _ in range(1500):
+        done = 0
+        for stream in await stream_keys(client, "coinbase"):
+            for info in await client.xinfo_groups(stream):
+                if info["name"] == GROUP.encode():
+                    done += int(info["entries-read"] or 0)
+        if done >= at_least:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the archivers did not reach {at_least} entries")
+
+
+# ------------------------------------------------------------------------------------------ trimming
+
+
+async def test_trimming_never_passes_the_archive(client: aioredis.Redis, dsn: str) -> None:
+    day = synthetic_day()[:1000]
+    stream = keys.frames_stream("coinbase", 0)
+    await log.append_frames(client, "coinbase", [(f, 0) for f in day[:600]], partitions=1)
+    await drain(client, ["coinbase"])  # the candle processor has read and acknowledged everything
+    bound = ("candles", GROUP)
+    # the archiver never ran: its group is missing, nothing may go
+    assert await trim(client, stream, bound, max_len=10, max_age_ms=1) == 0
+    assert await client.xlen(stream) == 600
+    await archive(client, dsn, ["coinbase"])
+    position = await archived_position(dsn, stream)
+    await log.append_frames(client, "coinbase", [(f, 0) for f in day[600:]], partitions=1)
+    await drain(client, ["coinbase"])
+    # the archiver is stopped: trimming stops at what it archived, although the candles read it all
+    removed = await trim(client, stream, bound, max_len=10, max_age_ms=1)
+    assert removed == 600
+    left = await log.entries(client, stream)
+    assert len(left) == 400 and log.parse_id(left[0][0]) > position  # type: ignore[operator]
+    assert left == (await log.entries(client, stream))[-400:]
+    # after it runs, the rest may go; and every trimmed entry is in the archive
+    await archive(client, dsn, ["coinbase"])
+    assert await trim(client, stream, bound, max_len=10, max_age_ms=DAY_MS) == 390
+    assert await client.xlen(stream) == 10
+    assert [e[1][b"frame"] for e in await archived(dsn, stream)] == day
+
+
+async def test_the_candle_runner_trims_behind_the_archive_group(client: aioredis.Redis, dsn: str) -> None:
+    day = synthetic_day()[:500]
+    stream = keys.frames_stream("coinbase", 0)
+    await log.append_frames(client, "coinbase", [(f, 0) for f in day[:300]], partitions=1)
+    await archive(client, dsn, ["coinbase"])
+    await log.append_frames(client, "coinbase", [(f, 0) for f in day[300:]], partitions=1)
+    position = await archived_position(dsn, stream)
+    assert position is not None
+
+    def make(p: int) -> CandleProcessor:
+        return CandleProcessor("coinbase", p, bundled("coinbase"), history=5000, trade_timeframes=("1m",))
+
+    cfg = RunnerConfig(consumer="t", stream_max_len=1, trim_every_s=0.0, trim_also_behind=(GROUP,))
+    await Runner(client, "coinbase", "candles", 1, make, cfg).run(until_idle=True)
+    await Runner(client, "coinbase", "candles", 1, make, cfg).run(until_idle=True)  # trims on start
+    left = await log.entries(client, stream)
+    assert len(left) == 200 and log.parse_id(left[0][0]) > position
+    assert Settings.load({"TICKFOLD_ARCHIVE": "1"}).archive
+    from tickfold.commands_archive import trim_bound
+
+    assert trim_bound(Settings.load({"TICKFOLD_ARCHIVE": "1"})) == (GROUP,)
+    assert trim_bound(Settings.load({})) == ()
+
+
+# ------------------------------------------------------------------------------------------ retention
+
+
+async def test_retention_drops_old_days_only(client: aioredis.Redis, dsn: str) -> None:
+    today = datetime.now(UTC).date()
+    ms = [_ms(today - timedelta(days=d)) + 1000 * i for d, i in ((12, 0), (12, 1), (6, 0), (2, 0), (0, 0))]
+    for i, at in enumerate(ms):
+        await client.xadd(keys.CONTROL_STREAM, {"event": f"e{i}".encode()}, id=f"{at}-0")
+    await archive(client, dsn, [])
+    assert len(await archived(dsn, "control")) == 5
+    conn = await asyncpg.connect(dsn)
+    try:
+        days = await archive_store.day_partitions(conn)
+        assert days == [today - timedelta(days=d) for d in (12, 6, 2, 0)]
+        # a 7-day retention at "today" keeps today and the 6 days before it
+        assert await archive_store.apply_retention(conn, 7, today=today) == [today - timedelta(days=12)]
+        assert await archive_store.apply_retention(conn, 0, today=today) == []  # 0 keeps everything
+    finally:
+        await conn.close()
+    assert [f[b"event"] for _, f in await archived(dsn, "control")] == [b"e2", b"e3", b"e4"]
+    assert await archived_position(dsn, "control") == (ms[-1], 0)  # the position outlives retention
+    # the archiver applies the setting itself (on start), with PostgreSQL's clock
+    await client.xadd(keys.CONTROL_STREAM, {"event": b"e5"})
+    await archive(client, dsn, [], retention_days=2)
+    await archive(client, dsn, [], retention_days=2)
+    assert [f[b"event"] for _, f in await archived(dsn, "control")] == [b"e4", b"e5"]
+    # a day dropped under a running archiver's feet is re-created when an entry of it comes
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        sink = ArchiveSink(pool, 10)
+        await sink.write("alerts:binance", [(f"{_ms(today)}-0".encode(), {b"alert": b"a"})])
+        async with pool.acquire() as conn:
+            await archive_store.drop_days_before(conn, today + timedelta(days=1))
+        assert await sink.write("alerts:binance", [(f"{_ms(today) + 1}-0".encode(), {b"alert": b"b"})]) == (1, 0)
+    finally:
+        await pool.close()
+    assert await archived(dsn, "alerts:binance") == [(f"{_ms(today) + 1}-0".encode(), {b"alert": b"b"})]
+
+
+def _ms(day: date) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+
+
+# ----------------------------------------------------------------------------------- settings, CLI
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"TICKFOLD_ARCHIVE_RETENTION_DAYS": "-1"}, "TICKFOLD_ARCHIVE_RETENTION_DAYS"),
+        ({"TICKFOLD_ARCHIVE_RETENTION_DAYS": "a week"}, "TICKFOLD_ARCHIVE_RETENTION_DAYS"),
+        ({"TICKFOLD_ARCHIVE_BATCH_SIZE": "0"}, "TICKFOLD_ARCHIVE_BATCH_SIZE"),
+        ({"TICKFOLD_ARCHIVE": "maybe"}, "TICKFOLD_ARCHIVE"),
+    ],
+)
+def test_bad_archive_settings_name_the_key(env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.load(env)
+    assert info.value.key == key
+    assert str(info.value).startswith(f"{key}: ")
+
+
+def test_the_cli_refuses_a_bad_retention_naming_the_key(redis_url: str) -> None:
+    env = {**os.environ, "TICKFOLD_ARCHIVE_RETENTION_DAYS": "-3"}
+    done = subprocess.run(
+        [sys.executable, "-m", "tickfold.cli", "--redis-url", redis_url, "archive", "--until-idle"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "TICKFOLD_ARCHIVE_RETENTION_DAYS" in done.stderr and ">= 0" in done.stderr
+
+
+async def test_process_with_archiving_on_archives_frames_closes_and_control_then_status_shows_it(
+    client: aioredis.Redis, dsn: str, redis_url: str
+) -> None:
+    day = synthetic_day()[:2000]
+    await log.append_frames(client, "coinbase", [(f, 0) for f in day], partitions=2)
+    start = cmd.Start(command_id="c9", exchange="coinbase", requested_by="test", at_ns=1)
+    await cmd.append_command(client, start)
+    env = {**os.environ, "TICKFOLD_ARCHIVE": "1", "TICKFOLD_CONNECTION_STATE": "0"}
+    base = [sys.executable, "-m", "tickfold.cli", "--redis-url", redis_url, "--database-url", dsn]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [*base, "process", "--exchange", "coinbase", "--until-idle"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "archive coinbase: " in done.stdout
+    closes = await log.entries(client, keys.closes_stream("coinbase"))
+    assert closes and await archived(dsn, keys.closes_stream("coinbase")) == closes
+    assert await archived(dsn, keys.CONTROL_STREAM) == await log.entries(client, keys.CONTROL_STREAM)
+    for stream in await stream_keys(client, "coinbase"):
+        assert await archived(dsn, stream) == await log.entries(client, stream)
+    status = await asyncio.to_thread(
+        subprocess.run, [*base, "archive", "status", "--json"], capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 0, status.stderr
+    shown = {s["stream"]: s for s in json.loads(status.stdout)["streams"]}
+    assert sum(shown[s]["entries"] for s in await stream_keys(client, "coinbase")) == len(day)
+    assert shown["closes:coinbase"]["archived_to"] == closes[-1][0].decode()
+    assert all(s["stored_bytes"] < s["raw_bytes"] for s in shown.values() if s["entries"] > 100)

@@ -15,14 +15,14 @@ alone is the source, and it must then still hold its first entry.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any
 
 import redis.asyncio as aioredis
 
-from streams import keys
+from streams import archive, keys
+from streams.archive_store import ArchiveMissing
 from streams.log import Entry, ResponseError, parse_id, stored_partitions, translated
 from tickfold.errors import TickfoldError
 
@@ -31,26 +31,6 @@ Position = tuple[int, int]
 
 class ReplayGapError(TickfoldError):
     """Frames were trimmed from a raw stream and are not in the archive: an exact replay is impossible."""
-
-
-class ArchiveReader(Protocol):
-    """The reader API of :mod:`streams.archive` (PostgreSQL), as a replay uses it."""
-
-    def read_archived(
-        self, dsn: str, stream: str, *, after: Position = ..., until: Position | None = ..., batch: int = ...
-    ) -> AsyncIterator[list[Entry]]: ...
-
-    def archived_position(self, dsn: str, stream: str) -> Awaitable[Position | None]: ...
-
-    def archived_streams(self, dsn: str, prefix: str = "") -> Awaitable[list[str]]: ...
-
-
-def archive_reader() -> ArchiveReader | None:
-    """The archive's reader, or None where this installation has no archive module."""
-    try:
-        return cast(ArchiveReader, importlib.import_module("streams.archive"))
-    except ModuleNotFoundError:
-        return None
 
 
 def id_text(position: Position) -> str:
@@ -72,8 +52,7 @@ class Sources:
     exchange_id: str
     partitions: int
     parts: list[PartitionSource]
-    dsn: str | None
-    archive: ArchiveReader | None
+    dsn: str | None  # the archive's database; None: the streams alone
 
 
 async def _last_id(client: aioredis.Redis, stream: str) -> Position | None:
@@ -96,23 +75,26 @@ async def max_deleted(client: aioredis.Redis, stream: str) -> Position:
 async def plan(client: aioredis.Redis, exchange_id: str, dsn: str | None) -> Sources:
     """The partitions of an exchange (the stored count, or the archive's streams when the stream keys are
     gone) and the position each is read up to: its newest entry now, or the archive's end."""
-    archive = archive_reader() if dsn else None
     count = await stored_partitions(client, exchange_id) or 0
     prefix = f"{keys.frames_stream(exchange_id, 0)[:-1]}"  # frames:{exchange_id}:p
-    if archive is not None and dsn is not None:
-        for name in await archive.archived_streams(dsn, prefix):
+    if dsn is not None:
+        try:
+            archived_names = await archive.archived_streams(dsn, prefix)
+        except ArchiveMissing:  # a database that never held an archive (not migrated): the streams alone
+            dsn, archived_names = None, []
+        for name in archived_names:
             suffix = name[len(prefix) :]
             if suffix.isdigit():
                 count = max(count, int(suffix) + 1)
     parts: list[PartitionSource] = []
     for p in range(count):
         stream = keys.frames_stream(exchange_id, p)
-        archived = await archive.archived_position(dsn, stream) if archive is not None and dsn is not None else None
+        archived = await archive.archived_position(dsn, stream) if dsn is not None else None
         last = await _last_id(client, stream)
         until = max(last or (0, 0), archived or (0, 0))
         if until > (0, 0):
             parts.append(PartitionSource(p, stream, until, archived))
-    return Sources(exchange_id, count, parts, dsn if archive is not None else None, archive)
+    return Sources(exchange_id, count, parts, dsn)
 
 
 async def batches(
@@ -122,10 +104,8 @@ async def batches(
     pos: Position = (0, 0)
     while pos < part.until:
         round_start = pos
-        if sources.archive is not None and sources.dsn is not None:
-            async for chunk in sources.archive.read_archived(
-                sources.dsn, part.stream, after=pos, until=part.until, batch=size
-            ):
+        if sources.dsn is not None:
+            async for chunk in archive.read_archived(sources.dsn, part.stream, after=pos, until=part.until, batch=size):
                 chunk = [e for e in chunk if pos < parse_id(e[0]) <= part.until]
                 if chunk:
                     yield chunk
@@ -139,7 +119,7 @@ async def batches(
         if lost <= pos:
             return  # nothing deleted beyond what was read: the stream simply ends before ``until``
         if pos == round_start:
-            where = "the archive" if sources.archive is not None else "an archive (none is configured)"
+            where = "the archive" if sources.dsn is not None else "an archive (none is configured)"
             raise ReplayGapError(
                 f"{part.stream}: entries up to {id_text(lost)} were trimmed from the stream, and {where} does not "
                 f"hold them (read up to {id_text(pos)}): the frames after {id_text(pos)} can't be replayed exactly"

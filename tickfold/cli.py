@@ -103,7 +103,25 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="connection state per exchange (EXC-04), from PostgreSQL")
     st.add_argument("--json", action="store_true", help="a JSON array, one object per exchange")
     rb = sub.add_parser("rebuild", help="drop a projection and refold it from its stream")
-    rb.add_argument("projection", choices=["connection-state"], help="which projection")
+    rb.add_argument(
+        "projection",
+        choices=["connection-state", "candles", "indicators", "all"],
+        help="connection-state (PostgreSQL, from the control stream), or candles / indicators / all (Redis, from "
+        "the raw frames in the archive and the stream; refused while a processor runs)",
+    )
+    rb.add_argument("exchange", nargs="?", help="candles/indicators/all: only this exchange (default: every one)")
+    rp = sub.add_parser("replay", help="fold a range of raw frames (archive + stream) again, apart from the live keys")
+    rp.add_argument("exchange", help="exchange id: binance or coinbase")
+    rp.add_argument("--from", dest="start", required=True, metavar="T", help="ISO-8601 (2021-04-04T10:00Z) or epoch ms")
+    rp.add_argument("--to", dest="end", required=True, metavar="T", help="end (exclusive), ISO-8601 or epoch ms")
+    rp.add_argument("--symbols", help="only these symbols, comma-separated (BTCUSDT or BTC-USDT)")
+    rp.add_argument("--timeframes", help="only these timeframes, comma-separated (1m,15m); shortens the fold")
+    rp.add_argument("--speed", default="max", help="max (default), realtime, or N for N times real time")
+    rp.add_argument("--namespace", type=int, metavar="N", help="write into Redis logical database N (not the live one)")
+    rp.add_argument("--clear", action="store_true", help="empty the --namespace database first")
+    rp.add_argument("--out", metavar="FILE", help="export candles + MACD-V and alerts: .csv, .parquet or .jsonl")
+    rp.add_argument("--to-end", action="store_true", help="fold every frame to the stream's end (late backfills too)")
+    rp.add_argument("--warmup", metavar="DURATION", help="start folding this long before --from (6h, 2d): NOT exact")
     ar = sub.add_parser("archive", help="the streams' archive in PostgreSQL: run the archiver (default), or status")
     ar.add_argument("action", nargs="?", choices=["run", "status"], default="run", help="run (default) or status")
     ar.add_argument("--exchange", action="append", help="run: only this exchange's streams (repeatable; default: all)")

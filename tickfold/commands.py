@@ -36,6 +36,7 @@ from tickfold import (
     commands_indicators,
     commands_live,
     commands_positions,
+    commands_replay,
     commands_serve,
     commands_status,
     commands_symbols,
@@ -85,7 +86,8 @@ def dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int:
         "stop": commands_serve.stop,
         "api": commands_api.api,
         "status": commands_status.status,
-        "rebuild": commands_status.rebuild,
+        "rebuild": commands_replay.rebuild,  # (connection-state: commands_status.rebuild)
+        "replay": commands_replay.replay,
         "symbols": commands_symbols.symbols,
         "tier1": commands_symbols.tier1,
         "positions": commands_positions.positions,

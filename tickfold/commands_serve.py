@@ -104,7 +104,7 @@ async def _tier1_task(ctx: ServeContext, every_s: float | None = None) -> None:
     append the Tier 1 differences. One instance per interval does it (``lock:tier1:{exchange}``); a failed
     refresh (REST down, rate-limited) is reported and tried again next round, it does not stop serve."""
     from control import exchanges as repo
-    from tickfold.commands_symbols import _refresh_row
+    from tickfold.commands_symbols import refresh_row
 
     every_s = every_s or ctx.settings.tier1_refresh_s
     plan = ctx.settings.tier1_plan()
@@ -121,7 +121,7 @@ async def _tier1_task(ctx: ServeContext, every_s: float | None = None) -> None:
                 continue
             try:
                 row = await repo.get_exchange(ctx.database_url, exchange_id)
-                tier, events = await _refresh_row(ctx.redis, row, n, list(quotes) if quotes else None)
+                tier, events = await refresh_row(ctx.redis, row, n, list(quotes) if quotes else None)
             except (TickfoldError, OSError) as exc:
                 ctx.say(f"tier1 {exchange_id}: refresh failed, next try in {every_s:g} s: {exc}")
                 continue

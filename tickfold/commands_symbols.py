@@ -26,7 +26,6 @@ from control.universe import SymbolAdded, SymbolView, UniverseEvent, view
 from projections.tiers import Tier1
 from streams import log
 from streams.adapters.factory import ExchangeRow
-from tickfold.errors import TickfoldError
 from tickfold.runtime import servers
 from tickfold.settings import Settings
 
@@ -124,20 +123,14 @@ async def _refresh(args: argparse.Namespace, redis_url: str, dsn: str) -> tuple[
     row = await repo.get_exchange(dsn, args.exchange)
     quotes = [q.strip().upper() for q in args.quote.split(",")] if args.quote else None
     async with log.connect(redis_url) as client:
-        tier, events = await _refresh_row(client, row, args.top, quotes)
+        tier, events = await refresh_row(client, row, args.top, quotes)
     added = sum(1 for e in events if isinstance(e, SymbolAdded))
     return added, len(events) - added, len(tier.ranked)
 
 
-async def _refresh_row(
+async def refresh_row(
     client: aioredis.Redis, row: ExchangeRow, n: int, quotes: list[str] | None
 ) -> tuple[Tier1, list[UniverseEvent]]:
-    from streams.rest import BinanceRestClient, CoinbaseRestClient
-
-    if row.adapter_kind == "binance_spot":
-        async with BinanceRestClient(row.rest_url) as bn:
-            return await t1.refresh_tier1(client, bn, row.id, n, quotes=quotes)
-    if row.adapter_kind == "coinbase_advanced_trade":
-        async with CoinbaseRestClient(row.rest_url) as cb:
-            return await t1.refresh_tier1(client, cb, row.id, n, quotes=quotes)
-    raise TickfoldError(f"no REST client for adapter kind {row.adapter_kind!r}")
+    """Rank the exchange of ``row`` through its REST API and append the Tier 1 differences."""
+    async with t1.rest_client(row) as rest:
+        return await t1.refresh_tier1(client, rest, row.id, n, quotes=quotes)

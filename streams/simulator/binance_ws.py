@@ -98,6 +98,7 @@ class BinanceWs:
                             if payload == echoed:
                                 break
                 elif msg.type is WSMsgType.TEXT:
+                    conn.requests.append(msg.data)
                     conn.push_text(_dumps(self._request(conn, msg.data)))
                 else:
                     conn.push_text(_dumps({"error": {"code": 3, "msg": "Invalid JSON: binary frame"}, "id": None}))

@@ -63,6 +63,8 @@ class CoinbaseWs:
                     break
                 if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     continue
+                if msg.type is WSMsgType.TEXT:
+                    session.conn.requests.append(msg.data)
                 now = loop.time()
                 session.received.append(now)
                 while session.received[0] <= now - 1.0:

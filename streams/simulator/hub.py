@@ -46,6 +46,7 @@ class ConnectionInfo:
     connected_ns: int
     closed_at: float | None
     close_code: int | None
+    requests: tuple[str, ...] = ()  # every text message the client sent, in order (SUBSCRIBE, subscribe, ...)
 
 
 class Connection:
@@ -64,6 +65,7 @@ class Connection:
         self.close_code: int | None = None
         self.combined = True  # Binance: wrap events as {"stream":…,"data":…}
         self.subscriptions: dict[str, None] = {}  # ordered set of broadcast keys
+        self.requests: list[str] = []  # the client's text messages, as received
         self.seq = 0  # Coinbase sequence_num of the next frame
         self.stalled_until = 0.0  # loop time
         self.outbox: list[Item] = []
@@ -162,6 +164,7 @@ class Connection:
             connected_ns=self.connected_ns,
             closed_at=self.closed_at,
             close_code=self.close_code,
+            requests=tuple(self.requests),
         )
 
 

@@ -6,7 +6,9 @@ closes ``closes:{ex}``, the alerts ``alerts:{ex}`` and the ``control`` stream, t
 instances). Per exchange one runner owns P + 2 slots: the P raw partitions, then the closes and the
 alerts; the control stream has a runner of its own (label ``control``: ``lease:archive:control:p0``).
 
-One batch is one step:
+A stream's entries are buffered until they fill a block (``max_block``) or the oldest waited
+``linger_s`` (:mod:`processors.archive_sink`: live streams come a few entries per read, and a block of
+one entry compresses badly); they stay pending in Redis meanwhile. Then one step:
 
     BEGIN                                   (PostgreSQL)
       lock archive_positions[stream]         entries at or below it are redeliveries: skipped
@@ -30,17 +32,18 @@ import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
 
+from processors.archive_sink import ArchiveSink
 from processors.leases import Fence
 from processors.runner import BatchResult, Runner, RunnerConfig, RunStats
 from streams import archive_store, keys, log
-from streams.log import Entry, parse_id, translated
+from streams.log import Entry
 
 _log = logging.getLogger(__name__)
 
@@ -56,32 +59,8 @@ def exchange_streams(exchange_id: str, partitions: int) -> list[str]:
     return [*raw, keys.closes_stream(exchange_id), keys.alerts_stream(exchange_id)]
 
 
-@dataclass
-class ArchiveSink:
-    """What the archiver's handlers share: the pool, the partitions known to exist, the block size."""
-
-    pool: Any
-    max_block: int
-    known: set[tuple[date, str]] = field(default_factory=set)
-
-    async def write(self, stream: str, entries: Sequence[Entry]) -> tuple[int, int]:
-        source = archive_store.source_of(stream)
-        wanted = {(archive_store.day_of(parse_id(eid)[0]), source) for eid, _ in entries}
-        async with archive_store.translated(f"archiving {stream}"), self.pool.acquire() as conn:
-            if wanted - self.known:
-                await archive_store.ensure_partitions(conn, wanted - self.known)
-                self.known |= wanted
-            try:
-                return await archive_store.write_blocks(conn, stream, entries, max_block=self.max_block)
-            except asyncpg.CheckViolationError:  # "no partition ... found for row": retention dropped the day
-                self.known.clear()
-                await archive_store.ensure_partitions(conn, wanted)
-                self.known |= wanted
-                return await archive_store.write_blocks(conn, stream, entries, max_block=self.max_block)
-
-
 class ArchiveHandler:
-    """The runner handler of one stream: archive the batch, then acknowledge it."""
+    """The runner handler of one stream: hand the batch to the sink (archived, then acknowledged)."""
 
     group = GROUP
 
@@ -90,10 +69,8 @@ class ArchiveHandler:
         self.sink = sink
 
     async def handle(self, client: aioredis.Redis, entries: Sequence[Entry], fence: Fence) -> BatchResult:
-        archived, skipped = await self.sink.write(self.stream, entries)
-        with translated(f"acknowledging archived entries of {self.stream}"):
-            await client.xack(self.stream, self.group, *[eid for eid, _ in entries])
-        return BatchResult(processed=archived, skipped=skipped)
+        await self.sink.add(client, self.stream, entries)
+        return BatchResult()  # counted when written: ArchiveSink.totals
 
 
 def _handlers(streams: list[str], sink: ArchiveSink) -> Callable[[int], ArchiveHandler]:
@@ -105,6 +82,7 @@ class ArchiverConfig:
     runner: RunnerConfig
     partitions: int = 4  # for an exchange with no raw frames yet (as the processors would fix it)
     max_block: int = 5000  # entries per compressed block at most
+    linger_s: float = 2.0  # a stream's entries wait at most this long to fill a block (0 with until_idle)
     retention_days: int = 0  # 0: keep everything
     retention_every_s: float = RETENTION_EVERY_S
 
@@ -120,13 +98,14 @@ async def run_archiver(
 ) -> dict[str, RunStats]:
     """Archive the streams of ``exchanges`` and the control stream until ``stop`` (or, with ``until_idle``,
     until every one is drained); applies the retention on start and every ``retention_every_s``.
-    Returns the stats per runner label (each exchange, and ``control``)."""
+    Returns the stats per runner label (each exchange, and ``control``): entries archived (``processed``),
+    already archived (``skipped``), blocks written (``batches``), entries claimed from other owners."""
     stop = stop or asyncio.Event()
     runner_config = replace(config.runner, max_deliveries=UNLIMITED_DELIVERIES, trim_every_s=math.inf)
     async with archive_store.translated("connecting to the archive"):
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=3)
     try:
-        sink = ArchiveSink(pool, config.max_block)
+        sink = ArchiveSink(pool, GROUP, config.max_block, 0.0 if until_idle else config.linger_s)
         runners: dict[str, Runner] = {}
         for ex in exchanges:
             streams = exchange_streams(ex, await log.ensure_partitions(client, ex, config.partitions))
@@ -134,17 +113,39 @@ async def run_archiver(
         control = ArchiveHandler(keys.CONTROL_STREAM, sink)
         runners[CONTROL_LABEL] = Runner(client, CONTROL_LABEL, GROUP, 1, lambda _: control, runner_config)
         await _retention(pool, config.retention_days)
-        retention = asyncio.create_task(_keep_retention(pool, config, stop)) if not until_idle else None
+        background: list[asyncio.Task[Any]] = []
+        if not until_idle:
+            background.append(asyncio.create_task(_keep_retention(pool, config, stop)))
+        if sink.linger_s > 0:
+            background.append(asyncio.create_task(sink.keep_flushing(client, stop)))
+        runs = asyncio.gather(*(r.run(until_idle=until_idle, stop=stop) for r in runners.values()))
         try:
-            results = await asyncio.gather(*(r.run(until_idle=until_idle, stop=stop) for r in runners.values()))
+            await _until_done(runs, background)
+            results = runs.result()
+            await sink.flush_due(client, everything=True)  # what waited for company when stop came
         finally:
-            if retention is not None:
-                retention.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await retention
-        return dict(zip(runners, results, strict=True))
+            for task in [runs, *background]:
+                task.cancel()
+            await asyncio.gather(runs, *background, return_exceptions=True)
+        out = dict(zip(runners, results, strict=True))
+        for label, stats in out.items():
+            totals = [sink.totals.get(h.stream) for h in runners[label].handlers]
+            stats.totals.processed = sum(t.archived for t in totals if t)
+            stats.totals.skipped = sum(t.skipped for t in totals if t)
+            stats.batches = sum(t.blocks for t in totals if t)
+        return out
     finally:
         await pool.close()
+
+
+async def _until_done(runs: asyncio.Future[Any], background: list[asyncio.Task[Any]]) -> None:
+    """Wait for ``runs``; a background task that fails first ends the wait with its error."""
+    waiting: set[asyncio.Future[Any]] = {runs, *background}
+    while not runs.done():
+        done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not runs and not task.cancelled() and (exc := task.exception()) is not None:
+                raise exc
 
 
 async def _retention(pool: Any, days: int) -> list[date]:

@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 from control import commands as cmd
 from control import events as ev
 from migrations.runner import migrate
-from processors.archiver import GROUP, ArchiverConfig, ArchiveSink, run_archiver
+from processors.archive_sink import ArchiveSink
+from processors.archiver import GROUP, ArchiverConfig, run_archiver
 from processors.candles import CandleProcessor
 from processors.runner import Runner, RunnerConfig
 from streams import archive_store, keys, log
@@ -212,7 +213,7 @@ async def test_a_batch_committed_but_not_acknowledged_is_skipped_when_it_comes_b
     taken = await log.read_group(client, stream, GROUP, "dead-one", count=120, block_ms=None)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
     try:
-        assert await ArchiveSink(pool, 50).write(stream, taken) == (120, 0)
+        assert await ArchiveSink(pool, GROUP, 50).write(stream, taken) == (120, 0)
     finally:
         await pool.close()
     await asyncio.sleep(0.35)
@@ -233,7 +234,15 @@ async def test_kill_9_mid_run_then_restart_archives_every_entry_exactly_once(
     rnd = random.Random(11)
     for point in sorted(rnd.sample(range(300, len(day) - 300), 3)):
         procs = [
-            _spawn_archiver(redis_url, dsn, {**env, "TICKFOLD_ARCHIVE_BATCH_SIZE": str(rnd.choice([1, 7, 50]))})
+            _spawn_archiver(
+                redis_url,
+                dsn,
+                {
+                    **env,
+                    "TICKFOLD_ARCHIVE_BATCH_SIZE": str(rnd.choice([1, 7, 50])),
+                    "TICKFOLD_ARCHIVE_LINGER_MS": str(rnd.choice([0, 200])),  # buffered entries die pending
+                },
+            )
             for _ in range(rnd.choice([1, 2]))
         ]
         await _progress(client, point)
@@ -276,6 +285,31 @@ async def _progress(client: aioredis.Redis, at_least: int) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"the archivers did not reach {at_least} entries")
+
+
+async def test_a_live_archiver_gathers_small_reads_into_blocks_and_flushes_on_stop(
+    client: aioredis.Redis, dsn: str
+) -> None:
+    day = synthetic_day()[:400]
+    stop = asyncio.Event()
+    live = ArchiverConfig(runner=config().runner, max_block=1000, linger_s=0.4)
+    task = asyncio.create_task(run_archiver(client, dsn, ["coinbase"], live, stop=stop))
+    for i in range(0, 300, 3):  # a trickle: 3 frames every 10 ms
+        await log.append_frames(client, "coinbase", [(f, 0) for f in day[i : i + 3]], partitions=1)
+        await asyncio.sleep(0.01)
+    stream = keys.frames_stream("coinbase", 0)
+    for _ in range(200):
+        if len(await archived(dsn, stream)) == 300:
+            break
+        await asyncio.sleep(0.05)
+    await log.append_frames(client, "coinbase", [(f, 0) for f in day[300:]], partitions=1)
+    await asyncio.sleep(0.1)
+    stop.set()  # the last 100 are still waiting for company: written on the way out
+    stats = (await task)["coinbase"]
+    assert await archived(dsn, stream) == await log.entries(client, stream)
+    assert stats.totals.processed == 400
+    assert stats.batches <= 12  # ~100 reads of 3 frames, in a handful of blocks
+    assert int((await client.xpending(stream, GROUP))["pending"]) == 0
 
 
 # ------------------------------------------------------------------------------------------ trimming
@@ -360,7 +394,7 @@ async def test_retention_drops_old_days_only(client: aioredis.Redis, dsn: str) -
     # a day dropped under a running archiver's feet is re-created when an entry of it comes
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
     try:
-        sink = ArchiveSink(pool, 10)
+        sink = ArchiveSink(pool, GROUP, 10)
         await sink.write("alerts:binance", [(f"{_ms(today)}-0".encode(), {b"alert": b"a"})])
         async with pool.acquire() as conn:
             await archive_store.drop_days_before(conn, today + timedelta(days=1))
@@ -385,6 +419,7 @@ def _ms(day: date) -> int:
         ({"TICKFOLD_ARCHIVE_RETENTION_DAYS": "a week"}, "TICKFOLD_ARCHIVE_RETENTION_DAYS"),
         ({"TICKFOLD_ARCHIVE_BATCH_SIZE": "0"}, "TICKFOLD_ARCHIVE_BATCH_SIZE"),
         ({"TICKFOLD_ARCHIVE": "maybe"}, "TICKFOLD_ARCHIVE"),
+        ({"TICKFOLD_ARCHIVE_LINGER_MS": "-5"}, "TICKFOLD_ARCHIVE_LINGER_MS"),
     ],
 )
 def test_bad_archive_settings_name_the_key(env: dict[str, str], key: str) -> None:
@@ -439,3 +474,19 @@ async def test_process_with_archiving_on_archives_frames_closes_and_control_then
     assert sum(shown[s]["entries"] for s in await stream_keys(client, "coinbase")) == len(day)
     assert shown["closes:coinbase"]["archived_to"] == closes[-1][0].decode()
     assert all(s["stored_bytes"] < s["raw_bytes"] for s in shown.values() if s["entries"] > 100)
+
+
+@pytest.mark.unit
+def test_serve_runs_the_archiver_with_the_processors_when_archiving_is_on() -> None:
+    import argparse
+
+    from tickfold import commands_archive
+    from tickfold.commands_serve import extra_tasks
+
+    def tasks(no_processors: bool, env: dict[str, str]) -> list[Any]:
+        args = argparse.Namespace(no_api=True, no_processors=no_processors)
+        return extra_tasks(args, Settings.load(env))
+
+    assert commands_archive.serve_task in tasks(False, {"TICKFOLD_ARCHIVE": "1"})
+    assert commands_archive.serve_task not in tasks(True, {"TICKFOLD_ARCHIVE": "1"})
+    assert commands_archive.serve_task not in tasks(False, {})

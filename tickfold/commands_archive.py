@@ -43,6 +43,7 @@ def archiver_config(settings: Settings) -> ArchiverConfig:
         ),
         partitions=settings.partitions,
         max_block=settings.archive_batch_size,
+        linger_s=settings.archive_linger_ms / 1000,
         retention_days=settings.archive_retention_days,
     )
 

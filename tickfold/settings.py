@@ -63,6 +63,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     archive: bool = False  # serve / process also run the archiver (streams -> PostgreSQL); trimming waits for it
     archive_retention_days: int = 0  # UTC days of archive kept (today included); 0 keeps everything
     archive_batch_size: int = 5000  # entries the archiver reads per stream and batch (and per block at most)
+    archive_linger_ms: int = 2000  # a live stream's entries wait at most this long to fill a block
 
     def __post_init__(self) -> None:
         if self.redis_url is not None:
@@ -105,6 +106,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError("archive_retention_days", f"must be >= 0 (0 keeps everything), got {days}")
         if self.archive_batch_size <= 0:
             raise ConfigError("archive_batch_size", f"must be > 0, got {self.archive_batch_size}")
+        if self.archive_linger_ms < 0:
+            raise ConfigError(
+                "archive_linger_ms", f"must be >= 0 (0 writes every batch at once), got {self.archive_linger_ms}"
+            )
         if self.close_grace_ms < 0:
             raise ConfigError("close_grace_ms", f"must be >= 0, got {self.close_grace_ms}")
         if self.exchange_lease_ttl_ms < 3 * 100:

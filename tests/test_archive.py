@@ -102,7 +102,7 @@ def test_block_codec_round_trips_mixed_fields_and_ids() -> None:
             st.integers(0, 10**6),
             st.integers(0, 5),
             st.dictionaries(
-                st.sampled_from([b"frame", b"recv_ns", b"event", b"x"]), st.binary(max_size=40), min_size=1
+                st.sampled_from([b"frame", b"recv_ns", b"event", b"x"]), st.binary(max_size=40), min_size=0
             ),
         ),
         min_size=1,

@@ -80,7 +80,7 @@ def decode_block(payload: bytes) -> list[Entry]:
         raise ValueError(f"archive block format {block.format} is not known (this version reads {FORMAT})")
     ids = [f"{ms}-{seq}".encode() for ms, seq in zip(accumulate(block.ids[::2]), block.ids[1::2], strict=True)]
     ends = list(accumulate(block.lengths))
-    starts = [0, *ends[:-1]]
+    starts = [0, *ends[:-1]] if ends else []
     values = block.values
     cut = [values[a:b] for a, b in zip(starts, ends, strict=True)]
     if len(block.schemas) == 1:  # the usual case: every entry has the same fields

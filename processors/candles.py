@@ -275,12 +275,14 @@ class CandleProcessor:
         self.open_key = keys.open_candles(PROJECTION, exchange_id, partition)
 
     def plan(self, entries: Sequence[Entry], last_id: tuple[int, int]) -> Plan:
-        """Decode a batch; entries at or before ``last_id`` were folded already and are skipped."""
+        """Decode a batch (in id order, as XREADGROUP, XAUTOCLAIM and XRANGE give it); entries at or
+        before ``last_id`` were folded already and are skipped: only that prefix needs its ids parsed."""
         out = Plan()
-        for entry_id, fields in entries:
-            if parse_id(entry_id) <= last_id:
-                out.skipped += 1
-                continue
+        fresh = 0
+        while fresh < len(entries) and parse_id(entries[fresh][0]) <= last_id:
+            fresh += 1
+        out.skipped = fresh
+        for entry_id, fields in entries[fresh:]:
             raw = fields.get(b"frame")
             try:
                 if raw is None:
@@ -607,7 +609,7 @@ class CandleProcessor:
         for d in dead:
             why = {b"reason": d.reason.encode(), b"original_id": d.entry_id, b"stream": self.stream.encode()}
             pipe.xadd(dead_stream, {**d.fields, **why})
-        newest = max((e[0] for e in entries), key=parse_id)
+        newest = entries[-1][0]  # the batch is in id order
         if raw_last is None or parse_id(newest) > parse_id(raw_last):
             pipe.set(self.position_key, newest)
         pipe.set(self.watermark_key, watermark)

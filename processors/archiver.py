@@ -105,6 +105,8 @@ async def run_archiver(
     async with archive_store.translated("connecting to the archive"):
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=3)
     try:
+        async with pool.acquire() as conn:
+            await archive_store.check_tables(conn)
         sink = ArchiveSink(pool, GROUP, config.max_block, 0.0 if until_idle else config.linger_s)
         runners: dict[str, Runner] = {}
         for ex in exchanges:
@@ -185,6 +187,12 @@ async def alongside(
         return
     if dsn is None:
         raise ValueError("archiving needs a PostgreSQL database")
+    async with archive_store.translated("connecting to the archive"):
+        conn = await asyncpg.connect(dsn)
+    try:
+        await archive_store.check_tables(conn)  # before the block folds anything: fail early
+    finally:
+        await conn.close()
     if until_idle:
         yield stats
         stats.update(await run_archiver(client, dsn, exchanges, config, until_idle=True, stop=stop))

@@ -60,6 +60,13 @@ async def translated(what: str) -> AsyncIterator[None]:
         raise StoreUnavailable(f"{what}: PostgreSQL: {exc!r}") from exc
 
 
+async def check_tables(conn: Any) -> None:
+    """Raise ArchiveMissing unless the archive tables exist (before anything is read or acknowledged)."""
+    async with translated("checking the archive tables"):
+        if not await conn.fetchval("SELECT to_regclass('public.archive_positions') IS NOT NULL"):
+            raise ArchiveMissing("the archive tables are missing; run `tickfold migrate`")
+
+
 def source_of(stream: str) -> str:
     """The sub-partition of a stream key: its exchange (``frames:binance:p3`` -> ``binance``), or the key
     itself for a key without one (``control``)."""

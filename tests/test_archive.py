@@ -194,9 +194,12 @@ async def test_ranges_and_batches_cut_inside_blocks(client: aioredis.Redis, dsn:
     assert await archived(dsn, stream, until=(ids[0][0], ids[0][1])) == whole[:1]
 
 
-async def test_an_unmigrated_database_is_a_clear_error(pg_dsn: str) -> None:
+async def test_an_unmigrated_database_is_a_clear_error(client: aioredis.Redis, pg_dsn: str) -> None:
     with pytest.raises(ArchiveMissing, match="tickfold migrate"):
         await archived(pg_dsn, "control")
+    with pytest.raises(ArchiveMissing, match="tickfold migrate"):
+        await run_archiver(client, pg_dsn, ["binance"], config(), until_idle=True)
+    assert not await client.exists(keys.CONTROL_STREAM)  # no group made, nothing read before the check
 
 
 # --------------------------------------------------------------------------------- exactly once

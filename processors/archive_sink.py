@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ import redis.asyncio as aioredis
 
 from streams import archive_store
 from streams.log import Entry, parse_id, translated
+from tickfold.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,12 +98,23 @@ class ArchiveSink:
             if buf.entries and (everything or now - buf.since >= self.linger_s):
                 await self.flush(client, stream)
 
-    async def keep_flushing(self, client: aioredis.Redis, stop: asyncio.Event) -> None:
-        """Flush what is due, a few times per linger, until ``stop``."""
+    async def keep_flushing(self, client: aioredis.Redis, stop: asyncio.Event, *, max_retries: int = 8) -> None:
+        """Flush what is due, a few times per linger, until ``stop``. A store that can't be reached is
+        retried with a capped backoff (the entries wait in the buffer, pending in Redis); after
+        ``max_retries`` failures in a row the error ends the archiver."""
+        failures = 0
         while not stop.is_set():
+            pause = max(self.linger_s / 4, 0.05) if not failures else min(0.1 * 2**failures, 5.0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(self.linger_s / 4, 0.05))
-            await self.flush_due(client)
+                await asyncio.wait_for(stop.wait(), pause)
+            try:
+                await self.flush_due(client)
+                failures = 0
+            except StoreUnavailable as exc:
+                failures += 1
+                if failures > max_retries:
+                    raise
+                log.warning("%s; retrying the archive flush (%d/%d)", exc, failures, max_retries)
 
     async def write(self, stream: str, entries: Sequence[Entry]) -> tuple[int, int]:
         """Archive ``entries`` (ids increasing) past the stream's position: (archived, skipped)."""

@@ -315,6 +315,58 @@ async def test_a_live_archiver_gathers_small_reads_into_blocks_and_flushes_on_st
     assert int((await client.xpending(stream, GROUP))["pending"]) == 0
 
 
+class _FlakyPool:
+    """A pool whose first ``failures`` acquisitions fail as a dropped connection would."""
+
+    def __init__(self, pool: Any, failures: int) -> None:
+        self.pool, self.failures = pool, failures
+
+    def acquire(self) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionRefusedError("PostgreSQL went away")
+        return self.pool.acquire()
+
+
+async def test_a_flush_that_fails_keeps_its_entries_and_is_retried(client: aioredis.Redis, dsn: str) -> None:
+    from tickfold.errors import StoreUnavailable
+
+    day = synthetic_day()[:50]
+    await log.append_frames(client, "coinbase", [(f, 0) for f in day], partitions=1)
+    stream = keys.frames_stream("coinbase", 0)
+    await log.ensure_group(client, stream, GROUP)
+    taken = await log.read_group(client, stream, GROUP, "w", count=50, block_ms=None)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        flaky = _FlakyPool(pool, failures=2)
+        sink = ArchiveSink(flaky, GROUP, 1000, linger_s=0.05)
+        await sink.add(client, stream, taken[:20])
+        await sink.add(client, stream, taken[20:])  # buffered: a block waits for company
+        stop = asyncio.Event()
+        flusher = asyncio.create_task(sink.keep_flushing(client, stop))
+        for _ in range(100):
+            if int((await client.xpending(stream, GROUP))["pending"]) == 0:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await flusher
+        assert flaky.failures == 0 and sink.totals[stream].blocks == 1
+        assert await archived(dsn, stream) == taken
+        # a store that stays away: the error surfaces, and the entries stay in the buffer and pending
+        more = await log.append_frames(client, "coinbase", [(b"{}", 0)], partitions=1)
+        extra = await log.read_group(client, stream, GROUP, "w", count=more, block_ms=None)
+        flaky.failures = 10**6
+        await sink.add(client, stream, extra)
+        with pytest.raises(StoreUnavailable, match="went away"):
+            await sink.keep_flushing(client, asyncio.Event(), max_retries=2)
+        assert int((await client.xpending(stream, GROUP))["pending"]) == 1
+        flaky.failures = 0
+        await sink.flush_due(client, everything=True)
+        assert await archived(dsn, stream) == [*taken, *extra]
+    finally:
+        await pool.close()
+
+
 # ------------------------------------------------------------------------------------------ trimming
 
 

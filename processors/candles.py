@@ -33,34 +33,26 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 
+from processors.candle_rollups import settle_rollups
 from processors.leases import Fence
 from processors.runner import BatchResult
 from projections import store
-from projections.candles import BY_BASE, BY_EXCHANGE, BY_REST, BY_WATERMARK, Candle, CandleBook, CandleClosed
-from projections.gaps import REST_SOURCE, previous_start, rest_event_ns
+from projections.candles import Candle, CandleBook, CandleClosed
+from projections.gaps import REST_SOURCE
 from projections.rollups import SOURCE as ROLLUP
-from projections.rollups import apply_rollup
 from projections.scope import Scope
+from projections.snapshots import COINBASE_CANDLE_TIMEFRAME, event_ns, snapshots, trades_of
 from projections.trades import Trade, TradeBucket, apply_trade, to_candle
 from projections.watermark import bucket_end, bucket_start, close_due, duration_ms
 from streams import keys
 from streams.frames import (
-    BinanceAggTrade,
-    BinanceKlineEvent,
-    BinanceTrade,
-    CoinbaseCandlesEvent,
-    CoinbaseFrame,
-    CoinbaseTradesEvent,
-    Frame,
     RestCandlesFrame,
     decode_frame,
-    parse_rfc3339_ns,
 )
 from streams.log import Entry, WatchError, parse_id, translated
 from streams.symbols import SymbolMap, UnknownSymbol
@@ -70,128 +62,8 @@ log = logging.getLogger(__name__)
 
 GROUP = "candles"
 PROJECTION = "candles"
-COINBASE_CANDLE_TIMEFRAME = "5m"  # the Advanced Trade candles channel only carries 5-minute buckets
 NATIVE_TIMEFRAMES = {"coinbase": (COINBASE_CANDLE_TIMEFRAME,)}  # streamed by the exchange: not rolled up
 _MAX_CONFLICT_RETRIES = 20
-
-
-def snapshots(exchange_id: str, frame: Frame, symbols: SymbolMap) -> list[tuple[Candle, bool]]:
-    """The candle snapshots a decoded frame carries, as (candle, close_older) in frame order. Pure."""
-    if isinstance(frame, BinanceKlineEvent):
-        k = frame.kline
-        candle = Candle(
-            exchange=exchange_id,
-            symbol=symbols.canonical(k.symbol),
-            timeframe=k.interval,
-            start=k.open_time,
-            open=k.open,
-            high=k.high,
-            low=k.low,
-            close=k.close,
-            volume=k.volume,
-            quote_volume=k.quote_volume,
-            trades=k.trades,
-            taker_buy_volume=k.taker_buy_volume,
-            closed=k.closed,
-            event_ns=frame.event_time * 1_000_000,
-            closed_by=BY_EXCHANGE if k.closed else None,
-        )
-        return [(candle, False)]
-    if isinstance(frame, CoinbaseFrame) and frame.channel == "candles":
-        out: list[tuple[Candle, bool]] = []
-        for event in frame.events:
-            assert isinstance(event, CoinbaseCandlesEvent)
-            for c in sorted(event.candles, key=lambda c: int(c.start)):
-                out.append(
-                    (
-                        Candle(
-                            exchange=exchange_id,
-                            symbol=symbols.canonical(c.product_id),
-                            timeframe=COINBASE_CANDLE_TIMEFRAME,
-                            start=int(c.start) * 1000,
-                            open=c.open,
-                            high=c.high,
-                            low=c.low,
-                            close=c.close,
-                            volume=c.volume,
-                            event_ns=frame.timestamp_ns,
-                        ),
-                        True,
-                    )
-                )
-        return out
-    if isinstance(frame, RestCandlesFrame):
-        return rest_snapshots(exchange_id, frame, symbols)
-    return []
-
-
-def rest_snapshots(exchange_id: str, frame: RestCandlesFrame, symbols: SymbolMap) -> list[tuple[Candle, bool]]:
-    """The closed candles of a backfill's ``rest_candles`` frame, by start (module docstring). Pure."""
-    symbol = symbols.canonical(frame.symbol)
-    try:
-        stamped = [(c, rest_event_ns(frame.timeframe, c.start)) for c in sorted(frame.candles, key=lambda c: c.start)]
-    except ValueError as exc:  # an unknown timeframe, a start that is not a bucket start
-        raise FrameDecodeError(f"rest_candles {frame.symbol} {frame.timeframe}: {exc}") from None
-    return [
-        (
-            Candle(
-                exchange=exchange_id, symbol=symbol, timeframe=frame.timeframe, start=c.start, open=c.open,
-                high=c.high, low=c.low, close=c.close, volume=c.volume, quote_volume=c.quote_volume,
-                trades=c.trades, taker_buy_volume=c.taker_buy_volume, closed=True, event_ns=event,
-                source=REST_SOURCE, closed_by=BY_REST,
-            ),
-            False,
-        )
-        for c, event in stamped
-    ]  # fmt: skip
-
-
-def trades_of(exchange_id: str, frame: Frame, symbols: SymbolMap) -> list[Trade]:
-    """The trades a decoded frame carries (Binance aggTrade / trade, Coinbase market_trades). Pure."""
-    if isinstance(frame, BinanceAggTrade):
-        return [
-            Trade(
-                exchange=exchange_id, symbol=symbols.canonical(frame.symbol), trade_id=frame.agg_id,
-                price=Decimal(frame.price), qty=Decimal(frame.qty), time_ms=frame.trade_time,
-                taker_buy=not frame.buyer_is_maker, trades=frame.last_trade_id - frame.first_trade_id + 1,
-            )
-        ]  # fmt: skip
-    if isinstance(frame, BinanceTrade):
-        return [
-            Trade(
-                exchange=exchange_id, symbol=symbols.canonical(frame.symbol), trade_id=frame.trade_id,
-                price=Decimal(frame.price), qty=Decimal(frame.qty), time_ms=frame.trade_time,
-                taker_buy=not frame.buyer_is_maker,
-            )
-        ]  # fmt: skip
-    if isinstance(frame, CoinbaseFrame) and frame.channel == "market_trades":
-        out: list[Trade] = []
-        for event in frame.events:
-            assert isinstance(event, CoinbaseTradesEvent)
-            for t in event.trades:
-                try:
-                    trade_id, price, qty = int(t.trade_id), Decimal(t.price), Decimal(t.size)
-                    time_ms = parse_rfc3339_ns(t.time) // 1_000_000
-                except (ValueError, ArithmeticError) as exc:
-                    raise FrameDecodeError(f"market_trades: bad trade {t.trade_id!r}: {exc}") from None
-                out.append(
-                    Trade(
-                        exchange=exchange_id, symbol=symbols.canonical(t.product_id), trade_id=trade_id,
-                        price=price, qty=qty, time_ms=time_ms, taker_buy=t.side == "SELL",
-                    )
-                )  # fmt: skip
-        return out
-    return []
-
-
-def event_ns(frame: Frame) -> int:
-    """The exchange event time of a frame (ns), 0 when it has none (a REST frame: it reports the past).
-    Moves the partition's watermark."""
-    if isinstance(frame, BinanceKlineEvent | BinanceAggTrade | BinanceTrade):
-        return frame.event_time * 1_000_000
-    if isinstance(frame, CoinbaseFrame):
-        return frame.timestamp_ns
-    return 0
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -224,14 +96,6 @@ class Plan:
     @property
     def event_ns(self) -> int:
         return max((i.event_ns for i in self.items), default=0)
-
-
-def _by_watermark(events: list[CandleClosed]) -> list[CandleClosed]:
-    """Watermark closes (projections/watermark.py close_due), marked as such in ``closed_by``."""
-    return [
-        CandleClosed(candle=msgspec.structs.replace(e.candle, closed_by=BY_WATERMARK), correction=e.correction)
-        for e in events
-    ]
 
 
 _STATE = msgspec.msgpack.Encoder()
@@ -326,7 +190,17 @@ class CandleProcessor:
                 stored_states = {k for k, v in states.items() if v is not None}
                 closes = self._fold(plan, books, states, due, int(raw_mark or 0))
                 if self.rollups:
-                    await self._rollups(client, books, closes, watermark, due, scope, plan.rest_rollups)
+                    await settle_rollups(
+                        client,
+                        self.rollups,
+                        self.close_grace_ms,
+                        books,
+                        closes,
+                        watermark,
+                        due,
+                        scope,
+                        plan.rest_rollups,
+                    )
                 pipe.multi()  # type: ignore[no-untyped-call]
                 scope.queue_moves(pipe)  # a symbol changing tiers: its history first, then the batch
                 self._queue(
@@ -358,91 +232,6 @@ class CandleProcessor:
             key, _, start = m.decode().rpartition("|")
             out.append((key, int(start)))
         return out
-
-    async def _rollups(
-        self,
-        client: aioredis.Redis,
-        books: dict[str, CandleBook],
-        closes: list[CandleClosed],
-        watermark: int,
-        due: list[tuple[str, int]],
-        scope: Scope,
-        rest: dict[tuple[str, int], Candle],
-    ) -> None:
-        """Recompute every roll-up bucket whose base candles this batch changed, level by level (1m → 5m →
-        15m ...), each from the whole set of its base candles; then close those the watermark has passed.
-
-        Roll-ups are settled once per batch, after the batch's base candles: a roll-up then never
-        closes on a partial set of base candles that the same batch completes, whatever the batching.
-        A closed REST candle of a roll-up timeframe (a backfill, e.g. warm-up history beyond the base
-        series) is settled here too, not by event time: the bucket holds the roll-up once its base set is
-        complete, else the REST candle (the exchange's own aggregate), never a roll-up of part of it.
-        Decided from the base set and the REST candles, so any batching gives the same bucket."""
-        for target, source in self.rollups:
-            wanted: dict[tuple[str, str], set[int]] = defaultdict(set)  # (source key, target key) -> starts
-            for key, book in books.items():
-                exchange_id, symbol, tf = keys.parse_candles(key)
-                if tf == source and book.dirty:
-                    pair = (key, keys.candles(exchange_id, symbol, target))
-                    wanted[pair].update(bucket_start(target, s) for s in book.dirty)
-            for key, start in rest:
-                exchange_id, symbol, tf = keys.parse_candles(key)
-                if tf == target:
-                    wanted[(keys.candles(exchange_id, symbol, source), key)].add(start)
-            if not wanted:
-                continue
-            plan = sorted((pair, start) for pair, starts in wanted.items() for start in starts)
-            pipe = client.pipeline(transaction=False)
-            for (src, tgt), start in plan:
-                pipe.zrange(scope.read_key(src), start, bucket_end(target, start) - 1, byscore=True)
-                pipe.zrange(scope.read_key(tgt), start, start, byscore=True)
-            replies: Any = await pipe.execute()
-            for i, ((src, tgt), start) in enumerate(plan):
-                parts = {c.start: c for c in map(store.decode_candle, replies[2 * i])}
-                end = bucket_end(target, start)
-                if src in books:
-                    parts.update({s: c for s, c in books[src].candles.items() if start <= s < end})
-                stored = {c.start: c for c in map(store.decode_candle, replies[2 * i + 1])}
-                if tgt in books:
-                    books[tgt].add_stored(stored)
-                else:
-                    books[tgt] = CandleBook(stored)
-                book = books[tgt]
-                current = book.candles.get(start)
-                r, event = apply_rollup(current, parts.values(), target) if parts else (None, None)
-                if r is None or not r.complete:  # the exchange's own aggregate beats a roll-up of part of it
-                    kept = rest.get((tgt, start))
-                    if kept is None and current is not None and current.closed and current.source == REST_SOURCE:
-                        continue
-                    if kept is not None:
-                        if kept != current:
-                            book.put(kept)
-                            if current is None or not current.closed:
-                                closes.append(CandleClosed(candle=kept))
-                            elif not kept.same_values(current):
-                                closes.append(CandleClosed(candle=kept, correction=True))
-                        continue
-                assert r is not None
-                candle = r.candle
-                if candle.closed:  # closed_by from the base set, not the batching: the same in a replay
-                    last = parts.get(previous_start(source, end))
-                    by = BY_BASE if last is not None and last.closed else BY_WATERMARK
-                    if candle.closed_by != by:
-                        candle = msgspec.structs.replace(candle, closed_by=by)
-                        event = None if event is None else CandleClosed(candle=candle, correction=event.correction)
-                else:
-                    for closing in _by_watermark(close_due([candle], watermark, self.close_grace_ms)):
-                        candle, event = closing.candle, closing
-                if candle != current:
-                    book.put(candle)
-                if event is not None:
-                    closes.append(event)
-        for key, start in due:  # open roll-ups the watermark has passed, whose base did not change
-            c = books[key].candles.get(start)
-            if c is not None and c.source == ROLLUP and not c.closed:
-                for event in _by_watermark(close_due([c], watermark, self.close_grace_ms)):
-                    books[key].put(event.candle)
-                    closes.append(event)
 
     @staticmethod
     def _symbols(plan: Plan, due: list[tuple[str, int]]) -> set[str]:
@@ -492,7 +281,7 @@ class CandleProcessor:
         closes: list[CandleClosed] = []
         grace_ns = self.close_grace_ms * 1_000_000
         pending: list[tuple[int, str, int]] = []  # (end + grace in ns, series key, start): may close here
-        for key, start in due:  # roll-ups close at the end of the batch, see _rollups
+        for key, start in due:  # roll-ups close at the end of the batch, see processors/candle_rollups.py
             if (c := books[key].candles.get(start)) is not None and not c.closed and c.source != ROLLUP:
                 heapq.heappush(pending, (bucket_end(c.timeframe, start) * 1_000_000 + grace_ns, key, start))
         mark = before  # the partition's watermark before this batch
@@ -501,7 +290,7 @@ class CandleProcessor:
             for candle, close_older in item.updates:
                 key = keys.candles(candle.exchange, candle.symbol, candle.timeframe)
                 if candle.source == REST_SOURCE and candle.timeframe in self._targets:
-                    plan.rest_rollups[(key, candle.start)] = candle  # settled with the roll-ups, see _rollups
+                    plan.rest_rollups[(key, candle.start)] = candle  # settled with the roll-ups, see processors/candle_rollups.py
                     continue
                 closes.extend(books[key].apply(candle, close_older=close_older))
                 touched.append((key, candle.start))
@@ -516,7 +305,7 @@ class CandleProcessor:
                 _, key, start = heapq.heappop(pending)
                 c = books[key].candles.get(start)
                 if c is not None and not c.closed:
-                    for event in _by_watermark(close_due([c], mark, self.close_grace_ms)):
+                    for event in close_due([c], mark, self.close_grace_ms):
                         books[key].put(event.candle)
                         closes.append(event)
         return closes

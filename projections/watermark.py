@@ -28,7 +28,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from projections.candles import Candle, CandleClosed
+from projections.candles import BY_WATERMARK, Candle, CandleClosed
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -125,14 +125,15 @@ def is_due(c: Candle, watermark_ns: int, grace_ms: int) -> bool:
 
 
 def close_due(candles: Iterable[Candle], watermark_ns: int, grace_ms: int) -> list[CandleClosed]:
-    """Close every still-open candle whose ``end + grace <= watermark`` (values and event_ns unchanged).
+    """Close every still-open candle whose ``end + grace <= watermark`` (values and event_ns unchanged;
+    ``closed_by`` says the watermark closed it).
 
     ``candles`` are the open candles of one exchange (any series and timeframe); closed ones are skipped.
     Returns one :class:`CandleClosed` per closed candle, ordered by (symbol, timeframe, start), each
     holding the closed candle to store. Idempotent: the returned candles are never due again.
     """
     out = [
-        CandleClosed(candle=msgspec.structs.replace(c, closed=True))
+        CandleClosed(candle=msgspec.structs.replace(c, closed=True, closed_by=BY_WATERMARK))
         for c in candles
         if not c.closed and is_due(c, watermark_ns, grace_ms)
     ]

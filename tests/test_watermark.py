@@ -159,7 +159,7 @@ def test_close_due_is_inclusive_at_end_plus_grace_and_keeps_values() -> None:
     assert not is_due(c, end_ns + 1_999 * MS, 2_000)
     [ev] = close_due([c], end_ns + 2_000 * MS, grace_ms=2_000)
     assert not ev.correction
-    assert ev.candle == msgspec.structs.replace(c, closed=True)  # values and event_ns unchanged
+    assert ev.candle == msgspec.structs.replace(c, closed=True, closed_by="watermark")  # values, event_ns kept
     assert close_due([ev.candle], 10**18, grace_ms=0) == []  # never twice
     with pytest.raises(ValueError, match="grace"):
         close_due([c], end_ns, grace_ms=-1)

@@ -1,0 +1,111 @@
+"""Roll-ups inside a candle batch: higher timeframes settled from their base candles (projections/rollups.py).
+
+Part of the candle processor's batch (:mod:`processors.candles`): after the batch's base candles are
+folded, every roll-up bucket they changed is recomputed from its whole base set, level by level, and
+closed once the watermark has passed it. Reads go through the batch's :class:`~projections.scope.Scope`
+(shared or user overflow keys); writes are left to the processor's MULTI (the books carry them).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+
+from projections import store
+from projections.candles import BY_BASE, BY_WATERMARK, Candle, CandleBook, CandleClosed
+from projections.gaps import REST_SOURCE, previous_start
+from projections.rollups import SOURCE as ROLLUP
+from projections.rollups import apply_rollup
+from projections.scope import Scope
+from projections.watermark import bucket_end, bucket_start, close_due
+from streams import keys
+
+
+async def settle_rollups(
+    client: aioredis.Redis,
+    rollups: tuple[tuple[str, str], ...],
+    close_grace_ms: int,
+    books: dict[str, CandleBook],
+    closes: list[CandleClosed],
+    watermark: int,
+    due: list[tuple[str, int]],
+    scope: Scope,
+    rest: dict[tuple[str, int], Candle],
+) -> None:
+    """Recompute every roll-up bucket whose base candles this batch changed, level by level (1m → 5m →
+    15m ...), each from the whole set of its base candles; then close those the watermark has passed.
+
+    Roll-ups are settled once per batch, after the batch's base candles: a roll-up then never
+    closes on a partial set of base candles that the same batch completes, whatever the batching.
+    A closed REST candle of a roll-up timeframe (a backfill, e.g. warm-up history beyond the base
+    series) is settled here too, not by event time: the bucket holds the roll-up once its base set is
+    complete, else the REST candle (the exchange's own aggregate), never a roll-up of part of it.
+    Decided from the base set and the REST candles, so any batching gives the same bucket."""
+    for target, source in rollups:
+        wanted: dict[tuple[str, str], set[int]] = defaultdict(set)  # (source key, target key) -> starts
+        for key, book in books.items():
+            exchange_id, symbol, tf = keys.parse_candles(key)
+            if tf == source and book.dirty:
+                pair = (key, keys.candles(exchange_id, symbol, target))
+                wanted[pair].update(bucket_start(target, s) for s in book.dirty)
+        for key, start in rest:
+            exchange_id, symbol, tf = keys.parse_candles(key)
+            if tf == target:
+                wanted[(keys.candles(exchange_id, symbol, source), key)].add(start)
+        if not wanted:
+            continue
+        plan = sorted((pair, start) for pair, starts in wanted.items() for start in starts)
+        pipe = client.pipeline(transaction=False)
+        for (src, tgt), start in plan:
+            pipe.zrange(scope.read_key(src), start, bucket_end(target, start) - 1, byscore=True)
+            pipe.zrange(scope.read_key(tgt), start, start, byscore=True)
+        replies: Any = await pipe.execute()
+        for i, ((src, tgt), start) in enumerate(plan):
+            parts = {c.start: c for c in map(store.decode_candle, replies[2 * i])}
+            end = bucket_end(target, start)
+            if src in books:
+                parts.update({s: c for s, c in books[src].candles.items() if start <= s < end})
+            stored = {c.start: c for c in map(store.decode_candle, replies[2 * i + 1])}
+            if tgt in books:
+                books[tgt].add_stored(stored)
+            else:
+                books[tgt] = CandleBook(stored)
+            book = books[tgt]
+            current = book.candles.get(start)
+            r, event = apply_rollup(current, parts.values(), target) if parts else (None, None)
+            if r is None or not r.complete:  # the exchange's own aggregate beats a roll-up of part of it
+                kept = rest.get((tgt, start))
+                if kept is None and current is not None and current.closed and current.source == REST_SOURCE:
+                    continue
+                if kept is not None:
+                    if kept != current:
+                        book.put(kept)
+                        if current is None or not current.closed:
+                            closes.append(CandleClosed(candle=kept))
+                        elif not kept.same_values(current):
+                            closes.append(CandleClosed(candle=kept, correction=True))
+                    continue
+            assert r is not None
+            candle = r.candle
+            if candle.closed:  # closed_by from the base set, not the batching: the same in a replay
+                last = parts.get(previous_start(source, end))
+                by = BY_BASE if last is not None and last.closed else BY_WATERMARK
+                if candle.closed_by != by:
+                    candle = msgspec.structs.replace(candle, closed_by=by)
+                    event = None if event is None else CandleClosed(candle=candle, correction=event.correction)
+            else:
+                for closing in close_due([candle], watermark, close_grace_ms):
+                    candle, event = closing.candle, closing
+            if candle != current:
+                book.put(candle)
+            if event is not None:
+                closes.append(event)
+    for key, start in due:  # open roll-ups the watermark has passed, whose base did not change
+        c = books[key].candles.get(start)
+        if c is not None and c.source == ROLLUP and not c.closed:
+            for event in close_due([c], watermark, close_grace_ms):
+                books[key].put(event.candle)
+                closes.append(event)

@@ -290,7 +290,7 @@ class CandleProcessor:
             for candle, close_older in item.updates:
                 key = keys.candles(candle.exchange, candle.symbol, candle.timeframe)
                 if candle.source == REST_SOURCE and candle.timeframe in self._targets:
-                    plan.rest_rollups[(key, candle.start)] = candle  # settled with the roll-ups, see processors/candle_rollups.py
+                    plan.rest_rollups[(key, candle.start)] = candle  # settled with the roll-ups (candle_rollups.py)
                     continue
                 closes.extend(books[key].apply(candle, close_older=close_older))
                 touched.append((key, candle.start))

@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from processors.candles import GROUP as CANDLES
-from processors.candles import NATIVE_TIMEFRAMES, CandleProcessor, event_ns
+from processors.candles import NATIVE_TIMEFRAMES, CandleProcessor
 from processors.indicators import GROUP as INDICATORS
 from processors.indicators import IndicatorProcessor
 from processors.leases import Fence
 from processors.replay_source import Sources, batches
+from projections.snapshots import event_ns
 from projections.watermark import duration_ms
 from streams import keys, log
 from streams.frames import decode_frame

@@ -2,10 +2,11 @@
 
 One partition stream ``frames:{exchange_id}:p{n}`` at a time, in entry-id order, with no entry twice
 and none missing: the archive holds what was trimmed from the stream (:mod:`streams.archive`), the
-stream holds the rest. Reading goes archive -> stream -> archive ... as long as the stream says it
-lost entries (``max-deleted-entry-id``, Redis 7) beyond what has been read: trimming behind the
-archiver during a long replay is followed, and an entry that is in neither place stops the replay
-with :class:`ReplayGapError` instead of folding a history with a hole in it.
+stream holds the rest. Reading goes archive -> stream -> archive ... as long as the stream shows it
+lost entries beyond what has been read (:func:`continues`): trimming behind the archiver during a long
+replay is followed, and an entry that is in neither place (trimmed without an archive, or dropped by
+the archive's retention) stops the replay with :class:`ReplayGapError` instead of folding a history
+with a hole in it.
 
 Every partition is read up to the position it had when the replay began (``until``), so a replay
 ends even while frames keep arriving, and reads only (XRANGE, XINFO, GET): it never writes to the
@@ -61,15 +62,24 @@ async def _last_id(client: aioredis.Redis, stream: str) -> Position | None:
     return parse_id(newest[0][0]) if newest else None
 
 
-async def max_deleted(client: aioredis.Redis, stream: str) -> Position:
-    """The newest id ever deleted (trimmed) from ``stream``; (0, 0) if none, or on Redis < 7 (not reported)."""
+async def continues(client: aioredis.Redis, stream: str, cursor: Position, read: int) -> bool:
+    """Whether the stream's entries after ``cursor`` are all still there, ``read`` entries having been read
+    up to it (archive and stream). Trimming removes the oldest entries: while the stream still holds
+    ``cursor`` or older, nothing after it went; otherwise nothing after it went only if every entry ever
+    removed (``entries-added`` - ``length``, Redis 7) was among those read. Redis 6.2 reports neither: it is
+    taken to continue."""
     with translated(f"inspecting {stream}"):
         try:
             info: Any = await client.xinfo_stream(stream)
-        except ResponseError:  # no such key
-            return (0, 0)
-    raw = info.get("max-deleted-entry-id") or info.get(b"max-deleted-entry-id")
-    return parse_id(raw) if raw else (0, 0)
+        except ResponseError:  # no such key: nothing left in the stream
+            return False
+    added = info.get("entries-added")
+    if added is None:
+        return True
+    first = info.get("first-entry")
+    if first and parse_id(first[0]) <= cursor:
+        return True
+    return read >= int(added) - int(info["length"])
 
 
 async def plan(client: aioredis.Redis, exchange_id: str, dsn: str | None) -> Sources:
@@ -102,6 +112,7 @@ async def batches(
 ) -> AsyncIterator[list[Entry]]:
     """The entries of one partition up to ``part.until``, in id order, ``size`` at a time (module docstring)."""
     pos: Position = (0, 0)
+    read = 0
     while pos < part.until:
         round_start = pos
         if sources.dsn is not None:
@@ -109,34 +120,21 @@ async def batches(
                 chunk = [e for e in chunk if pos < parse_id(e[0]) <= part.until]
                 if chunk:
                     yield chunk
-                    pos = parse_id(chunk[-1][0])
-        async for chunk in _from_stream(client, part, pos, size):
+                    pos, read = parse_id(chunk[-1][0]), read + len(chunk)
+        while pos < part.until:
+            with translated(f"reading {part.stream}"):
+                reply: Any = await client.xrange(part.stream, f"({id_text(pos)}", id_text(part.until), count=size)
+            if not await continues(client, part.stream, pos, read):
+                break  # entries after ``pos`` were trimmed (before or while it was read): back to the archive
+            if not reply:
+                return  # the stream ends before ``until`` (the archive reached further)
+            chunk = [(eid, fields) for eid, fields in reply]
             yield chunk
-            pos = parse_id(chunk[-1][0])
-        if pos >= part.until:
-            return
-        lost = await max_deleted(client, part.stream)
-        if lost <= pos:
-            return  # nothing deleted beyond what was read: the stream simply ends before ``until``
-        if pos == round_start:
+            pos, read = parse_id(chunk[-1][0]), read + len(chunk)
+        if pos < part.until and pos == round_start:
             where = "the archive" if sources.dsn is not None else "an archive (none is configured)"
+            what = "its oldest entries" if pos == (0, 0) else f"entries after {id_text(pos)}"
             raise ReplayGapError(
-                f"{part.stream}: entries up to {id_text(lost)} were trimmed from the stream, and {where} does not "
-                f"hold them (read up to {id_text(pos)}): the frames after {id_text(pos)} can't be replayed exactly"
+                f"{part.stream}: {what} were trimmed from the stream, and {where} does not hold them: "
+                "the frames of this partition can't be replayed exactly"
             )
-
-
-async def _from_stream(
-    client: aioredis.Redis, part: PartitionSource, after: Position, size: int
-) -> AsyncIterator[list[Entry]]:
-    """XRANGE after ``after`` up to ``part.until``. Stops as soon as the stream has lost an entry newer than
-    the cursor (trimmed, before or while it was read): the caller then goes back to the archive."""
-    cursor = after
-    while cursor < part.until:
-        with translated(f"reading {part.stream}"):
-            reply: Any = await client.xrange(part.stream, f"({id_text(cursor)}", id_text(part.until), count=size)
-        if not reply or await max_deleted(client, part.stream) > cursor:
-            return
-        chunk: list[Entry] = [(eid, fields) for eid, fields in reply]
-        yield chunk
-        cursor = parse_id(chunk[-1][0])

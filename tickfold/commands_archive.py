@@ -33,11 +33,14 @@ def _say(text: str) -> None:
     err.print(f"[dim]{text}[/dim]")
 
 
+READ_AT_MOST = 1000  # entries per stream per read (one Lua call reads every held stream: keep it short)
+
+
 def archiver_config(settings: Settings) -> ArchiverConfig:
     return ArchiverConfig(
         runner=RunnerConfig(
             consumer=settings.consumer_name(),
-            batch_size=settings.archive_batch_size,
+            batch_size=min(settings.archive_batch_size, READ_AT_MOST),
             block_ms=settings.block_ms,
             lease_ttl_ms=settings.lease_ttl_ms,
         ),

@@ -62,7 +62,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     tier1_refresh_s: float = 3600.0  # how often serve re-ranks each exchange of ``tier1`` (REST weight: ~80)
     archive: bool = False  # serve / process also run the archiver (streams -> PostgreSQL); trimming waits for it
     archive_retention_days: int = 0  # UTC days of archive kept (today included); 0 keeps everything
-    archive_batch_size: int = 5000  # entries the archiver reads per stream and batch (and per block at most)
+    archive_batch_size: int = 5000  # entries per archive block at most (read 1000 at a time, gathered by the linger)
     archive_linger_ms: int = 2000  # a live stream's entries wait at most this long to fill a block
 
     def __post_init__(self) -> None:

@@ -37,20 +37,14 @@ supervisor adds one when none was — an adapter stopped while backing off, or o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import secrets
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 import redis.asyncio as aioredis
 
-from control import events as ev
-from control import exchanges as repo
 from control import universe as uv
 from control.commands import Accepted as AcceptedOutcome
 from control.commands import (
@@ -59,132 +53,21 @@ from control.commands import (
     Rejected,
     Start,
     Stop,
-    append_entry,
     append_outcome,
     now_ns,
     parse_entry,
 )
-from control.desired import Desired, Item, Malformed, Want, apply, classify, position, read_desired
+from control.desired import Desired, Item, Malformed, apply, classify, position, read_desired
+from control.slot import ExchangeSlot, pause
+from control.start_plan import exchange_row, plan_start
+from control.tier1 import read_universe
 from streams import keys, log
-from streams.adapters.base import WsAdapter
-from streams.adapters.factory import ExchangeRow, build_adapter
 from streams.log import translated
-from streams.symbols import SymbolMap, UnknownSymbol, load_symbol_map
 from tickfold.errors import StoreUnavailable, TickfoldError
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_SYMBOLS: dict[str, tuple[str, ...]] = {  # a start without symbols, by adapter kind
-    "binance_spot": ("BTC-USDT", "ETH-USDT"),
-    "coinbase_advanced_trade": ("BTC-USD", "ETH-USD"),
-}
-DEFAULT_TIMEFRAMES = ("1m",)
-
 Say = Callable[[str], None]
-
-
-# ------------------------------------------------------------------------------------------ judging
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A start command checked and resolved: the row, the exchange-native symbols, the timeframes."""
-
-    row: ExchangeRow
-    symbols: tuple[str, ...]
-    timeframes: tuple[str, ...]
-
-
-async def exchange_row(dsn: str, exchange_id: str) -> ExchangeRow:
-    """The exchange's row; UnknownExchange (naming the known ones) when there is none."""
-    keys.exchange_part(exchange_id)
-    try:
-        return await repo.get_exchange(dsn, exchange_id)
-    except asyncpg.PostgresError as exc:
-        raise TickfoldError(f"cannot read the exchanges table ({exc}); has `tickfold migrate` run?") from exc
-
-
-async def plan_start(
-    client: aioredis.Redis, dsn: str, exchange_id: str, symbols: tuple[str, ...], timeframes: tuple[str, ...]
-) -> Plan:
-    """Check a start the way the factory will: raises a TickfoldError with the reason (UnknownExchange for
-    an unknown, disabled or unsupported exchange, UnknownSymbol / KeyFormatError for bad symbols or
-    timeframes); StoreUnavailable when Redis or PostgreSQL can't be reached (retry, don't reject)."""
-    row = await exchange_row(dsn, exchange_id)
-    wanted = symbols or DEFAULT_SYMBOLS.get(row.adapter_kind, ())
-    if not wanted:
-        raise UnknownSymbol(f"no symbols given, and adapter kind {row.adapter_kind!r} has no default set")
-    symbol_map = await load_symbol_map(client, exchange_id)
-    known = symbol_map.markets
-    natives: list[str] = []
-    for text in wanted:
-        canonical = symbol_map.resolve(text)
-        native = symbol_map.native(canonical)
-        if known and native not in known:
-            raise UnknownSymbol(f"{exchange_id} has no market {text!r} (tickfold markets sync {exchange_id})")
-        keys.candles(exchange_id, canonical, "1m")  # a symbol that would break a key is refused here
-        natives.append(native)
-    tfs = tuple(dict.fromkeys(timeframes or DEFAULT_TIMEFRAMES))
-    for tf in tfs:
-        keys.timeframe_part(tf)
-    plan = Plan(row, tuple(dict.fromkeys(natives)), tfs)
-    build_adapter(row, client, symbols=plan.symbols, timeframes=plan.timeframes)  # the factory's own checks
-    return plan
-
-
-async def append_event(client: aioredis.Redis, event: ev.ControlEvent) -> bytes:
-    """Append a lifecycle event to the control stream and publish it (as the adapters' emitter does)."""
-    return await append_entry(client, "event", ev.encode(event))
-
-
-# ------------------------------------------------------------------------------------------- leases
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-class ExchangeLease:
-    """``lease:adapter:{exchange}``: one serve instance runs an exchange's adapter at a time."""
-
-    def __init__(self, client: aioredis.Redis, exchange_id: str, ttl_ms: int, owner: str) -> None:
-        self.client = client
-        self.key = keys.exchange_lease(exchange_id)
-        self.ttl_ms = ttl_ms
-        self.token = f"{owner}/{secrets.token_hex(4)}".encode()
-        self.held = False
-        self.renewed_at = 0.0
-
-    async def keep(self) -> bool:
-        """Renew the lease if held, else try to take it; whether it is held now."""
-        with translated(f"keeping {self.key}"):
-            if self.held:
-                ok = await self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms)
-            else:
-                ok = await self.client.set(self.key, self.token, nx=True, px=self.ttl_ms)
-        self.held = bool(ok)
-        if self.held:
-            self.renewed_at = time.monotonic()
-        return self.held
-
-    def lapsed(self) -> bool:
-        """Not renewed for a whole TTL (Redis unreachable): someone else may hold it by now."""
-        return time.monotonic() - self.renewed_at >= self.ttl_ms / 1000
-
-    async def release(self) -> None:
-        if not self.held:
-            return
-        self.held = False
-        with translated(f"releasing {self.key}"):
-            await self.client.eval(_RELEASE, 1, self.key, self.token)
-
-
-# --------------------------------------------------------------------------------------- supervisor
 
 
 @dataclass(frozen=True)
@@ -216,7 +99,7 @@ class Supervisor:
         self.say: Say = say or (lambda text: _log.info("%s", text))
         self.desired = Desired()
         self.universe = uv.Universe()
-        self.slots: dict[str, _Slot] = {}
+        self.slots: dict[str, ExchangeSlot] = {}
         self._progress = asyncio.Event()
         self._stop = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
@@ -226,7 +109,7 @@ class Supervisor:
         out every adapter is stopped cleanly and every lease released (the desired state is unchanged)."""
         self._stop = stop
         self.desired = await read_desired(self.client)
-        self.universe = await _read_universe(self.client, self.desired.last_id)
+        self.universe = await read_universe(self.client, upto=self.desired.last_id)
         await log.ensure_group(self.client, keys.CONTROL_STREAM, keys.SUPERVISOR_GROUP)
         running = self.desired.running()
         if running:
@@ -242,11 +125,11 @@ class Supervisor:
             tg.create_task(self._answer_loop(), name="supervisor-commands")
         self._tg = None
 
-    def _slot(self, exchange: str) -> _Slot:
+    def _slot(self, exchange: str) -> ExchangeSlot:
         slot = self.slots.get(exchange)
         if slot is None:
             assert self._tg is not None
-            slot = self.slots[exchange] = _Slot(self, exchange)
+            slot = self.slots[exchange] = ExchangeSlot(self, exchange)
             self._tg.create_task(slot.run(), name=f"supervisor-{exchange}")
         return slot
 
@@ -264,7 +147,7 @@ class Supervisor:
             except StoreUnavailable as exc:
                 failures += 1
                 _log.warning("supervisor: %s", exc)
-                await _pause(self._stop, min(0.1 * 2**failures, 2.0))
+                await pause(self._stop, min(0.1 * 2**failures, 2.0))
                 continue
             for entry_id, fields in reply[0][1] if reply else []:
                 eid = entry_id.decode()
@@ -312,7 +195,7 @@ class Supervisor:
         while position(self.desired.last_id) < target:
             if self._stop.is_set():
                 return False
-            await _pause(self._stop, 1.0, self._progress)
+            await pause(self._stop, 1.0, self._progress)
         return True
 
     # -------------------------------------------------------------------------------- the answering
@@ -345,7 +228,7 @@ class Supervisor:
             except StoreUnavailable as exc:
                 failures += 1
                 _log.warning("supervisor: %s", exc)
-                await _pause(self._stop, min(0.1 * 2**failures, 2.0))
+                await pause(self._stop, min(0.1 * 2**failures, 2.0))
 
     async def _claim(self, min_idle_ms: int) -> list[log.Entry]:
         with translated(f"claiming stale entries of {keys.CONTROL_STREAM}"):
@@ -380,7 +263,7 @@ class Supervisor:
                 except StoreUnavailable as exc:  # not the command's fault: try again, in order
                     failures += 1
                     _log.warning("supervisor: judging %s %s: %s", item.command_id, item.exchange, exc)
-                    if await _pause(self._stop, min(0.1 * 2**failures, 2.0)):
+                    if await pause(self._stop, min(0.1 * 2**failures, 2.0)):
                         return False
             kind = type(item).__struct_config__.tag
             assert isinstance(kind, str)
@@ -415,198 +298,3 @@ class Supervisor:
             kind = type(command).__struct_config__.tag
             return f"{command.exchange} is not running ({kind} acts on a running exchange; start it first)"
         return None
-
-
-class _Slot:
-    """One exchange on this instance: holds its lease while it should run, and runs its adapter."""
-
-    def __init__(self, sup: Supervisor, exchange: str) -> None:
-        self.sup = sup
-        self.exchange = exchange
-        self.lease = ExchangeLease(sup.client, exchange, sup.config.lease_ttl_ms, sup.config.consumer)
-        self.wake = asyncio.Event()
-        self.actions: deque[Connect | Disconnect] = deque()
-        self.serving: Want | None = None  # the desire this instance serves (as the lease holder)
-        self.adapter: WsAdapter | None = None
-        self.task: asyncio.Task[None] | None = None  # None while serving: failed to start, or crashed
-        self.stopper = asyncio.Event()
-        self.base_symbols: tuple[str, ...] = ()  # the start command's, exchange-native
-        self.symbol_map: SymbolMap | None = None
-        self.symbols: tuple[str, ...] = ()  # what the adapter is subscribed to
-        self.updating: asyncio.Task[None] | None = None  # an update_symbols under way (it is rate-limited)
-
-    def _wanted_symbols(self) -> tuple[str, ...]:
-        """The start command's symbols plus the universe's watched ones (native; unknown markets skipped)."""
-        natives = list(self.base_symbols)
-        symbol_map = self.symbol_map
-        if symbol_map is not None:
-            known = symbol_map.markets
-            for canonical in self.sup.universe.watched(self.exchange):
-                try:
-                    native = symbol_map.native(canonical)
-                except UnknownSymbol:
-                    continue
-                if not known or native in known:
-                    natives.append(native)
-        return tuple(dict.fromkeys(natives))
-
-    async def run(self) -> None:
-        stop = self.sup._stop
-        tick = self.sup.config.lease_ttl_ms / 3000
-        try:
-            while not stop.is_set():
-                self.wake.clear()
-                try:
-                    await self._step()
-                except StoreUnavailable as exc:
-                    _log.warning("supervisor %s: %s", self.exchange, exc)
-                    if self.serving is not None and self.lease.lapsed():
-                        await self._halt("lease lapsed (Redis unreachable)")
-                await _pause(stop, tick, self.wake)
-        finally:
-            await self._halt("serve stopping")
-            with contextlib.suppress(StoreUnavailable):
-                await self.lease.release()
-
-    async def _step(self) -> None:
-        want = self.sup.desired.exchanges.get(self.exchange)
-        if want is None or not want.running:
-            await self._halt(f"stopped by command {want.command_id}" if want else "not wanted")
-            await self.lease.release()
-            self.actions.clear()
-            return
-        if not await self.lease.keep():
-            await self._halt("another serve instance holds the exchange")
-            self.actions.clear()
-            return
-        if self.task is not None and self.task.done():
-            self._crashed(self.task)
-        if self.serving is not None:
-            same = (self.serving.symbols, self.serving.timeframes) == (want.symbols, want.timeframes)
-            if same and self.task is not None:
-                self.serving = want
-            elif not same or self.serving.entry_id != want.entry_id:  # new settings, or a new start after a failure
-                await self._halt(f"restarting for command {want.command_id}")
-        if self.serving is None:
-            await self._start(want)
-        elif self.adapter is not None and self.task is not None and (self.updating is None or self.updating.done()):
-            symbols = self._wanted_symbols()
-            if symbols != self.symbols:  # in the background: the lease must be renewed meanwhile
-                self.symbols = symbols
-                self.updating = asyncio.create_task(
-                    self._update(self.adapter, symbols), name=f"adapter-{self.exchange}-symbols"
-                )
-        while self.actions:
-            command = self.actions.popleft()
-            if self.adapter is None or self.task is None:
-                continue
-            if isinstance(command, Disconnect):
-                who = command.requested_by or "a command"
-                n = await self.adapter.disconnect_now(f"disconnect requested by {who} ({command.command_id})")
-                self.sup.say(f"{self.exchange}: disconnected {n} connection(s) on command {command.command_id}")
-            else:
-                n = self.adapter.reconnect_now()
-                self.sup.say(f"{self.exchange}: {n} pending reconnect(s) made now on command {command.command_id}")
-
-    async def _start(self, want: Want) -> None:
-        try:
-            plan = await plan_start(self.sup.client, self.sup.dsn, self.exchange, want.symbols, want.timeframes)
-        except StoreUnavailable:
-            raise
-        except TickfoldError as exc:  # accepted, but no longer possible (the row changed since)
-            self.serving = want
-            self.sup.say(f"{self.exchange}: cannot start: {exc}")
-            await self._final(f"cannot start: {exc}")
-            return
-        self.base_symbols = plan.symbols
-        self.symbol_map = await load_symbol_map(self.sup.client, self.exchange)
-        self.symbols = self._wanted_symbols()
-        adapter = build_adapter(
-            plan.row,
-            self.sup.adapter_client,
-            symbols=self.symbols,
-            timeframes=plan.timeframes,
-            **self.sup.config.adapter_options,
-        )
-        self.serving, self.adapter, self.stopper = want, adapter, asyncio.Event()
-        self.task = asyncio.create_task(adapter.run(self.stopper), name=f"adapter-{self.exchange}")
-        self.task.add_done_callback(lambda _: self.wake.set())
-        self.sup.say(
-            f"{self.exchange}: started ({', '.join(plan.symbols)}; {', '.join(plan.timeframes)}) "
-            f"for command {want.command_id}"
-        )
-
-    async def _update(self, adapter: WsAdapter, symbols: tuple[str, ...]) -> None:
-        try:
-            await adapter.update_symbols(symbols)
-            self.sup.say(f"{self.exchange}: now watching {', '.join(symbols) or 'nothing'} (symbol universe)")
-        finally:
-            self.wake.set()  # the universe may have changed again meanwhile
-
-    def _crashed(self, task: asyncio.Task[None]) -> None:
-        error = None if task.cancelled() else task.exception()
-        _log.error("supervisor: the %s adapter stopped on its own", self.exchange, exc_info=error)
-        self.sup.say(f"{self.exchange}: the adapter stopped on its own ({error!r}); it stays down until the next start")
-        self.task = None
-
-    async def _halt(self, reason: str) -> None:
-        """Stop serving: stop the adapter (close, drain) and end with a disconnected event (retry None)."""
-        if self.serving is None:
-            return
-        self.serving = None
-        task, adapter, self.task, self.adapter = self.task, self.adapter, None, None
-        if self.updating is not None:
-            self.updating.cancel()
-            await asyncio.wait([self.updating])
-            self.updating = None
-        wrote_final = False
-        if task is not None and adapter is not None:
-            seen = len(adapter.control.emitted)
-            self.stopper.set()
-            done, _ = await asyncio.wait([task], timeout=self.sup.config.stop_timeout_s)
-            if not done:
-                _log.error("supervisor: the %s adapter did not stop in time; cancelled", self.exchange)
-                task.cancel()
-                await asyncio.wait([task])
-            elif not task.cancelled() and task.exception() is not None:
-                _log.error("supervisor: the %s adapter failed while stopping", self.exchange, exc_info=task.exception())
-            wrote_final = any(
-                isinstance(e, ev.Disconnected) and e.retry_in_s is None for e in adapter.control.emitted[seen:]
-            )
-        if not wrote_final:
-            await self._final(reason)
-        self.sup.say(f"{self.exchange}: stopped ({reason})")
-
-    async def _final(self, reason: str) -> None:
-        with contextlib.suppress(StoreUnavailable):
-            await append_event(
-                self.sup.client, ev.Disconnected(exchange=self.exchange, at_ns=now_ns(), reason=reason, retry_in_s=None)
-            )
-
-
-async def _read_universe(client: aioredis.Redis, upto: str) -> uv.Universe:
-    """The symbol universe: a fold of the control stream's universe events up to ``upto`` (inclusive)."""
-    events: list[uv.UniverseEvent] = []
-    start = "-"
-    while True:
-        with translated(f"reading {keys.CONTROL_STREAM}"):
-            page: Any = await client.xrange(keys.CONTROL_STREAM, min=start, max=upto, count=1000)
-        for _entry_id, fields in page:
-            if b"event" in fields and isinstance(parsed := parse_entry(fields), uv.SymbolAdded | uv.SymbolRemoved):
-                events.append(parsed)
-        if len(page) < 1000:
-            return uv.fold(events)
-        start = "(" + bytes(page[-1][0]).decode()
-
-
-async def _pause(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None = None) -> bool:
-    """Sleep up to ``seconds``, ending early on ``stop`` (or ``wake``); whether ``stop`` is set."""
-    waits = [asyncio.ensure_future(stop.wait())]
-    if wake is not None:
-        waits.append(asyncio.ensure_future(wake.wait()))
-    try:
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
-    return stop.is_set()

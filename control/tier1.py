@@ -26,13 +26,14 @@ from tickfold.errors import TickfoldError
 _PAGE = 1000
 
 
-async def read_universe(client: aioredis.Redis) -> uv.Universe:
-    """The current universe: a fresh fold of the control stream's universe events (others ignored)."""
+async def read_universe(client: aioredis.Redis, *, upto: str = "+") -> uv.Universe:
+    """The universe: a fresh fold of the control stream's universe events up to ``upto`` (inclusive;
+    default: all), other entries ignored."""
     events: list[uv.UniverseEvent] = []
     start = "-"
     while True:
         with translated("reading the control stream"):
-            page: Any = await client.xrange(keys.CONTROL_STREAM, min=start, max="+", count=_PAGE)
+            page: Any = await client.xrange(keys.CONTROL_STREAM, min=start, max=upto, count=_PAGE)
         for _entry_id, fields in page:
             if b"event" not in fields:
                 continue

@@ -72,8 +72,11 @@ def source_of(stream: str) -> str:
     itself for a key without one (``control``)."""
     parts = stream.split(":")
     source = parts[1] if len(parts) > 1 else parts[0]
-    if not _SOURCE.match(source):
-        raise ValueError(f"cannot archive stream {stream!r}: its source {source!r} must match {_SOURCE.pattern}")
+    if not _SOURCE.match(source) or len(source) > 32:  # it names a table: at most 63 bytes in all
+        raise ValueError(
+            f"cannot archive stream {stream!r}: its source {source!r} must match {_SOURCE.pattern} "
+            "with 32 characters at most"
+        )
     return source
 
 

@@ -158,6 +158,8 @@ async def test_recorded_frames_and_control_events_are_archived_byte_for_byte(cli
     assert await archived_streams(dsn, "frames:binance:") == [s for s in filled if s.startswith("frames:binance:")]
     assert await archived_streams(dsn, "control") == ["control"]
     assert await archived_position(dsn, "frames:kraken:p0") is None
+    with pytest.raises(ValueError, match="must match"):
+        await archived(dsn, "frames:Bad-Name:p0")  # its source would name a table
     assert await archived(dsn, "frames:kraken:p0") == []
 
 

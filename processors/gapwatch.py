@@ -72,6 +72,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from control import events as ev
+from control.tier1 import rest_client
 from processors.backfill import BackfillResult, Rest, backfill, check_rest_timeframe, warm_up
 from projections import store
 from projections.gaps import previous_start, to_repair
@@ -79,9 +80,8 @@ from projections.watermark import bucket_end, bucket_start
 from streams import keys
 from streams.adapters.factory import ExchangeRow
 from streams.log import Entry, ensure_group, parse_id, translated
-from streams.rest import BinanceRestClient, CoinbaseRestClient
 from streams.symbols import SymbolMap, UnknownSymbol, load_symbol_map
-from tickfold.errors import ProjectionConflict, StoreUnavailable, TickfoldError
+from tickfold.errors import ProjectionConflict, StoreUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -198,15 +198,6 @@ class GapWatchStats:
     suspect: list[tuple[str, int]] = field(default_factory=list)  # (series, start) cut by the outage: repaired
     appended: int = 0  # rest_candles frames appended to the raw streams (for the fold)
     skipped: list[str] = field(default_factory=list)  # "series: why" not backfilled
-
-
-def rest_client(row: ExchangeRow) -> Rest:
-    """The REST client for an ``exchanges`` row (its ``rest_url``); TickfoldError for an unknown kind."""
-    if row.adapter_kind == "binance_spot":
-        return BinanceRestClient(row.rest_url) if row.rest_url else BinanceRestClient()
-    if row.adapter_kind == "coinbase_advanced_trade":
-        return CoinbaseRestClient(row.rest_url) if row.rest_url else CoinbaseRestClient()
-    raise TickfoldError(f"no REST client for adapter kind {row.adapter_kind!r} (exchange {row.id!r})")
 
 
 class GapWatch:

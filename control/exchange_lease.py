@@ -11,17 +11,9 @@ import time
 
 import redis.asyncio as aioredis
 
+from processors.leases import RELEASE, RENEW
 from streams import keys
 from streams.log import translated
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class ExchangeLease:
@@ -39,7 +31,7 @@ class ExchangeLease:
         """Renew the lease if held, else try to take it; whether it is held now."""
         with translated(f"keeping {self.key}"):
             if self.held:
-                ok = await self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms)
+                ok = await self.client.eval(RENEW, 1, self.key, self.token, self.ttl_ms)
             else:
                 ok = await self.client.set(self.key, self.token, nx=True, px=self.ttl_ms)
         self.held = bool(ok)
@@ -56,4 +48,4 @@ class ExchangeLease:
             return
         self.held = False
         with translated(f"releasing {self.key}"):
-            await self.client.eval(_RELEASE, 1, self.key, self.token)
+            await self.client.eval(RELEASE, 1, self.key, self.token)

@@ -41,11 +41,12 @@ class Fence:
             raise LeaseLost(f"{self.key} is no longer held by this instance")
 
 
-_RENEW = """
+# Compare-and-set on a lease key (KEYS[1]) holding a token (ARGV[1]); shared with control/exchange_lease.py.
+RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
-_RELEASE = """
+RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
@@ -88,7 +89,7 @@ class Membership:
             pipe.zcard(self.workers_key)
             live = int((await pipe.execute())[-1])
             for p in sorted(self.held):
-                if not await self.client.eval(_RENEW, 1, self.fence(p).key, self.token, self.ttl_ms):
+                if not await self.client.eval(RENEW, 1, self.fence(p).key, self.token, self.ttl_ms):
                     self.held.discard(p)
                     lost.append(p)
             share = math.ceil(self.partitions / max(live, 1))
@@ -111,7 +112,7 @@ class Membership:
     async def release(self, partition: int) -> None:
         self.held.discard(partition)
         with translated(f"releasing partition {partition} of {self.exchange_id}"):
-            await self.client.eval(_RELEASE, 1, self.fence(partition).key, self.token)
+            await self.client.eval(RELEASE, 1, self.fence(partition).key, self.token)
 
     async def leave(self) -> None:
         """Give back every lease and deregister (a clean exit: successors need not wait for the TTL)."""

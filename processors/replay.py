@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -178,6 +179,9 @@ def frame_event_ms(exchange_id: str, fields: dict[bytes, bytes]) -> int:
         return 0
 
 
+PACE_STEP_S = 0.1  # paced replays feed at most this much wall time's worth of event time per batch
+
+
 @dataclass
 class _Lane:
     """One partition's entries, cut and timed: the next chunk to feed, and its first event time."""
@@ -185,6 +189,7 @@ class _Lane:
     partition: int
     source: AsyncIterator[list[Entry]]
     chunk: list[Entry] = field(default_factory=list)
+    buffer: deque[Entry] = field(default_factory=deque)  # read from the source, not yet in a chunk
     first_ms: int = 0
     last_ms: int = 0
     done: bool = False
@@ -212,9 +217,10 @@ async def run(
         for part in sources.parts
         if partitions is None or part.partition in partitions
     ]
+    step_ms = None if speed is None else max(int(PACE_STEP_S * speed * 1000), 1)
     ready: list[tuple[int, int]] = []
     for i, lane in enumerate(lanes):
-        if await _advance(lane, exchange_id, stop_ms, start_ms, stats):
+        if await _advance(lane, exchange_id, stop_ms, start_ms, stats, size=batch_size, step_ms=step_ms):
             heapq.heappush(ready, (lane.first_ms, i))
     first_event: int | None = None
     paced_from = time.monotonic()
@@ -233,36 +239,51 @@ async def run(
         stats.seconds = time.monotonic() - began
         if progress is not None:
             progress(stats)
-        if await _advance(lane, exchange_id, stop_ms, start_ms, stats):
+        if await _advance(lane, exchange_id, stop_ms, start_ms, stats, size=batch_size, step_ms=step_ms):
             heapq.heappush(ready, (lane.first_ms, i))
     stats.seconds = time.monotonic() - began
     return stats
 
 
 async def _advance(
-    lane: _Lane, exchange_id: str, stop_ms: int | None, start_ms: int | None, stats: ReplayStats
+    lane: _Lane,
+    exchange_id: str,
+    stop_ms: int | None,
+    start_ms: int | None,
+    stats: ReplayStats,
+    *,
+    size: int,
+    step_ms: int | None,
 ) -> bool:
-    """Load the lane's next chunk: entries up to (not including) the first one past ``stop_ms``, those before
-    ``start_ms`` left out. False when the lane is finished."""
+    """Load the lane's next chunk (at most ``size`` entries, spanning at most ``step_ms`` of event time when
+    paced): entries up to (not including) the first one past ``stop_ms``, those before ``start_ms`` left
+    out. False when the lane is finished."""
     lane.chunk = []
-    while not lane.done and not lane.chunk:
-        try:
-            entries = await anext(lane.source)
-        except StopAsyncIteration:
-            lane.done = True
-            break
-        first = last = 0
-        for entry in entries:
-            ms = frame_event_ms(exchange_id, entry[1])
-            if stop_ms is not None and ms > stop_ms:
-                lane.done = True  # the partition's event time is past the range's horizon: stop here
-                stats.beyond_ms = min(stats.beyond_ms or ms, ms)
+    first = 0
+    while len(lane.chunk) < size:
+        if not lane.buffer:
+            if lane.done:
                 break
-            if start_ms is not None and 0 < ms < start_ms:
-                stats.skipped_warmup += 1
-                continue
-            lane.chunk.append(entry)
-            if ms:
-                first, last = first or ms, max(last, ms)
-        lane.first_ms, lane.last_ms = first or lane.last_ms, max(last, lane.last_ms)
+            try:
+                lane.buffer = deque(await anext(lane.source))
+            except StopAsyncIteration:
+                lane.done = True
+                break
+        entry = lane.buffer[0]
+        ms = frame_event_ms(exchange_id, entry[1])
+        if stop_ms is not None and ms > stop_ms:
+            lane.done = True  # the partition's event time is past the range's horizon: stop here
+            lane.buffer.clear()
+            stats.beyond_ms = min(stats.beyond_ms or ms, ms)
+            break
+        if step_ms is not None and first and ms > first + step_ms:
+            break  # the rest waits for its time
+        lane.buffer.popleft()
+        if start_ms is not None and 0 < ms < start_ms:
+            stats.skipped_warmup += 1
+            continue
+        lane.chunk.append(entry)
+        if ms:
+            first, lane.last_ms = first or ms, max(lane.last_ms, ms)
+    lane.first_ms = first or lane.last_ms
     return bool(lane.chunk)

@@ -438,3 +438,23 @@ async def test_the_source_follows_trimming_while_it_reads(client: aioredis.Redis
     # the same without the archive: its oldest entries are gone, so it refuses
     with pytest.raises(ReplayGapError, match="its oldest entries were trimmed"):
         [e async for e in batches(client, await plan(client, "coinbase", None), sources.parts[0], size=50)]
+
+
+async def test_speed_paces_the_fold_by_event_time(
+    day: list[bytes], client: aioredis.Redis, target: aioredis.Redis
+) -> None:
+    import time
+
+    await live_run(client, "coinbase", day)
+    lo, hi = DAY_START_MS, DAY_START_MS + 20 * 60_000
+    fast, _ = await replay_into(client, target, SETTINGS, "coinbase", ReplayOptions(lo, hi, timeframes=("1m",)))
+    await target.flushdb()
+    began = time.monotonic()
+    paced, stats = await replay_into(
+        client, target, SETTINGS, "coinbase", ReplayOptions(lo, hi, timeframes=("1m",), speed=1800.0)
+    )
+    took = time.monotonic() - began
+    assert stats.first_event_ms is not None and stats.last_event_ms is not None
+    span_s = (stats.last_event_ms - stats.first_event_ms) / 1000  # ~21 minutes of event time, at 1800 x
+    assert span_s / 1800 * 0.9 <= took <= span_s / 1800 + 5
+    assert paced.candles == fast.candles and paced.points == fast.points and paced.alerts == fast.alerts

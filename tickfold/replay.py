@@ -137,7 +137,6 @@ async def replay_into(
     await fold.prepare()
     if on_plan is not None:
         on_plan(start_ms or 0, stop_ms or options.end_ms)
-    batch = settings.batch_size if options.speed is None else min(settings.batch_size, 50)
     stats = await run(
         source,
         sources,
@@ -146,7 +145,7 @@ async def replay_into(
         stop_ms=stop_ms,
         start_ms=start_ms,
         speed=options.speed,
-        batch_size=batch,
+        batch_size=settings.batch_size,
         partitions=wanted_parts,
         progress=progress,
     )

@@ -33,6 +33,7 @@ from processors.replay import (
     ReplayStats,
     candle_processor,
     claim_target,
+    frame_event_ms,
     horizon_ms,
     indicator_processor,
     run,
@@ -136,7 +137,9 @@ async def replay_into(
     )
     await fold.prepare()
     if on_plan is not None:
-        on_plan(start_ms or 0, stop_ms or options.end_ms)
+        newest = await _newest_event_ms(source, exchange_id, sources)
+        end = stop_ms or max(newest, options.end_ms)
+        on_plan(start_ms or 0, min(end, newest) if newest else end)
     stats = await run(
         source,
         sources,
@@ -164,6 +167,17 @@ async def replay_into(
             f"{covered}"
         )
     return result, stats
+
+
+async def _newest_event_ms(source: aioredis.Redis, exchange_id: str, sources: replay_source.Sources) -> int:
+    """The newest event time among the last entries the replay will read (for the progress bar; 0: unknown)."""
+    newest = 0
+    for part in sources.parts:
+        with log.translated(f"reading the end of {part.stream}"):
+            last: Any = await source.xrevrange(part.stream, replay_source.id_text(part.until), "-", count=1)
+        if last:
+            newest = max(newest, frame_event_ms(exchange_id, last[0][1]))
+    return newest
 
 
 def _filters(options: ReplayOptions) -> str:

@@ -1,0 +1,68 @@
+"""tickfold's connections pack commands with hiredis: the same bytes as redis-py's own packer, the same errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis.asyncio.connection as rc
+import redis.exceptions
+
+from streams import log
+
+COMMANDS: list[tuple[Any, ...]] = [
+    ("XADD", "frames:binance:p1", "*", "frame", b'{"stream":"btcusdt@aggTrade"}', "recv_ns", 1_700_000_000_123_456_789),
+    ("ZADD", "candles:binance:BTC-USDT:1m", 1.5, "é€😀", 0.1, b"\x00\xff", -0.0, "x", 1e20, "y"),
+    ("CONFIG GET", "maxmemory"),  # a command name with a literal argument: split as redis-py splits it
+    ("SET", bytearray(b"key"), memoryview(b"value")),  # hiredis refuses bytearray: redis-py's packer takes it
+    ("SET", "big", b"v" * 10_000),  # beyond redis-py's 6,000-byte chunking
+    ("EVAL", "return 1", 0, 2**70, -(2**63), float("inf")),
+]
+
+
+def _wire(chunks: list[bytes] | list[bytes | memoryview]) -> bytes:
+    return b"".join(bytes(c) for c in chunks)
+
+
+@pytest.mark.unit
+def test_same_bytes_as_redis_py_command_by_command_and_pipelined() -> None:
+    plain, fast = rc.Connection(), log._packing(rc.Connection)()
+    for cmd in COMMANDS:
+        assert _wire(fast.pack_command(*cmd)) == _wire(plain.pack_command(*cmd)), cmd
+    assert _wire(fast.pack_commands(COMMANDS)) == _wire(plain.pack_commands(COMMANDS))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("bad", [True, None, [1], object()])
+def test_refused_arguments_raise_redis_pys_own_error(bad: Any) -> None:
+    plain, fast = rc.Connection(), log._packing(rc.Connection)()
+    with pytest.raises(redis.exceptions.DataError) as expected:
+        plain.pack_command("SET", "k", bad)
+    with pytest.raises(redis.exceptions.DataError) as got:
+        fast.pack_command("SET", "k", bad)
+    assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.unit
+def test_each_kind_of_connection_keeps_its_class() -> None:
+    for base in (rc.Connection, rc.SSLConnection, rc.UnixDomainSocketConnection):
+        packing = log._packing(base)
+        assert issubclass(packing, base) and packing is log._packing(base)
+
+
+@pytest.mark.redis
+async def test_connect_packs_with_hiredis_and_round_trips(redis_url: str) -> None:
+    async with log.connect(redis_url) as client:
+        assert issubclass(client.connection_pool.connection_class, log._HiredisPacking)
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.xadd("s", {"frame": "é€😀".encode(), "recv_ns": 123, "price": 0.1})
+            pipe.zadd("z", {"m": 1e20})
+            pipe.set("k", b"v" * 10_000)
+            await pipe.execute()
+        entries: Any = await client.xrange("s")
+        assert entries[0][1] == {b"frame": "é€😀".encode(), b"recv_ns": b"123", b"price": b"0.1"}
+        assert await client.zscore("z", "m") == 1e20
+        assert await client.get("k") == b"v" * 10_000
+        with pytest.raises(redis.exceptions.DataError):
+            await client.set("k", None)  # type: ignore[arg-type]
+        assert await client.get("k") == b"v" * 10_000  # the refused command sent nothing

@@ -456,5 +456,5 @@ async def test_speed_paces_the_fold_by_event_time(
     took = time.monotonic() - began
     assert stats.first_event_ms is not None and stats.last_event_ms is not None
     span_s = (stats.last_event_ms - stats.first_event_ms) / 1000  # ~21 minutes of event time, at 1800 x
-    assert span_s / 1800 * 0.9 <= took <= span_s / 1800 + 5
+    assert span_s / 1800 - 0.15 <= took <= span_s / 1800 + 5  # (the last batch may start up to 0.1 s early)
     assert paced.candles == fast.candles and paced.points == fast.points and paced.alerts == fast.alerts

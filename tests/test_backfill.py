@@ -24,11 +24,11 @@ import redis.asyncio as aioredis
 import websockets
 
 from processors import backfill as bf
-from processors.candles import snapshots
 from projections import gaps as g
 from projections import store
 from projections.candles import Candle, CandleBook, apply_snapshot
 from projections.rollups import rollup
+from projections.snapshots import snapshots
 from streams import keys, log
 from streams.frames import RestCandle, RestCandlesFrame, decode_frame
 from streams.partitions import partition_of, route

@@ -33,9 +33,9 @@ from control import events as ev
 from control.exchanges import set_urls
 from migrations.runner import migrate
 from processors import gapwatch as gw
-from processors.candles import snapshots
 from projections import store
 from projections.candles import Candle
+from projections.snapshots import snapshots
 from streams import keys, log
 from streams.adapters import base as adapter_base
 from streams.adapters.base import AdapterConfig, Backoff

@@ -21,6 +21,7 @@ ALL = [
     "003_connection_state.sql",
     "004_connection_links.sql",
     "005_positions.sql",
+    "006_archive.sql",
 ]
 
 
@@ -91,6 +92,7 @@ async def test_fresh_database_then_twice_is_a_no_op(pg_dsn: str) -> None:
         (3, "connection_state", False),
         (4, "connection_links", False),
         (5, "positions", False),
+        (6, "archive", False),
     ]
     said: list[str] = []
     applied = await migrate(pg_dsn, progress=said.append)

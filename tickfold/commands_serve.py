@@ -28,7 +28,8 @@ from rich.console import Console
 from control import events as ev
 from control.commands import Accepted, Command, Rejected, Start, Stop, append_command, new_command_id, now_ns
 from control.desired import Desired, classify, fold, read_desired
-from control.supervisor import Supervisor, SupervisorConfig, plan_start
+from control.start_plan import plan_start
+from control.supervisor import Supervisor, SupervisorConfig
 from streams import keys, log
 from tickfold import commands_archive
 from tickfold.errors import ConfigError, TickfoldError, UnknownExchange

@@ -217,7 +217,7 @@ async def test_unknown_legacy_names_fail_and_change_nothing(pg_dsn: str) -> None
     assert await _versions(pg_dsn) == [1]
     assert len(await _fetch(pg_dsn, "SELECT id FROM exchanges")) == 2
     assert await _fetch(pg_dsn, "SELECT to_regclass('public.exchange_connections') AS t") == [(None,)]
-    assert [applied for _, _, applied in await status(pg_dsn)] == [True, False, False, False, False]
+    assert [applied for _, _, applied in await status(pg_dsn)] == [True] + [False] * (len(ALL) - 1)
     # Fixing the data lets the migration finish, from where it stopped.
     await _execute(pg_dsn, "DELETE FROM user_exchanges WHERE exchange IN ('kraken', 'FTX')")
     assert [m.version for m in await migrate(pg_dsn)] == list(range(2, len(ALL) + 1))

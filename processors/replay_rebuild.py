@@ -3,7 +3,8 @@
 ``candles``  deletes the candle projections (series, user overflow series, positions, watermarks, open
              sets, trade states, the candle index) and ``closes:{exchange_id}``, then re-folds every raw
              frame with the live candle processor; the indicators are left as they are (their group
-             starts at the end of the new closes stream).
+             starts at the end of the new closes stream, as do the other groups that read it before,
+             such as the archiver's: the re-emitted closes re-derive what they had read).
 ``all``      deletes the indicator projections too (points, user overflow points, kernel states) and runs
              the live indicator processor after every candle batch, as ``process`` does.
 ``indicators`` deletes the indicator projections only and recomputes each series from its stored closed
@@ -166,6 +167,15 @@ async def _forget_repeats(
     return len(again)
 
 
+async def _groups(client: aioredis.Redis, stream: str) -> set[str]:
+    with log.translated(f"inspecting the groups of {stream}"):
+        try:
+            infos: Any = await client.xinfo_groups(stream)
+        except ResponseError:  # no such stream
+            return set()
+    return {(g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) for g in infos}
+
+
 async def _move_group(client: aioredis.Redis, stream: str, group: str, position: str) -> None:
     with log.translated(f"moving group {group} of {stream}"):
         try:
@@ -210,6 +220,7 @@ async def _refold(
     progress: Callable[[ReplayStats], None] | None,
 ) -> None:
     seen, last_dead = await _dead_letters(client, exchange_id)
+    readers = await _groups(client, keys.closes_stream(exchange_id))
     extra = [keys.candle_index(exchange_id), keys.closes_stream(exchange_id)]
     patterns = _candle_patterns(exchange_id) + (_indicator_patterns(exchange_id) if what == "all" else [])
     report.deleted = await _delete(client, patterns, extra)
@@ -231,8 +242,11 @@ async def _refold(
     )  # fmt: skip
     for part in sources.parts:  # live processing resumes after what was re-folded
         await _move_group(client, part.stream, CANDLES, id_text(part.until))
-    if what == "candles":  # the indicators were kept: they start after the re-emitted closes
-        await _move_group(client, keys.closes_stream(exchange_id), INDICATORS, "$")
+    for group in readers | ({INDICATORS} if what == "candles" else set()):
+        if group != INDICATORS or what == "candles":  # (with "all" the indicators read them all already)
+            # the kept indicators, and other readers of the closes (the archiver): after the re-emitted
+            # closes, which re-derive what they read before
+            await _move_group(client, keys.closes_stream(exchange_id), group, "$")
     report.frames, report.closes, report.alerts_raised = stats.frames, stats.closes, stats.alerts
     report.dead_letters_repeated = await _forget_repeats(client, exchange_id, seen, last_dead)
 

@@ -382,6 +382,11 @@ async def test_replay_and_rebuild_across_the_archive_and_a_trimmed_stream(
     before = await state(client, "coinbase")
     report = await rebuild(client, SETTINGS, "coinbase", "all", dsn=pg_dsn)
     assert report.frames == len(day) and await state(client, "coinbase") == before
+    closes = keys.closes_stream("coinbase")
+    groups = {g["name"].decode(): g for g in await client.xinfo_groups(closes)}
+    end = (await client.xinfo_stream(closes))["last-generated-id"]
+    assert groups[ARCHIVE]["last-delivered-id"] == end  # the re-emitted closes are not archived a second time
+    assert groups["indicators"]["last-delivered-id"] == end and groups["indicators"]["pending"] == 0
 
 
 # --------------------------------------------------------------------------------------- pandas hand-off

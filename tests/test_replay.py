@@ -463,3 +463,18 @@ async def test_speed_paces_the_fold_by_event_time(
     span_s = (stats.last_event_ms - stats.first_event_ms) / 1000  # ~21 minutes of event time, at 1800 x
     assert span_s / 1800 - 0.15 <= took <= span_s / 1800 + 5  # (the last batch may start up to 0.1 s early)
     assert paced.candles == fast.candles and paced.points == fast.points and paced.alerts == fast.alerts
+
+
+async def test_warmup_starts_later_and_is_approximate(
+    day: list[bytes], client: aioredis.Redis, target: aioredis.Redis
+) -> None:
+    await live_run(client, "coinbase", day)
+    lo, hi = DAY_START_MS + 10 * HOUR, DAY_START_MS + 12 * HOUR
+    candles, points, _ = await expected(client, "coinbase", lo, hi, ("1m",))
+    options = ReplayOptions(lo, hi, timeframes=("1m",), warmup_ms=HOUR)
+    result, stats = await replay_into(client, target, SETTINGS, "coinbase", options)
+    assert stats.first_event_ms is not None and lo - HOUR <= stats.first_event_ms < lo - HOUR + 90_000
+    assert stats.skipped_warmup > 0
+    # 1m trade candles need only their own minute: exact; MACD-V seeded an hour before the range: not
+    assert {(c.symbol, c.timeframe, c.start): c for c in result.candles} == candles
+    assert result.points.keys() <= points.keys() and result.points != points

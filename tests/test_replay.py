@@ -137,11 +137,11 @@ async def test_replay_of_sub_ranges_equals_the_live_run(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="processors/candles.py: a roll-up's closed_by depends on the batching. _rollups closes a *dirty* "
-    "roll-up by watermark inside the level loop (the next level then sees its base closed: 'base'), but a "
-    "roll-up whose base did not change in the batch closes in the final `due` loop after all levels (the "
-    "next level closes by 'watermark'). A live run whose batches split differently from the replay's gives "
-    "other closed_by values for some 15m/1h roll-ups.",
+    reason="processors/candle_rollups.py: a roll-up's closed_by depends on the batching. settle_rollups "
+    "closes a *dirty* roll-up by watermark inside the level loop (the next level then sees its base closed: "
+    "'base'), but a roll-up whose base did not change in the batch closes in the final `due` loop after all "
+    "levels (the next level closes by 'watermark'). A live run whose batches split differently from the "
+    "replay's gives other closed_by values for some 15m/1h roll-ups.",
 )
 async def test_replay_equals_a_live_run_that_folded_in_chunks(
     day: list[bytes], client: aioredis.Redis, target: aioredis.Redis

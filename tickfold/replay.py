@@ -15,6 +15,7 @@ client (a logical database of the live server, say) and returns what fell in the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -206,8 +207,13 @@ async def replay_result(
     options: ReplayOptions,
     *,
     dsn: str | None = None,
+    symbols: Iterable[str] | None = None,
 ) -> tuple[ReplayResult, ReplayStats]:
+    """:func:`replay_into` between two Redis URLs; ``symbols`` as a user types them (native or canonical)."""
     async with log.connect(source_url) as source, log.connect(target_url, reply_timeout=None) as target:
+        if symbols is not None:
+            known = await load_symbol_map(source, exchange_id)
+            options = dataclasses.replace(options, symbols=frozenset(known.resolve(s) for s in symbols))
         return await replay_into(source, target, settings, exchange_id, options, dsn=dsn)
 
 
@@ -226,15 +232,12 @@ def replay_frame(
 
     Symbols may be given as the exchange writes them (``BTCUSDT``) or canonical (``BTC-USDT``)."""
     settings = settings or Settings.load({})
-    from streams.symbols import bundled
-
-    canonical = None if symbols is None else frozenset(bundled(exchange_id).resolve(s) for s in symbols)
     options = ReplayOptions(
         start_ms=parse_time(start, "start"),
         end_ms=parse_time(end, "end"),
-        symbols=canonical,
         timeframes=None if timeframes is None else tuple(timeframes),
     )
     with scratch_redis() as target_url:
-        result, _ = uvloop.run(replay_result(redis_url, target_url, settings, exchange_id, options, dsn=database_url))
+        run = replay_result(redis_url, target_url, settings, exchange_id, options, dsn=database_url, symbols=symbols)
+        result, _ = uvloop.run(run)
     return dataframe(result)

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+import time
+from collections.abc import Callable
 
 import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import adapter_ingest, harness, indicator_processor, indicators, ingest_fold
+from benchmarks import harness
 
-BENCHMARKS = {
-    "ingest_fold": ingest_fold.run,
-    "adapter_ingest": adapter_ingest.run,
-    "indicators": indicators.run,
-    "indicator_processor": indicator_processor.run,
-}
+# Each benchmark is a module of this package with ``run(ctx) -> list[Figure]``, imported only when it
+# runs: the processes the benchmarks spawn import this module again, and need none of the others.
+BENCHMARKS = ("ingest_fold", "adapter_ingest", "indicators", "indicator_processor", "e2e_latency", "memory")
+
+
+def _runner(name: str) -> Callable[[harness.Context], list[harness.Figure]]:
+    run: Callable[[harness.Context], list[harness.Figure]] = importlib.import_module(f"benchmarks.{name}").run
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,9 +37,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
     repeats = args.repeats or (1 if args.quick else 3)
     report = harness.Report(harness.machine())
+    figures: list[harness.Figure] = []
     with harness.private_redis() as redis:
-        for name in args.names or list(BENCHMARKS):
-            report.figures.extend(BENCHMARKS[name](redis.url, redis.port, quick=args.quick, repeats=repeats))
+        ceilings = harness.Ceilings(redis.url, redis.port, quick=args.quick, repeats=repeats)
+        ctx = harness.Context(redis.url, redis.port, args.quick, repeats, ceilings)
+        for name in args.names or BENCHMARKS:
+            began = time.perf_counter()
+            figures.extend(_runner(name)(ctx))
+            report.seconds[name] = round(time.perf_counter() - began, 1)  # its ceilings' first use included
+    report.figures = ceilings.figures + figures  # the ceilings first: every ratio below refers to them
+    keys = [f.key for f in report.figures]
+    if "" in keys or len(set(keys)) != len(keys):
+        raise RuntimeError(f"every figure needs its own key: {keys}")
     console = Console(width=160)
     console.print("machine: " + "; ".join(f"{k} {v}" for k, v in report.machine.items()))
     table = Table()
@@ -50,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = [f for f in report.figures if f.note]
     for i, f in enumerate(notes, 1):
         console.print(f"[{i}] {f.name}: {f.note}", highlight=False)
+    console.print("seconds: " + ", ".join(f"{name} {secs:g}" for name, secs in report.seconds.items()))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(msgspec.to_builtins(report), fh, indent=2)

@@ -22,6 +22,7 @@ their exact text (every aggTrade is unique). The entry also carries the adapter'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import statistics
@@ -35,7 +36,7 @@ import redis
 import uvloop
 import websockets
 
-from benchmarks.harness import Figure, redis_benchmark_xadd
+from benchmarks.harness import Context, Figure
 from streams import keys
 from streams.adapters.base import MAX_FRAME_BYTES
 from streams.adapters.binance import stream_names
@@ -134,11 +135,13 @@ def _bare_client_main(conn: Conn, ws_url: str, counter: Any) -> None:
         async with websockets.connect(
             url, max_size=MAX_FRAME_BYTES, ping_interval=None, proxy=None, compression=None
         ) as ws:
-            while not done.is_set():
-                await ws.recv(decode=False)
-                n += 1
-                if not n & 255:
-                    counter.value = n
+            with contextlib.suppress(websockets.ConnectionClosed):  # the simulator stops first
+                while not done.is_set():
+                    await ws.recv(decode=False)
+                    n += 1
+                    if not n & 255:
+                        counter.value = n
+        done.wait()
         conn.send(n)
 
     uvloop.run(main())
@@ -159,7 +162,7 @@ class Child:
         return reply
 
 
-def _start(target: Callable[..., None], *args: Any) -> Child:
+def start_child(target: Callable[..., None], *args: Any) -> Child:
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     process = ctx.Process(target=target, args=(child, *args), name=target.__name__.strip("_"), daemon=True)
@@ -168,14 +171,14 @@ def _start(target: Callable[..., None], *args: Any) -> Child:
 
 
 def _start_simulator(rate: float, *, record: bool) -> tuple[Child, str]:
-    sim = _start(_simulator_main, rate, record)
+    sim = start_child(_simulator_main, rate, record)
     if not sim.conn.poll(60):
         sim.process.kill()
         raise RuntimeError("the simulator did not start")
     return sim, sim.conn.recv()
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -190,16 +193,16 @@ def _adapter_throughput(url: str, warm: float, window: float) -> float:
     client = redis.Redis.from_url(url)
     clear_raw_frames(client, EXCHANGE)
     sim, ws_url = _start_simulator(FLAT_OUT, record=False)
-    adapter = _start(_adapter_main, url, ws_url)
+    adapter = start_child(_adapter_main, url, ws_url)
     try:
-        _wait_for(lambda: count_raw_frames(client, EXCHANGE) > 0, 60, "the adapter's first frame")
+        wait_for(lambda: count_raw_frames(client, EXCHANGE) > 0, 60, "the adapter's first frame")
         time.sleep(warm)
         n0, t0 = count_raw_frames(client, EXCHANGE), time.perf_counter()
         time.sleep(window)
         n1, t1 = count_raw_frames(client, EXCHANGE), time.perf_counter()
-    finally:
-        adapter.stop()
+    finally:  # the simulator first: a flat-out feed would hold up the adapter's close handshake
         sim.stop()
+        adapter.stop()
         clear_raw_frames(client, EXCHANGE)
         client.close()
     return (n1 - n0) / (t1 - t0)
@@ -209,16 +212,16 @@ def _bare_client_throughput(warm: float, window: float) -> float:
     ctx = multiprocessing.get_context("spawn")
     counter: Any = ctx.Value("q", 0, lock=False)  # shared memory, written every 256 frames
     sim, ws_url = _start_simulator(FLAT_OUT, record=False)
-    bare = _start(_bare_client_main, ws_url, counter)
+    bare = start_child(_bare_client_main, ws_url, counter)
     try:
-        _wait_for(lambda: counter.value > 0, 60, "the bare client's first frames")
+        wait_for(lambda: counter.value > 0, 60, "the bare client's first frames")
         time.sleep(warm)
         n0, t0 = int(counter.value), time.perf_counter()
         time.sleep(window)
         n1, t1 = int(counter.value), time.perf_counter()
-    finally:
-        bare.stop()
+    finally:  # the simulator first: a flat-out feed would hold up the client's close handshake
         sim.stop()
+        bare.stop()
     return (n1 - n0) / (t1 - t0)
 
 
@@ -294,7 +297,7 @@ class LatencyRun:
     missing: int
 
 
-def _pct(values: Sequence[float], q: float) -> float:
+def pct(values: Sequence[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
@@ -303,9 +306,9 @@ def _latency(url: str, rate: float, warm: float, window: float) -> LatencyRun:
     clear_raw_frames(client, EXCHANGE)
     reader = RawReader(url, EXCHANGE)
     sim, ws_url = _start_simulator(rate, record=True)
-    adapter = _start(_adapter_main, url, ws_url)
+    adapter = start_child(_adapter_main, url, ws_url)
     try:
-        _wait_for(lambda: bool(reader.arrivals), 60, "the adapter's first frame")
+        wait_for(lambda: bool(reader.arrivals), 60, "the adapter's first frame")
         time.sleep(warm + window)
         cut_ns = time.time_ns() - 200_000_000  # frames sent later may be cut off by the stop
     finally:
@@ -340,23 +343,23 @@ def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def run(url: str, port: int, *, quick: bool, repeats: int) -> list[Figure]:
-    warm, window = (1.0, 2.0) if quick else (2.0, 5.0)
-    lat_warm, lat_window = (1.0, 3.0) if quick else (1.0, 10.0)
-    ceiling = [redis_benchmark_xadd(port, requests=100_000 if quick else 1_000_000) for _ in range(repeats)]
+def run(ctx: Context) -> list[Figure]:
+    warm, window = (0.5, 1.5) if ctx.quick else (2.0, 5.0)
+    lat_warm, lat_window = (0.5, 1.0) if ctx.quick else (1.0, 10.0)
+    xadd, xadd_single = ctx.ceilings.xadd_pipelined(), ctx.ceilings.xadd_single()
     bare, adapter = [], []
-    for _ in range(repeats):
+    for _ in range(ctx.repeats):
         bare.append(_bare_client_throughput(warm, window))
-        adapter.append(_adapter_throughput(url, warm, window))
-    xadd, bare_median = _median(ceiling), _median(bare)
+        adapter.append(_adapter_throughput(ctx.url, warm, window))
+    bare_median = _median(bare)
     figures = [
-        Figure("redis-benchmark XADD (50 clients, pipeline 128)", "req/s", ceiling),
         Figure(
             "simulator -> bare websockets client, no adapter (frames received)",
             "frames/s",
             bare,
             note=f"simulator flat out ({len(SYMBOLS)} synthetic symbols, aggTrade + kline_1m), one client process "
             f"that only recv()s and counts; {window:g} s window after {warm:g} s warm-up",
+            key="adapter.bare_client",
         ),
         Figure(
             "adapter ingest: simulator -> Binance adapter -> Redis, 1 process (XLEN)",
@@ -366,11 +369,12 @@ def run(url: str, port: int, *, quick: bool, repeats: int) -> list[Figure]:
             bare_median,
             note=f"frames appended to the raw stream over {window:g} s (XLEN before/after) after {warm:g} s "
             "warm-up; simulator flat out in its own process; the adapter is build_adapter(binance_spot), uvloop",
-            more_ceilings=[("redis-benchmark XADD", xadd)],
+            more_ceilings=[("redis-benchmark XADD", xadd), ("redis-benchmark XADD, 1 client", xadd_single)],
+            key="adapter.ingest",
         ),
     ]
     for rate in LATENCY_RATES:
-        runs = [_latency(url, rate, lat_warm, lat_window) for _ in range(repeats)]
+        runs = [_latency(ctx.url, rate, lat_warm, lat_window) for _ in range(ctx.repeats)]
         frames = sum(r.frames for r in runs)
         missing = sum(r.missing for r in runs)
         if missing:
@@ -379,14 +383,17 @@ def run(url: str, port: int, *, quick: bool, repeats: int) -> list[Figure]:
             f"{frames:,} frames over {len(runs)} run(s) of {lat_window:g} s; simulator send (time_ns after "
             "transport.write) -> entry returned by a blocking XREAD here (time_ns), same clock"
         )
-        hop = [_pct(r.hop_ms, 0.5) for r in runs]
-        by_id = [_pct(r.id_ms, 0.5) for r in runs]
+        hop = [pct(r.hop_ms, 0.5) for r in runs]
+        by_id = [pct(r.id_ms, 0.5) for r in runs]
         figures += [
-            Figure(f"latency @ {rate:,}/s: send -> in Redis (XREAD), p50", "ms", [_pct(r.total_ms, 0.5) for r in runs],
+            Figure(f"latency @ {rate:,}/s: send -> in Redis (XREAD), p50", "ms", [pct(r.total_ms, 0.5) for r in runs],
                    note=how + f"; of which send -> adapter recv stamp p50 {_median(hop):.3f} ms; "
-                   f"by entry-id ms (Redis's clock, floored to 1 ms) p50 {_median(by_id):.3f} ms (+0..1 ms)"),
-            Figure(f"latency @ {rate:,}/s: send -> in Redis (XREAD), p99", "ms", [_pct(r.total_ms, 0.99) for r in runs],
-                   note=f"send -> adapter recv stamp p99 {_median([_pct(r.hop_ms, 0.99) for r in runs]):.3f} ms"),
-            Figure(f"latency @ {rate:,}/s: send -> in Redis (XREAD), max", "ms", [r.total_ms[-1] for r in runs]),
+                   f"by entry-id ms (Redis's clock, floored to 1 ms) p50 {_median(by_id):.3f} ms (+0..1 ms)",
+                   key=f"adapter.latency_{rate}.p50"),
+            Figure(f"latency @ {rate:,}/s: send -> in Redis (XREAD), p99", "ms", [pct(r.total_ms, 0.99) for r in runs],
+                   note=f"send -> adapter recv stamp p99 {_median([pct(r.hop_ms, 0.99) for r in runs]):.3f} ms",
+                   key=f"adapter.latency_{rate}.p99"),
+            Figure(f"latency @ {rate:,}/s: send -> in Redis (XREAD), max", "ms", [r.total_ms[-1] for r in runs],
+                   key=f"adapter.latency_{rate}.max"),
         ]  # fmt: skip
     return figures

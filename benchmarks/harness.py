@@ -1,7 +1,19 @@
-"""Shared benchmark machinery: a private Redis, the machine description, Redis's own ceiling, tables."""
+"""Shared benchmark machinery: a private Redis, the machine description, figures, and the ceilings.
+
+The ceilings are the limits of what tickfold is built on, measured in the same run as the figures
+that are divided by them (machines are noisy: a ceiling from another day says little):
+
+* redis-benchmark's XADD, 50 clients with pipelines of 128 (Redis's own append limit) and 1 client
+  without a pipeline (one round trip per append);
+* a bare redis-py XREADGROUP COUNT 1000 + XACK loop (what any consumer pays before doing anything);
+* a bare msgspec decode loop of recorded Binance frames (the needed fields, one tagged union).
+
+Each is measured once per run, on first use, ``repeats`` times, and reported as a figure of its own.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import re
@@ -9,14 +21,23 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
 
 from tickfold.embedded import EmbeddedRedis, find_redis_server, start_redis
 
 VALUE_322 = "x" * 322  # the size of a typical Binance aggTrade frame
+RECORDING = (
+    Path(__file__).resolve().parents[1]
+    / "tickfold/data/recordings/binance_2021-04-04_btcusdt_ethusdt_dotusdt.frames.jsonl"
+)
 
 
 @dataclass
@@ -28,6 +49,7 @@ class Figure:
     ceiling: float | None = None
     note: str = ""
     more_ceilings: list[tuple[str, float]] = field(default_factory=list)  # further (name, value) to compare with
+    key: str = ""  # a stable id (JSON consumers, the smoke test); the name may carry sizes
 
     @property
     def median(self) -> float:
@@ -47,6 +69,7 @@ class Figure:
 class Report:
     machine: dict[str, str]
     figures: list[Figure] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each benchmark
 
 
 def machine() -> dict[str, str]:
@@ -102,6 +125,163 @@ def redis_benchmark_xadd(port: int, *, requests: int, clients: int = 50, pipelin
     subprocess.run([binary.replace("redis-benchmark", "redis-cli"), "-p", str(port), "DEL", "bench:ceiling"],
                    capture_output=True)  # fmt: skip
     return float(found[-1])
+
+
+# ------------------------------------------------------------------------------------ bare read + ack
+
+READ_ACK_STREAM = "bench:ceiling:read"
+
+
+async def bare_read_ack(url: str, n: int) -> float:
+    """Entries/s of XREADGROUP COUNT 1000 + XACK and nothing else, plain redis-py asyncio, over ``n``
+    entries shaped like raw frames (a 322-byte ``frame`` and a ``recv_ns``)."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        await client.delete(READ_ACK_STREAM)
+        pipe = client.pipeline(transaction=False)
+        for i in range(n):
+            pipe.xadd(READ_ACK_STREAM, {"frame": VALUE_322, "recv_ns": i})
+            if len(pipe) >= 1000:
+                await pipe.execute()
+        await pipe.execute()
+        await client.xgroup_create(READ_ACK_STREAM, "bare", id="0")
+        start, done = time.perf_counter(), 0
+        while True:
+            reply: Any = await client.xreadgroup("bare", "c", {READ_ACK_STREAM: ">"}, count=1000)
+            if not reply:
+                break
+            ids = [eid for eid, _ in reply[0][1]]
+            await client.xack(READ_ACK_STREAM, "bare", *ids)
+            done += len(ids)
+        elapsed = time.perf_counter() - start
+        if done != n:
+            raise RuntimeError(f"the bare read loop saw {done} of {n} entries")
+        return n / elapsed
+    finally:
+        await client.delete(READ_ACK_STREAM)
+        await client.aclose()
+
+
+# ----------------------------------------------------------------------------------------- bare decode
+
+
+class _Kline(msgspec.Struct):
+    t: int
+    T: int
+    i: str
+    o: str
+    c: str
+    h: str
+    l: str  # noqa: E741 (Binance's field name)
+    v: str
+    x: bool
+
+
+class _KlineEvent(msgspec.Struct, tag="kline", tag_field="e"):
+    E: int
+    s: str
+    k: _Kline
+
+
+class _AggTradeEvent(msgspec.Struct, tag="aggTrade", tag_field="e"):
+    E: int
+    s: str
+    a: int
+    p: str
+    q: str
+    T: int
+    m: bool
+
+
+class _Combined(msgspec.Struct):
+    stream: str
+    data: _KlineEvent | _AggTradeEvent
+
+
+def recorded_frames() -> list[bytes]:
+    return RECORDING.read_bytes().splitlines()
+
+
+def bare_decode(frames: list[bytes], rounds: int) -> float:
+    """Frames/s of one msgspec decoder (the needed fields of kline and aggTrade events) over ``frames``."""
+    decode = msgspec.json.Decoder(_Combined).decode
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for raw in frames:
+            decode(raw)
+    return len(frames) * rounds / (time.perf_counter() - start)
+
+
+# -------------------------------------------------------------------------------------------- ceilings
+
+
+class Ceilings:
+    """The ceilings of one run, measured on first use (see the module docstring) and kept as figures."""
+
+    def __init__(self, url: str, port: int, *, quick: bool, repeats: int) -> None:
+        self.url, self.port, self.quick, self.repeats = url, port, quick, repeats
+        self.figures: list[Figure] = []
+        self._medians: dict[str, float] = {}
+
+    def _measure(self, key: str, name: str, unit: str, once: Callable[[], float], note: str = "") -> float:
+        if key not in self._medians:
+            runs = [once() for _ in range(self.repeats)]
+            self.figures.append(Figure(name, unit, runs, note=note, key=key))
+            self._medians[key] = statistics.median(runs)
+        return self._medians[key]
+
+    def xadd_pipelined(self) -> float:
+        n = 200_000 if self.quick else 1_000_000
+        return self._measure(
+            "ceiling.xadd_pipelined",
+            "ceiling: redis-benchmark XADD, 50 clients, pipeline 128",
+            "req/s",
+            lambda: redis_benchmark_xadd(self.port, requests=n),
+            note=f"{n:,} XADDs of a 322-byte value per run",
+        )
+
+    def xadd_single(self) -> float:
+        n = 20_000 if self.quick else 100_000
+        return self._measure(
+            "ceiling.xadd_single",
+            "ceiling: redis-benchmark XADD, 1 client, no pipeline",
+            "req/s",
+            lambda: redis_benchmark_xadd(self.port, requests=n, clients=1, pipeline=1),
+            note="one round trip per append: the floor a pipelining client rises above",
+        )
+
+    def read_ack(self) -> float:
+        n = 20_000 if self.quick else 200_000
+        return self._measure(
+            "ceiling.read_ack",
+            "ceiling: bare XREADGROUP COUNT 1000 + XACK (redis-py asyncio)",
+            "entries/s",
+            lambda: asyncio.run(bare_read_ack(self.url, n)),
+            note=f"{n:,} entries of a 322-byte frame + recv_ns, one stream, plain redis-py (no tickfold code)",
+        )
+
+    def decode(self) -> float:
+        frames = recorded_frames()
+        rounds = 2 if self.quick else 10
+        return self._measure(
+            "ceiling.decode",
+            "ceiling: bare msgspec decode of recorded Binance frames",
+            "frames/s",
+            lambda: bare_decode(frames, rounds),
+            note=f"{len(frames):,} recorded frames x {rounds}, one msgspec decoder (kline | aggTrade union, "
+            "needed fields), one core",
+        )
+
+
+@dataclass
+class Context:
+    """What every benchmark's ``run`` gets: the private Redis, the mode, and the run's ceilings."""
+
+    url: str
+    port: int
+    quick: bool
+    repeats: int
+    ceilings: Ceilings
 
 
 def fmt(value: float | None) -> str:

@@ -17,12 +17,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from benchmarks.harness import Figure
+from benchmarks.harness import Context, Figure
 from processors.indicators import GROUP, IndicatorProcessor
 from processors.runner import Runner, RunnerConfig
 from projections import store
 from projections.candles import Candle, CandleClosed
-from streams import keys
+from streams import keys, log
 
 
 def _series(symbol: str, n: int, rnd: random.Random) -> list[Candle]:
@@ -73,8 +73,7 @@ async def _closes(url: str, series: list[list[Candle]], indices: range) -> int:
 
 
 async def _drain(url: str, n: int) -> float:
-    client = aioredis.Redis.from_url(url)
-    try:
+    async with log.connect(url) as client:  # as `tickfold process` connects
         runner = Runner(
             client, "binance", GROUP, 1, lambda p: IndicatorProcessor("binance"), RunnerConfig(consumer="bench")
         )
@@ -83,8 +82,6 @@ async def _drain(url: str, n: int) -> float:
         elapsed = time.perf_counter() - start
         assert stats.totals.processed == n, stats
         return n / elapsed
-    finally:
-        await client.aclose()
 
 
 async def _bare(url: str, n: int) -> float:
@@ -106,31 +103,22 @@ async def _bare(url: str, n: int) -> float:
         await client.aclose()
 
 
-def run(url: str, port: int, *, quick: bool, repeats: int) -> list[Figure]:
-    symbols, history, rounds = (100, 300, 5) if quick else (1000, 1000, 10)
+def run(ctx: Context) -> list[Figure]:
+    symbols, history, rounds = (100, 300, 5) if ctx.quick else (1000, 1000, 10)
     steps, recomputes, bare = [], [], []
-    for _ in range(repeats):
-        series = asyncio.run(_setup(url, symbols, history, rounds))
-        first = asyncio.run(_closes(url, series, range(history, history + 1)))
-        bare.append(asyncio.run(_bare(url, first)))
-        recomputes.append(asyncio.run(_drain(url, first)))
-        n = asyncio.run(_closes(url, series, range(history + 1, history + 1 + rounds)))
-        steps.append(asyncio.run(_drain(url, n)))
+    for _ in range(ctx.repeats):
+        series = asyncio.run(_setup(ctx.url, symbols, history, rounds))
+        first = asyncio.run(_closes(ctx.url, series, range(history, history + 1)))
+        bare.append(asyncio.run(_bare(ctx.url, first)))
+        recomputes.append(asyncio.run(_drain(ctx.url, first)))
+        n = asyncio.run(_closes(ctx.url, series, range(history + 1, history + 1 + rounds)))
+        steps.append(asyncio.run(_drain(ctx.url, n)))
     ceiling = sorted(bare)[len(bare) // 2]
     return [
-        Figure(f"bare XREADGROUP 500 + XACK on closes:{{ex}} ({symbols:,} closes)", "closes/s", bare),
-        Figure(
-            f"indicator processor, live: {symbols} series x {rounds} closes, O(1) steps",
-            "closes/s",
-            steps,
-            "bare XREADGROUP+XACK",
-            ceiling,
-        ),
-        Figure(
-            f"indicator processor, recompute: {symbols} series from {min(history, 1000)} candles each",
-            "closes/s",
-            recomputes,
-            "bare XREADGROUP+XACK",
-            ceiling,
-        ),
-    ]
+        Figure(f"bare XREADGROUP 500 + XACK on closes:{{ex}} ({symbols:,} closes)", "closes/s", bare,
+               key="indicator_processor.bare_read_ack"),
+        Figure(f"indicator processor, live: {symbols} series x {rounds} closes, O(1) steps", "closes/s", steps,
+               "bare XREADGROUP+XACK", ceiling, key="indicator_processor.live"),
+        Figure(f"indicator processor, recompute: {symbols} series from {min(history, 1000)} candles each",
+               "closes/s", recomputes, "bare XREADGROUP+XACK", ceiling, key="indicator_processor.recompute"),
+    ]  # fmt: skip

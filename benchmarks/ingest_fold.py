@@ -12,22 +12,16 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Any
 
 import redis.asyncio as aioredis
 
-from benchmarks.harness import Figure, redis_benchmark_xadd
+from benchmarks.harness import RECORDING, Context, Figure, recorded_frames
 from processors.candles import CandleProcessor
 from processors.runner import Runner, RunnerConfig
 from streams import keys, log
+from streams.frames import decode_frame
 from streams.partitions import streams
 from streams.symbols import bundled
-
-RECORDING = (
-    Path(__file__).resolve().parents[1]
-    / "tickfold/data/recordings/binance_2021-04-04_btcusdt_ethusdt_dotusdt.frames.jsonl"
-)
 
 
 def frames(copies: int) -> list[bytes]:
@@ -49,21 +43,17 @@ def frames(copies: int) -> list[bytes]:
 
 
 async def _ingest(url: str, data: list[bytes]) -> float:
-    client = aioredis.Redis.from_url(url)
-    try:
+    async with log.connect(url, reply_timeout=None) as client:  # as the adapters' sink connects
         old = [k async for k in client.scan_iter("frames:binance*")]
         if old:
             await client.delete(*old)
         start = time.perf_counter()
         await log.append_frames(client, "binance", ((f, 0) for f in data), batch=1000)
         return len(data) / (time.perf_counter() - start)
-    finally:
-        await client.aclose()
 
 
 async def _fold(url: str, n: int) -> float:
-    client = aioredis.Redis.from_url(url)
-    try:
+    async with log.connect(url) as client:  # as `tickfold process` connects
         for key in [k async for k in client.scan_iter("candles:*")]:
             await client.delete(key)
         await client.delete(
@@ -71,7 +61,8 @@ async def _fold(url: str, n: int) -> float:
         )
         partitions = await log.ensure_partitions(client, "binance")
         for stream in streams("binance", partitions):
-            await client.xgroup_destroy(stream, "candles")
+            if await client.exists(stream):
+                await client.xgroup_destroy(stream, "candles")
         symbols = bundled("binance")
 
         def make(p: int) -> CandleProcessor:
@@ -83,8 +74,6 @@ async def _fold(url: str, n: int) -> float:
         elapsed = time.perf_counter() - start
         assert stats.totals.processed == n, stats
         return n / elapsed
-    finally:
-        await client.aclose()
 
 
 async def _fold_processes(url: str, n: int, k: int) -> float:
@@ -99,8 +88,9 @@ async def _fold_processes(url: str, n: int, k: int) -> float:
         await client.delete(*stale, keys.closes_stream("binance"), keys.workers("candles", "binance"))
         names = streams("binance", await log.ensure_partitions(client, "binance"))
         for stream in names:
-            await client.xgroup_destroy(stream, "candles")
-            await client.xgroup_create(stream, "candles", id="0")
+            if await client.exists(stream):
+                await client.xgroup_destroy(stream, "candles")
+            await client.xgroup_create(stream, "candles", id="0", mkstream=True)
         env = {**os.environ, "TICKFOLD_LEASE_TTL_MS": "600", "TICKFOLD_BATCH_SIZE": "1000"}
         cmd = [
             sys.executable,
@@ -135,54 +125,34 @@ async def _fold_processes(url: str, n: int, k: int) -> float:
         await client.aclose()
 
 
-async def _bare_read_ack(url: str, n: int) -> float:
-    """The ceiling of the fold: XREADGROUP COUNT 1000 + XACK and nothing else."""
-    client = aioredis.Redis.from_url(url)
-    names = streams("binance", await log.ensure_partitions(client, "binance"))
-    try:
-        for stream in names:
-            await client.xgroup_create(stream, "bare", id="0", mkstream=True)
-        start = time.perf_counter()
-        done = 0
-        while True:
-            reply: Any = await client.xreadgroup("bare", "c", dict.fromkeys(names, ">"), count=1000)
-            if not reply:
-                break
-            for stream, entries in reply:
-                ids = [eid for eid, _ in entries]
-                await client.xack(stream, "bare", *ids)
-                done += len(ids)
-        assert done == n
-        return n / (time.perf_counter() - start)
-    finally:
-        for stream in names:
-            await client.xgroup_destroy(stream, "bare")
-        await client.aclose()
+def _decode_rate(data: list[bytes], rounds: int) -> float:
+    """Frames/s of tickfold's own decoder (envelope, then the typed event) over recorded frames."""
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for raw in data:
+            decode_frame("binance", raw)
+    return len(data) * rounds / (time.perf_counter() - start)
 
 
-def run(url: str, port: int, *, quick: bool, repeats: int) -> list[Figure]:
-    data = frames(5 if quick else 50)
-    ceiling = [redis_benchmark_xadd(port, requests=100_000 if quick else 1_000_000) for _ in range(repeats)]
-    ingest, fold, bare, fold1, fold2 = [], [], [], [], []
-    for _ in range(repeats):
-        ingest.append(asyncio.run(_ingest(url, data)))
-        bare.append(asyncio.run(_bare_read_ack(url, len(data))))
-        fold.append(asyncio.run(_fold(url, len(data))))
-        fold1.append(asyncio.run(_fold_processes(url, len(data), 1)))
-        fold2.append(asyncio.run(_fold_processes(url, len(data), 2)))
-    xadd = sorted(ceiling)[len(ceiling) // 2]
-    bare_median = sorted(bare)[len(bare) // 2]
+def run(ctx: Context) -> list[Figure]:
+    data = frames(5 if ctx.quick else 50)
+    xadd, bare, bare_decode = ctx.ceilings.xadd_pipelined(), ctx.ceilings.read_ack(), ctx.ceilings.decode()
+    recorded = recorded_frames()
+    decode, ingest, fold, fold1, fold2 = [], [], [], [], []
+    for _ in range(ctx.repeats):
+        decode.append(_decode_rate(recorded, 2 if ctx.quick else 10))
+        ingest.append(asyncio.run(_ingest(ctx.url, data)))
+        fold.append(asyncio.run(_fold(ctx.url, len(data))))
+        fold1.append(asyncio.run(_fold_processes(ctx.url, len(data), 1)))
+        fold2.append(asyncio.run(_fold_processes(ctx.url, len(data), 2)))
+    read_ack, decode_ceiling = "bare XREADGROUP+XACK", "bare msgspec decode"
     return [
-        Figure("redis-benchmark XADD (50 clients, pipeline 128)", "req/s", ceiling),
-        Figure("ingest: append_frames, pipelined XADD x1000", "frames/s", ingest, "redis-benchmark XADD", xadd),
-        Figure("bare XREADGROUP 1000 + XACK (redis-py)", "entries/s", bare),
-        Figure(
-            f"fold: candle processor, 1 process ({len(data):,} frames)",
-            "frames/s",
-            fold,
-            "bare XREADGROUP+XACK",
-            bare_median,
-        ),
-        Figure("fold: `tickfold process`, 1 process", "frames/s", fold1, "bare XREADGROUP+XACK", bare_median),
-        Figure("fold: `tickfold process`, 2 processes", "frames/s", fold2, "bare XREADGROUP+XACK", bare_median),
-    ]
+        Figure("decode: tickfold decode_frame, recorded Binance frames", "frames/s", decode, decode_ceiling,
+               bare_decode, key="decode.decode_frame"),
+        Figure("ingest: append_frames, pipelined XADD x1000", "frames/s", ingest, "redis-benchmark XADD", xadd,
+               key="ingest.append_frames"),
+        Figure(f"fold: candle processor, 1 process ({len(data):,} frames)", "frames/s", fold, read_ack, bare,
+               more_ceilings=[(decode_ceiling, bare_decode)], key="fold.in_process"),
+        Figure("fold: `tickfold process`, 1 process", "frames/s", fold1, read_ack, bare, key="fold.process_1"),
+        Figure("fold: `tickfold process`, 2 processes", "frames/s", fold2, read_ack, bare, key="fold.process_2"),
+    ]  # fmt: skip

@@ -9,7 +9,8 @@ MULTI as its batch: every series is copied whole to its new keys, the keys it le
 (shared keys when the symbol goes to users; a user's keys when it becomes shared: never stored twice),
 and the record is updated. Both processors WATCH the record, so a move happens once, and a batch that
 computed the old placement is re-folded. A user who stops holding keeps their copy until its TTL
-runs out (closing a position lets it run out); a new holder gets a copy of the history.
+runs out (closing a position lets it run out; frames still in flight go on into that copy without
+extending it, see :meth:`projections.scope.Scope.load`); a new holder gets a copy of the history.
 
 Moves happen when a symbol's data flows (a batch touches it); until then the dual-read still finds the
 series where the record says.

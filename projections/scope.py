@@ -94,14 +94,35 @@ class Scope:
                     pipe.zrange(keys.holders(exchange_id, s), 0, -1, withscores=True)
                 replies: Any = await pipe.execute()
                 now = await now_ms(client)
+                orphans: list[str] = []
                 for s, in_pool, holders in zip(symbols, replies[0], replies[1:], strict=True):
                     live = sorted((u.decode(), int(score)) for u, score in holders if score > now)
                     if not in_pool and live:
                         scope.overflow[s] = live
+                    elif not in_pool and placed[s]:
+                        orphans.append(s)
+                if orphans:
+                    await scope._keep_orphans(client, orphans, placed, now)
         for s in symbols:
             if (new := tuple(scope.holders(s))) != placed[s]:
                 scope.moves[s] = await placement.plan_move(client, exchange_id, s, placed[s], new)
         return scope
+
+    async def _keep_orphans(
+        self, client: aioredis.Redis, symbols: list[str], placed: dict[str, tuple[str, ...]], now: int
+    ) -> None:
+        """Symbols placed with users who no longer hold them (positions closed) and not in the pool: they
+        stay in those users' keys, which run out at their current expiry (nothing extends it), so frames
+        still in flight after the unsubscribe neither revive the keys nor move the series to the shared
+        keys. Once every such copy has run out the symbol is shared again."""
+        pipe = client.pipeline(transaction=False)
+        order = [(s, u) for s in symbols for u in placed[s]]
+        for s, u in order:
+            pipe.pttl(keys.user_keys(u, self.exchange_id, s))
+        ttls: Any = await pipe.execute()
+        for (s, u), ttl in zip(order, ttls, strict=True):
+            if int(ttl) > 0:
+                self.overflow.setdefault(s, []).append((u, now + int(ttl)))
 
     def _symbol(self, key: str) -> str:
         return key.split(":")[2]

@@ -208,3 +208,43 @@ async def test_a_symbol_changing_tiers_keeps_its_history(client: aioredis.Redis,
     assert await client.hget(keys.placement("coinbase"), "SOL-USD") == b"u1,u2"
     index: Any = await client.smembers(keys.candle_index("coinbase"))
     assert b"candles:coinbase:SOL-USD:1m" not in index
+
+
+async def test_frames_after_a_close_stay_in_the_closing_users_keys_until_they_run_out(
+    client: aioredis.Redis, redis_url: str
+) -> None:
+    """Frames still in flight after a position closes (the unsubscribe is not instant) go on into the
+    user's keys without extending their TTL, and never move the series to the shared keys; once the
+    copy has run out, the symbol (if frames still come: a start command watches it) is shared again."""
+    from streams import log
+    from tests.synthetic import synthetic_day
+
+    day = [f for f in synthetic_day(every_ms=120_000) if b'"BTC-USD"' in f or b'"SOL-USD"' in f]
+    parts = [day[: len(day) // 3], day[len(day) // 3 : 2 * len(day) // 3], day[2 * len(day) // 3 :]]
+    upto_two = await _shared_reference(redis_url, parts[0] + parts[1])
+    await client.sadd(keys.pool("coinbase"), "BTC-USD")
+    await scope.hold(client, "coinbase", "SOL-USD", "u1", ttl_ms=60_000)
+    await log.append_frames(client, "coinbase", [(f, 0) for f in parts[0]])
+    await drain(client, ["coinbase"])
+    mine = keys.usercandles("u1", "coinbase", "SOL-USD", "1m")
+    ttl_before = int(await client.pttl(mine))
+
+    await scope.release(client, "coinbase", "SOL-USD", "u1")
+    await log.append_frames(client, "coinbase", [(f, 0) for f in parts[1]])
+    await drain(client, ["coinbase"])
+    assert await _everything(client, "candles:coinbase:SOL-USD:*") == {}
+    mine_now = {
+        **await _everything(client, "usercandles:u1:*"),
+        **await _everything(client, "userindicator:u1:*"),
+    }
+    assert mine_now == _as_user(upto_two, "u1")  # the in-flight frames were folded, not lost
+    assert 0 < await client.pttl(mine) <= ttl_before  # and did not extend the copy's life
+
+    for key in [*mine_now, keys.user_keys("u1", "coinbase", "SOL-USD")]:
+        await client.pexpire(key, 1)
+    await asyncio.sleep(0.05)
+    await log.append_frames(client, "coinbase", [(f, 0) for f in parts[2]])
+    await drain(client, ["coinbase"])
+    assert await client.exists(keys.candles("coinbase", "SOL-USD", "1m"))  # watched by nobody's tier: shared
+    assert not await client.hexists(keys.placement("coinbase"), "SOL-USD")
+    assert await _everything(client, "usercandles:u1:*") == {}

@@ -146,6 +146,7 @@ def _stamps(client: redis.Redis, since_ns: int) -> dict[str, dict[Series, float]
     entry's id (Redis's clock, ms) per 1m series bucket; the closes:{ex} entry id (the candle commit)."""
     symbols = bundled(EXCHANGE)
     out: dict[str, dict[Series, float]] = {"adapter receive": {}, "raw entry": {}, "candle commit": {}}
+    out["close on pub/sub"] = {}  # filled from the subscriber's messages
     since = str(since_ns // 1_000_000)  # entries appended from then on (ids are Redis's ms)
     for stream in raw_streams(client, EXCHANGE):
         for eid, fields in _all_entries(client, stream, since):
@@ -281,6 +282,7 @@ def _run_once(url: str, trades_per_s: int, window: float, catch_up: float) -> Ru
             continue
         made = wall(c.event_ns)
         origin[(c.symbol, c.timeframe, c.start)] = made
+        stamps["close on pub/sub"].setdefault((c.symbol, c.timeframe, c.start), arrival)
         if start <= made < end:
             closes.append((arrival - made) / 1e6)
     stages = _stages(stamps, origin, start, end)
@@ -314,7 +316,6 @@ def run(ctx: Context) -> list[Figure]:
         f"{sum(r.unmatched_alerts for r in runs)} alerts whose close message was missed; 1m closes, median ms "
         "from the frame's making to: "
         + ", ".join(f"{k} {statistics.median(r.stages[k] for r in runs):.1f}" for k in runs[0].stages)
-        + f", close on pub/sub {statistics.median(pct(r.close_ms, 0.5) for r in runs):.1f}"
         + "; the window's last closes arrived "
         + ", ".join(f"{r.behind_s:.2f} s" if r.behind_s >= 0 else f"not within {catch_up:g} s" for r in runs)
         + " after it ended (seconds there: the pipeline fell behind the load)"

@@ -135,14 +135,6 @@ async def test_replay_of_sub_ranges_equals_the_live_run(
     await check_sub_ranges(client, target, day)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="processors/candle_rollups.py: a roll-up's closed_by depends on the batching. settle_rollups "
-    "closes a *dirty* roll-up by watermark inside the level loop (the next level then sees its base closed: "
-    "'base'), but a roll-up whose base did not change in the batch closes in the final `due` loop after all "
-    "levels (the next level closes by 'watermark'). A live run whose batches split differently from the "
-    "replay's gives other closed_by values for some 15m/1h roll-ups.",
-)
 async def test_replay_equals_a_live_run_that_folded_in_chunks(
     day: list[bytes], client: aioredis.Redis, target: aioredis.Redis
 ) -> None:
@@ -478,3 +470,32 @@ async def test_warmup_starts_later_and_is_approximate(
     # 1m trade candles need only their own minute: exact; MACD-V seeded an hour before the range: not
     assert {(c.symbol, c.timeframe, c.start): c for c in result.candles} == candles
     assert result.points.keys() <= points.keys() and result.points != points
+
+
+async def test_to_end_folds_a_late_backfill_of_the_range(
+    day: list[bytes], client: aioredis.Redis, target: aioredis.Redis
+) -> None:
+    from streams.frames import RestCandle, RestCandlesFrame, encode_tickfold
+
+    await live_run(client, "coinbase", day)
+    lo, hi = DAY_START_MS + 10 * HOUR, DAY_START_MS + 11 * HOUR
+    bucket = lo + 5 * 60_000
+    repaired = RestCandle(start=bucket, open="1", high="3", low="0.5", close="2", volume="7")
+    late = RestCandlesFrame(exchange="coinbase", symbol="BTC-USD", timeframe="1m", fetched_ns=0, source="test",
+                            candles=[repaired])  # fmt: skip
+    await log.append_frames(client, "coinbase", [(encode_tickfold(late), 0)])  # hours of event time after the range
+    await drain(client, ["coinbase"])
+    candles, points, alerts = await expected(client, "coinbase", lo, hi, ("1m",))
+    assert candles[("BTC-USD", "1m", bucket)].close == "2"
+    settled, _ = await replay_into(client, target, SETTINGS, "coinbase", ReplayOptions(lo, hi, timeframes=("1m",)))
+    got = {(c.symbol, c.timeframe, c.start): c for c in settled.candles}
+    assert got.get(("BTC-USD", "1m", bucket)) != candles[("BTC-USD", "1m", bucket)]  # folded up to the horizon only
+    assert {k: c for k, c in got.items() if k[0] != "BTC-USD"} == {
+        k: c for k, c in candles.items() if k[0] != "BTC-USD"
+    }
+    await target.flushdb()
+    options = ReplayOptions(lo, hi, timeframes=("1m",), to_end=True)
+    everything, _ = await replay_into(client, target, SETTINGS, "coinbase", options)
+    assert {(c.symbol, c.timeframe, c.start): c for c in everything.candles} == candles
+    assert everything.points == points
+    assert sorted(everything.alerts, key=lambda a: a.id) == sorted(alerts, key=lambda a: a.id)

@@ -36,7 +36,10 @@ async def settle_rollups(
     rest: dict[tuple[str, int], Candle],
 ) -> None:
     """Recompute every roll-up bucket whose base candles this batch changed, level by level (1m → 5m →
-    15m ...), each from the whole set of its base candles; then close those the watermark has passed.
+    15m ...), each from the whole set of its base candles, and close the level's open roll-ups the
+    watermark has passed before the next level: a roll-up closed by the watermark is then part of its
+    parent's base set in the same step whether or not its own base changed in this batch, so
+    ``closed_by`` does not depend on the batching.
 
     Roll-ups are settled once per batch, after the batch's base candles: a roll-up then never
     closes on a partial set of base candles that the same batch completes, whatever the batching.
@@ -55,57 +58,57 @@ async def settle_rollups(
             exchange_id, symbol, tf = keys.parse_candles(key)
             if tf == target:
                 wanted[(keys.candles(exchange_id, symbol, source), key)].add(start)
-        if not wanted:
-            continue
-        plan = sorted((pair, start) for pair, starts in wanted.items() for start in starts)
-        pipe = client.pipeline(transaction=False)
-        for (src, tgt), start in plan:
-            pipe.zrange(scope.read_key(src), start, bucket_end(target, start) - 1, byscore=True)
-            pipe.zrange(scope.read_key(tgt), start, start, byscore=True)
-        replies: Any = await pipe.execute()
-        for i, ((src, tgt), start) in enumerate(plan):
-            parts = {c.start: c for c in map(store.decode_candle, replies[2 * i])}
-            end = bucket_end(target, start)
-            if src in books:
-                parts.update({s: c for s, c in books[src].candles.items() if start <= s < end})
-            stored = {c.start: c for c in map(store.decode_candle, replies[2 * i + 1])}
-            if tgt in books:
-                books[tgt].add_stored(stored)
-            else:
-                books[tgt] = CandleBook(stored)
-            book = books[tgt]
-            current = book.candles.get(start)
-            r, event = apply_rollup(current, parts.values(), target) if parts else (None, None)
-            if r is None or not r.complete:  # the exchange's own aggregate beats a roll-up of part of it
-                kept = rest.get((tgt, start))
-                if kept is None and current is not None and current.closed and current.source == REST_SOURCE:
-                    continue
-                if kept is not None:
-                    if kept != current:
-                        book.put(kept)
-                        if current is None or not current.closed:
-                            closes.append(CandleClosed(candle=kept))
-                        elif not kept.same_values(current):
-                            closes.append(CandleClosed(candle=kept, correction=True))
-                    continue
-            assert r is not None
-            candle = r.candle
-            if candle.closed:  # closed_by from the base set, not the batching: the same in a replay
-                last = parts.get(previous_start(source, end))
-                by = BY_BASE if last is not None and last.closed else BY_WATERMARK
-                if candle.closed_by != by:
-                    candle = msgspec.structs.replace(candle, closed_by=by)
-                    event = None if event is None else CandleClosed(candle=candle, correction=event.correction)
-            else:
-                for closing in close_due([candle], watermark, close_grace_ms):
-                    candle, event = closing.candle, closing
-            if candle != current:
-                book.put(candle)
-            if event is not None:
-                closes.append(event)
-    for key, start in due:  # open roll-ups the watermark has passed, whose base did not change
-        c = books[key].candles.get(start)
-        if c is not None and c.source == ROLLUP and not c.closed:
+        if wanted:
+            plan = sorted((pair, start) for pair, starts in wanted.items() for start in starts)
+            pipe = client.pipeline(transaction=False)
+            for (src, tgt), start in plan:
+                pipe.zrange(scope.read_key(src), start, bucket_end(target, start) - 1, byscore=True)
+                pipe.zrange(scope.read_key(tgt), start, start, byscore=True)
+            replies: Any = await pipe.execute()
+            for i, ((src, tgt), start) in enumerate(plan):
+                parts = {c.start: c for c in map(store.decode_candle, replies[2 * i])}
+                end = bucket_end(target, start)
+                if src in books:
+                    parts.update({s: c for s, c in books[src].candles.items() if start <= s < end})
+                stored = {c.start: c for c in map(store.decode_candle, replies[2 * i + 1])}
+                if tgt in books:
+                    books[tgt].add_stored(stored)
+                else:
+                    books[tgt] = CandleBook(stored)
+                book = books[tgt]
+                current = book.candles.get(start)
+                r, event = apply_rollup(current, parts.values(), target) if parts else (None, None)
+                if r is None or not r.complete:  # the exchange's own aggregate beats a roll-up of part of it
+                    kept = rest.get((tgt, start))
+                    if kept is None and current is not None and current.closed and current.source == REST_SOURCE:
+                        continue
+                    if kept is not None:
+                        if kept != current:
+                            book.put(kept)
+                            if current is None or not current.closed:
+                                closes.append(CandleClosed(candle=kept))
+                            elif not kept.same_values(current):
+                                closes.append(CandleClosed(candle=kept, correction=True))
+                        continue
+                assert r is not None
+                candle = r.candle
+                if candle.closed:  # closed_by from the base set, not the batching: the same in a replay
+                    last = parts.get(previous_start(source, end))
+                    by = BY_BASE if last is not None and last.closed else BY_WATERMARK
+                    if candle.closed_by != by:
+                        candle = msgspec.structs.replace(candle, closed_by=by)
+                        event = None if event is None else CandleClosed(candle=candle, correction=event.correction)
+                else:
+                    for closing in close_due([candle], watermark, close_grace_ms):
+                        candle, event = closing.candle, closing
+                if candle != current:
+                    book.put(candle)
+                if event is not None:
+                    closes.append(event)
+        for key, start in due:  # this level's open roll-ups the watermark has passed, base unchanged
+            c = books[key].candles.get(start)
+            if c is None or c.source != ROLLUP or c.closed or c.timeframe != target:
+                continue
             for event in close_due([c], watermark, close_grace_ms):
-                books[key].put(event.candle)
+                books[key].put(event.candle)  # dirty: the next level sees its base closed, as in any batching
                 closes.append(event)

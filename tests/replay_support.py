@@ -112,8 +112,10 @@ async def dump(client: aioredis.Redis) -> dict[bytes, Any]:
 
 
 async def state(client: aioredis.Redis, exchange_id: str) -> tuple[Any, ...]:
+    """The candles, MACD-V points and alerts of an exchange (alerts as a set: the order they were raised in
+    follows the batching)."""
     return (
         await all_candles(client, exchange_id),
         await points_of(client, exchange_id),
-        [f[b"alert"] for _, f in await log.entries(client, keys.alerts_stream(exchange_id))],
+        sorted(f[b"alert"] for _, f in await log.entries(client, keys.alerts_stream(exchange_id))),
     )

@@ -113,3 +113,29 @@ async def test_replay_and_rebuild_across_the_archive_and_a_trimmed_stream(
     end = (await client.xinfo_stream(closes))["last-generated-id"]
     assert groups[ARCHIVE]["last-delivered-id"] == end  # the re-emitted closes are not archived a second time
     assert groups["indicators"]["last-delivered-id"] == end and groups["indicators"]["pending"] == 0
+
+
+async def test_frames_appended_during_a_rebuild_are_left_to_live_processing(
+    day: list[bytes], client: aioredis.Redis
+) -> None:
+    import asyncio
+
+    half = len(day) // 2
+    await live_run(client, "coinbase", day)  # the reference: everything folded live
+    reference = await state(client, "coinbase")
+    await client.flushdb()
+    await live_run(client, "coinbase", day[:half])
+    rebuilding = asyncio.create_task(rebuild(client, SETTINGS, "coinbase", "all"))
+    for _ in range(10_000):  # the rebuild has taken its snapshot once it dropped the projections
+        if not await client.exists(keys.candle_index("coinbase")):
+            break
+        await asyncio.sleep(0.001)
+    else:
+        pytest.fail("the rebuild did not drop the candle projections")
+    for i in range(half, len(day), 100):  # the feed goes on while the rebuild runs
+        await log.append_frames(client, "coinbase", [(f, 0) for f in day[i : i + 100]])
+    report = await rebuilding
+    assert report.frames == half  # it folded what was there when it began, not what came after
+    stats = await drain(client, ["coinbase"])
+    assert stats["coinbase"].totals.processed == len(day) - report.frames  # the rest, each frame once
+    assert await state(client, "coinbase") == reference

@@ -5,13 +5,15 @@ that hold nothing refused; the pandas hand-off."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import redis.asyncio as aioredis
 
 from processors.replay import ReplayNoData, ReplayOptions, horizon_ms
 from processors.replay_source import ReplayGapError
 from streams import keys, log
-from tests.realdata import BINANCE_0404
+from tests.realdata import BINANCE_0404, COINBASE_AT
 from tests.replay_support import (
     HOUR,
     RANGES,
@@ -65,16 +67,24 @@ async def test_replay_equals_a_live_run_that_folded_in_chunks(
     await check_sub_ranges(client, target, day)
 
 
-async def test_replay_of_recorded_binance_frames(client: aioredis.Redis, target: aioredis.Redis) -> None:
-    await ingest(client, "binance", BINANCE_0404)
-    await drain(client, ["binance"])
-    live = await all_candles(client, "binance")
+@pytest.mark.parametrize(
+    ("exchange_id", "path", "symbols"),
+    [
+        ("binance", BINANCE_0404, {"BTC-USDT", "ETH-USDT", "DOT-USDT"}),  # klines (x: true) + aggTrades
+        ("coinbase", COINBASE_AT, {"BTC-USD", "ETH-USD"}),  # native 5m candles + market_trades (1m)
+    ],
+)
+async def test_replay_of_recorded_sessions(
+    exchange_id: str, path: Path, symbols: set[str], client: aioredis.Redis, target: aioredis.Redis
+) -> None:
+    await ingest(client, exchange_id, path)
+    await drain(client, [exchange_id])
+    live = await all_candles(client, exchange_id)
     lo, hi = min(s for _, _, s in live), max(s for _, _, s in live) + 60_000
-    options = ReplayOptions(start_ms=lo, end_ms=hi)
-    result, stats = await replay_into(client, target, SETTINGS, "binance", options)
+    result, stats = await replay_into(client, target, SETTINGS, exchange_id, ReplayOptions(start_ms=lo, end_ms=hi))
     assert {(c.symbol, c.timeframe, c.start): c for c in result.candles} == live
-    assert {c.symbol for c in result.candles} == {"BTC-USDT", "ETH-USDT", "DOT-USDT"}
-    assert stats.frames == sum([await client.xlen(keys.frames_stream("binance", p)) for p in range(4)])
+    assert {c.symbol for c in result.candles} == symbols
+    assert stats.frames == sum([await client.xlen(keys.frames_stream(exchange_id, p)) for p in range(4)])
 
 
 async def test_empty_and_future_ranges_are_refused(

@@ -176,9 +176,11 @@ class Runner:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), min(0.05 if until_idle else renew_every, 1.0))
                     continue
-                for p, entries in got.items():
-                    if entries:
-                        await self._handle(p, entries)
+                batches = [(p, entries) for p, entries in got.items() if entries]
+                if len(batches) == 1:
+                    await self._handle(*batches[0])
+                else:
+                    await self._handle_concurrently(batches)
         finally:
             with contextlib.suppress(StoreUnavailable):
                 await self.membership.leave()
@@ -236,6 +238,17 @@ class Runner:
 
             await self._retrying(wait)
         return out
+
+    async def _handle_concurrently(self, batches: list[tuple[int, list[Entry]]]) -> None:
+        """Partitions are independent (own position, watermark, open set, lease): their batches run side by
+        side so their Redis round trips overlap. A failure cancels the others (each batch commits whole or
+        not at all) and surfaces as itself, not as an ExceptionGroup."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for p, entries in batches:
+                    tg.create_task(self._handle(p, entries))
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
 
     async def _handle(self, partition: int, entries: Sequence[Entry]) -> None:
         fence = self.membership.fence(partition)

@@ -52,14 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=160)
     console.print("machine: " + "; ".join(f"{k} {v}" for k, v in report.machine.items()))
     table = Table()
-    for col in ("figure", "median", "min", "max", "unit", "vs ceiling", "ratio"):
-        table.add_column(col, justify="left" if col in ("figure", "unit", "vs ceiling") else "right")
+    for col in ("figure", "median", "min", "max", "unit", "vs ceiling", "ratio", "target"):
+        table.add_column(col, justify="left" if col in ("figure", "unit", "vs ceiling", "target") else "right")
     for f in report.figures:
         ratios = f.ratios()
         names = "\n".join(name for name, _ in ratios) or "–"
         values = "\n".join(f"{r:.2f}" for _, r in ratios) or "–"
+        target = f"{f.target}: {f.judge()}" if f.target else "–"
         table.add_row(f.name, harness.fmt(f.median), harness.fmt(min(f.runs)), harness.fmt(max(f.runs)), f.unit,
-                      names, values)  # fmt: skip
+                      names, values, target)  # fmt: skip
     console.print(table)
     notes = [f for f in report.figures if f.note]
     for i, f in enumerate(notes, 1):

@@ -25,18 +25,20 @@ import asyncio
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import os
 import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import redis
 import uvloop
 import websockets
 
-from benchmarks.harness import Context, Figure
+from benchmarks.harness import Context, Figure, Target
 from streams import keys
 from streams.adapters.base import MAX_FRAME_BYTES
 from streams.adapters.binance import stream_names
@@ -189,7 +191,15 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 # ------------------------------------------------------------------------------------------ throughput
 
 
-def _adapter_throughput(url: str, warm: float, window: float) -> float:
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _adapter_throughput(url: str, warm: float, window: float) -> tuple[float, float]:
+    """(frames/s, frames per CPU second of the adapter process) over the window: the second does not
+    depend on how much of the machine the flat-out simulator and others leave the adapter."""
     client = redis.Redis.from_url(url)
     clear_raw_frames(client, EXCHANGE)
     sim, ws_url = _start_simulator(FLAT_OUT, record=False)
@@ -197,15 +207,15 @@ def _adapter_throughput(url: str, warm: float, window: float) -> float:
     try:
         wait_for(lambda: count_raw_frames(client, EXCHANGE) > 0, 60, "the adapter's first frame")
         time.sleep(warm)
-        n0, t0 = count_raw_frames(client, EXCHANGE), time.perf_counter()
+        n0, t0, c0 = count_raw_frames(client, EXCHANGE), time.perf_counter(), cpu_seconds(adapter.process.pid)
         time.sleep(window)
-        n1, t1 = count_raw_frames(client, EXCHANGE), time.perf_counter()
+        n1, t1, c1 = count_raw_frames(client, EXCHANGE), time.perf_counter(), cpu_seconds(adapter.process.pid)
     finally:  # the simulator first: a flat-out feed would hold up the adapter's close handshake
         sim.stop()
         adapter.stop()
         clear_raw_frames(client, EXCHANGE)
         client.close()
-    return (n1 - n0) / (t1 - t0)
+    return (n1 - n0) / (t1 - t0), (n1 - n0) / max(c1 - c0, 0.01)
 
 
 def _bare_client_throughput(warm: float, window: float) -> float:
@@ -347,10 +357,12 @@ def run(ctx: Context) -> list[Figure]:
     warm, window = (0.5, 1.5) if ctx.quick else (2.0, 5.0)
     lat_warm, lat_window = (0.5, 1.0) if ctx.quick else (1.0, 10.0)
     xadd, xadd_single = ctx.ceilings.xadd_pipelined(), ctx.ceilings.xadd_single()
-    bare, adapter = [], []
+    bare, adapter, adapter_cpu = [], [], []
     for _ in range(ctx.repeats):
         bare.append(_bare_client_throughput(warm, window))
-        adapter.append(_adapter_throughput(ctx.url, warm, window))
+        rate, per_cpu = _adapter_throughput(ctx.url, warm, window)
+        adapter.append(rate)
+        adapter_cpu.append(per_cpu)
     bare_median = _median(bare)
     figures = [
         Figure(
@@ -371,6 +383,15 @@ def run(ctx: Context) -> list[Figure]:
             "warm-up; simulator flat out in its own process; the adapter is build_adapter(binance_spot), uvloop",
             more_ceilings=[("redis-benchmark XADD", xadd), ("redis-benchmark XADD, 1 client", xadd_single)],
             key="adapter.ingest",
+            target=Target(0.4, of="redis-benchmark XADD"),
+        ),
+        Figure(
+            "adapter ingest per CPU second of the adapter process",
+            "frames/CPU-s",
+            adapter_cpu,
+            note="the same window; CPU time (user + system) of the adapter process from /proc: the adapter's "
+            "own cost per frame, whatever share of the cores the flat-out simulator and others leave it",
+            key="adapter.ingest_cpu",
         ),
     ]
     for rate in LATENCY_RATES:

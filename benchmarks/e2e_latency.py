@@ -38,7 +38,7 @@ import redis
 import uvloop
 
 from benchmarks.adapter_ingest import Conn, count_raw_frames, pct, raw_streams, start_child, wait_for
-from benchmarks.harness import Context, Figure
+from benchmarks.harness import Context, Figure, Target
 from projections import store
 from projections.candles import BY_BASE, BY_EXCHANGE
 from streams import keys
@@ -333,6 +333,7 @@ def run(ctx: Context) -> list[Figure]:
                     [pct(s, q) for s in series],
                     note=note if not figures else "",
                     key=f"e2e.{what}.{name}",
+                    target=Target(5.0, at_least=False) if (what, name) == ("alert", "p99") else None,
                 )
             )
     return figures

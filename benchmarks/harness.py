@@ -40,6 +40,19 @@ RECORDING = (
 )
 
 
+@dataclass(frozen=True)
+class Target:
+    """The issue's target: the median (``of`` empty) or its ratio to the ceiling named ``of``, at least
+    (``at_least``) or at most ``value``."""
+
+    value: float
+    at_least: bool = True
+    of: str = ""
+
+    def __str__(self) -> str:
+        return f"{'>=' if self.at_least else '<='} {fmt(self.value)}" + (f" x {self.of}" if self.of else "")
+
+
 @dataclass
 class Figure:
     name: str
@@ -50,10 +63,26 @@ class Figure:
     note: str = ""
     more_ceilings: list[tuple[str, float]] = field(default_factory=list)  # further (name, value) to compare with
     key: str = ""  # a stable id (JSON consumers, the smoke test); the name may carry sizes
+    target: Target | None = None  # the issue's target for this figure, if it has one
+    verdict: str = ""  # filled by judge(): "met" or by how much it is missed
 
     @property
     def median(self) -> float:
         return statistics.median(self.runs)
+
+    def judge(self) -> str:
+        """Set and return :attr:`verdict` against :attr:`target` ("" without one)."""
+        t = self.target
+        if t is None:
+            return ""
+        value = self.median if not t.of else dict(self.ratios()).get(t.of)
+        if value is None:
+            self.verdict = f"no {t.of} to compare with"
+        elif (value >= t.value) if t.at_least else (value <= t.value):
+            self.verdict = "met"
+        else:
+            self.verdict = f"missed: {fmt(value)}, {value / t.value:.2g}x the target"
+        return self.verdict
 
     @property
     def ratio(self) -> float | None:

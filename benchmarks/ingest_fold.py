@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 
 import redis.asyncio as aioredis
 
-from benchmarks.harness import RECORDING, Context, Figure, recorded_frames
+from benchmarks.harness import RECORDING, Context, Figure, Target, recorded_frames
 from processors.candles import CandleProcessor
 from processors.runner import Runner, RunnerConfig
 from streams import keys, log
@@ -152,7 +153,9 @@ def run(ctx: Context) -> list[Figure]:
         Figure("ingest: append_frames, pipelined XADD x1000", "frames/s", ingest, "redis-benchmark XADD", xadd,
                key="ingest.append_frames"),
         Figure(f"fold: candle processor, 1 process ({len(data):,} frames)", "frames/s", fold, read_ack, bare,
-               more_ceilings=[(decode_ceiling, bare_decode)], key="fold.in_process"),
-        Figure("fold: `tickfold process`, 1 process", "frames/s", fold1, read_ack, bare, key="fold.process_1"),
-        Figure("fold: `tickfold process`, 2 processes", "frames/s", fold2, read_ack, bare, key="fold.process_2"),
+               more_ceilings=[(decode_ceiling, bare_decode)], key="fold.in_process", target=Target(0.7, of=read_ack)),
+        Figure("fold: `tickfold process`, 1 process", "frames/s", fold1, read_ack, bare, key="fold.process_1",
+               target=Target(150_000)),
+        Figure("fold: `tickfold process`, 2 processes", "frames/s", fold2, read_ack, bare, key="fold.process_2",
+               more_ceilings=[("1 process", statistics.median(fold1))], target=Target(1.6, of="1 process")),
     ]  # fmt: skip

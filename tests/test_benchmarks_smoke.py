@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {
     "ceiling.xadd_pipelined", "ceiling.xadd_single", "ceiling.read_ack", "ceiling.decode",
     "decode.decode_frame", "ingest.append_frames", "fold.in_process", "fold.process_1", "fold.process_2",
-    "adapter.bare_client", "adapter.ingest",
+    "adapter.bare_client", "adapter.ingest", "adapter.ingest_cpu",
     *(f"adapter.latency_{rate}.{q}" for rate in (1000, 10000) for q in ("p50", "p99", "max")),
     "indicators.talib", "indicators.batch", "indicators.talipp", "indicators.update", "indicators.update_bytes",
     "indicators.update_rows",
@@ -26,6 +26,7 @@ EXPECTED = {
     *(f"e2e.{what}.{q}" for what in ("close", "alert") for q in ("p50", "p99", "p999")),
     "memory.per_series", "memory.per_symbol",
 }  # fmt: skip
+TARGETS = {"fold.in_process", "fold.process_1", "fold.process_2", "adapter.ingest", "indicators.batch", "e2e.alert.p99"}
 
 
 @pytest.mark.redis
@@ -51,5 +52,8 @@ def test_quick_run_reports_every_figure_positive(tmp_path: Path) -> None:
         ceilings = ([f["ceiling"]] if f["ceiling_name"] else []) + [value for _, value in f["more_ceilings"]]
         assert all(c is not None and c > 0 for c in ceilings), (key, ceilings)
     assert figures["fold.in_process"]["ceiling_name"] and figures["ingest.append_frames"]["ceiling_name"]
+    judged = {key: f["verdict"] for key, f in figures.items() if f["target"]}  # the targets, each judged
+    assert set(judged) == TARGETS
+    assert all(v == "met" or v.startswith("missed: ") for v in judged.values()), judged
     benchmarks = {"ingest_fold", "adapter_ingest", "indicators", "indicator_processor", "e2e_latency", "memory"}
     assert set(report["seconds"]) == benchmarks

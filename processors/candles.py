@@ -52,6 +52,7 @@ from projections.watermark import bucket_end, bucket_start, close_due, duration_
 from streams import keys
 from streams.frames import (
     RestCandlesFrame,
+    binance_trade_event_time,
     decode_frame,
 )
 from streams.log import Entry, WatchError, parse_id, translated
@@ -146,8 +147,12 @@ class CandleProcessor:
         while fresh < len(entries) and parse_id(entries[fresh][0]) <= last_id:
             fresh += 1
         out.skipped = fresh
+        times_only = self.exchange_id == "binance" and not self.trade_timeframes  # trades move the watermark only
         for entry_id, fields in entries[fresh:]:
             raw = fields.get(b"frame")
+            if times_only and raw is not None and (ms := binance_trade_event_time(raw)) is not None:
+                out.items.append(Item((entry_id, fields), [], [], ms * 1_000_000))
+                continue
             try:
                 if raw is None:
                     raise FrameDecodeError("entry has no 'frame' field")

@@ -103,6 +103,17 @@ class _BinanceEnvelope(msgspec.Struct, frozen=True):
     id: int | str | None = None  # replies to SUBSCRIBE & co. carry an id and no stream
 
 
+class _EventTime(msgspec.Struct, frozen=True):
+    event_time: int = msgspec.field(name="E")
+
+
+class _BinanceTimedTrade(msgspec.Struct, frozen=True):
+    """A combined-stream trade frame read for its event time only (every other field skipped)."""
+
+    stream: str
+    data: _EventTime
+
+
 # -------------------------------------------------------------------------------------------- Coinbase
 
 
@@ -240,6 +251,7 @@ Frame = BinanceEvent | CoinbaseFrame | TickfoldFrame | Ignored
 
 _BINANCE_ENVELOPE = msgspec.json.Decoder(_BinanceEnvelope)
 _BINANCE_EVENT = msgspec.json.Decoder(BinanceEvent)
+_BINANCE_TIMED_TRADE = msgspec.json.Decoder(_BinanceTimedTrade)
 _COINBASE_ENVELOPE = msgspec.json.Decoder(_CoinbaseEnvelope)
 _COINBASE_EVENTS: Final[dict[str, msgspec.json.Decoder[list[msgspec.Struct]]]] = {
     "candles": msgspec.json.Decoder(list[CoinbaseCandlesEvent]),
@@ -294,6 +306,19 @@ def decode_binance(raw: bytes | str) -> BinanceEvent | TickfoldFrame | Ignored:
         return event
     except msgspec.DecodeError as exc:
         raise FrameDecodeError(f"binance {env.stream or env.e}: {exc}") from None
+
+
+def binance_trade_event_time(raw: bytes) -> int | None:
+    """The event time (ms) of a combined-stream ``aggTrade`` / ``trade`` frame, decoding nothing else:
+    for a fold that needs no trades from it. None when the frame is not one, or is not well-formed
+    enough to say (then :func:`decode_binance` decides, and reports what is wrong)."""
+    head = raw[:64]
+    if b'@aggTrade"' not in head and b'@trade"' not in head:
+        return None
+    try:
+        return _BINANCE_TIMED_TRADE.decode(raw).data.event_time
+    except msgspec.DecodeError:
+        return None
 
 
 def decode_coinbase(raw: bytes | str) -> CoinbaseFrame | TickfoldFrame | Ignored:

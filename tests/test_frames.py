@@ -125,3 +125,24 @@ def test_recording_and_frames_files_hold_the_same_frames() -> None:
     recorded = list(read_frames(require(COINBASE_AT_RECORDING)))
     assert frames == [f for f, _ in recorded]
     assert abs(recorded[0][1] - 1786309548629007872) < 1000  # the recorder's receive time, not ingest time
+
+
+@pytest.mark.parametrize("path", [BINANCE_0404, BINANCE_0814])
+def test_the_event_time_only_read_of_binance_trades_agrees_with_the_full_decode(path: Path) -> None:
+    """The candle fold reads only ``E`` of an aggTrade when it builds no Binance trade candles."""
+    from streams.frames import BinanceAggTrade, BinanceTrade, binance_trade_event_time, decode_binance
+
+    seen = 0
+    for line in require(path).read_bytes().splitlines():
+        full = decode_binance(line)
+        quick = binance_trade_event_time(line)
+        if isinstance(full, BinanceAggTrade | BinanceTrade):
+            assert quick == full.event_time
+            seen += 1
+        else:
+            assert quick is None
+    assert seen > 100
+    broken = b'{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":"soon"}}'
+    assert binance_trade_event_time(broken) is None  # left to the full decode, which reports it
+    with pytest.raises(FrameDecodeError):
+        decode_binance(broken)

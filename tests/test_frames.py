@@ -141,7 +141,7 @@ def test_the_event_time_only_read_of_binance_trades_agrees_with_the_full_decode(
             seen += 1
         else:
             assert quick is None
-    assert seen > 100
+    assert seen >= 20  # 1,910 and 28 trade frames in the two recordings
     broken = b'{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":"soon"}}'
     assert binance_trade_event_time(broken) is None  # left to the full decode, which reports it
     with pytest.raises(FrameDecodeError):

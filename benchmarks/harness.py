@@ -80,8 +80,10 @@ class Figure:
             self.verdict = f"no {t.of} to compare with"
         elif (value >= t.value) if t.at_least else (value <= t.value):
             self.verdict = "met"
+        elif t.at_least:
+            self.verdict = f"missed: {fmt(value)}, {value / t.value:.2f} of the target"
         else:
-            self.verdict = f"missed: {fmt(value)}, {value / t.value:.2g}x the target"
+            self.verdict = f"missed: {fmt(value)}, {value / t.value:,.3g}x the limit"
         return self.verdict
 
     @property

@@ -13,8 +13,8 @@ partition, and the partition has one owner: see processors/runner.py). One batch
       XADD frames:{ex}:dead                  frames that could not be folded, with the reason
       SET proj:candles:{ex}:p{n}:last_id     the position the projection now reflects
       XACK frames:{ex}:p{n} candles <ids>    acknowledged only together with the above
+      PUBLISH channel:exchange:{ex}:candle:close:{symbol}:{tf}   (at-most-once; closes:{ex} is durable)
     EXEC
-    PUBLISH channel:exchange:{ex}:candle:close:{symbol}:{tf}   (pub/sub is at-most-once; closes:{ex} is durable)
 
 REST backfills arrive the same way, as tickfold ``rest_candles`` frames in the symbol's partition
 (:mod:`processors.backfill`): each candle is folded as a closed snapshot (``source`` and ``closed_by``
@@ -213,9 +213,8 @@ class CandleProcessor:
                 )
                 for marker_key, starts in plan.filled.items():  # REST filled them: no longer gaps
                     pipe.zrem(marker_key, *[str(start) for start in sorted(starts)])
+                self._queue_publish(pipe, closes)
                 await pipe.execute()
-            if closes:
-                await self._publish(client, closes)
         return BatchResult(
             processed=len(entries) - plan.skipped, skipped=plan.skipped, dead=len(plan.dead), events=len(closes)
         )
@@ -409,9 +408,10 @@ class CandleProcessor:
         pipe.set(self.watermark_key, watermark)
         pipe.xack(self.stream, self.group, *[e[0] for e in entries])
 
-    async def _publish(self, client: aioredis.Redis, closes: list[CandleClosed]) -> None:
-        pipe = client.pipeline(transaction=False)
+    @staticmethod
+    def _queue_publish(pipe: Any, closes: list[CandleClosed]) -> None:
+        """PUBLISH each close in the batch's MULTI: sent only if the batch commits, with no extra round trip
+        (pub/sub stays at-most-once: a subscriber that is away misses it; ``closes:{ex}`` keeps it)."""
         for event in closes:
             c = event.candle
             pipe.publish(keys.candle_close_channel(c.exchange, c.symbol, c.timeframe), store.encode(event))
-        await pipe.execute()

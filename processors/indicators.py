@@ -189,12 +189,6 @@ class IndicatorProcessor:
                 log.info("%s: alert ids or placement changed under us, recomputing", self.stream)
         else:
             raise ProjectionConflict(f"{self.ids_key} kept changing during {_MAX_CONFLICT_RETRIES} attempts")
-        if raised:
-            pipe = client.pipeline(transaction=False)
-            for alert in raised:
-                pipe.publish(keys.alerts_channel(self.exchange_id), _ENCODER.encode(alert))
-            with translated(f"publishing alerts of {self.exchange_id}"):
-                await pipe.execute()
         return BatchResult(processed=len(entries), dead=len(dead), events=len(raised))
 
     async def _commit(
@@ -267,6 +261,8 @@ class IndicatorProcessor:
                     why = {b"reason": reason.encode(), b"original_id": eid, b"stream": self.stream.encode()}
                     pipe.xadd(dead_stream, {**fields, **why})  # type: ignore[dict-item]
                 pipe.xack(self.stream, self.group, *[e[0] for e in entries])
+                for alert in raised:  # published only if the batch commits (pub/sub: at-most-once)
+                    pipe.publish(keys.alerts_channel(self.exchange_id), _ENCODER.encode(alert))
                 await pipe.execute()
         return raised
 

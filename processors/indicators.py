@@ -16,7 +16,7 @@ can't corrupt anything: the values are a function of the closed candles alone.
 * Alerts: the rules of :mod:`projections.alerts` between consecutive points. Each alert has a
   deterministic id; ids already raised (``alerts:{exchange_id}:ids``) are not raised again, so a
   redelivery or a replay never duplicates one. New alerts go to ``alerts:{exchange_id}`` in the same
-  MULTI as the points and the XACK, and are then published on ``channel:alerts:{exchange_id}``.
+  MULTI as the points and the XACK, and published on ``channel:alerts:{exchange_id}`` in that MULTI too.
 """
 
 from __future__ import annotations

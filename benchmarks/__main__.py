@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = [f.key for f in report.figures]
     if "" in keys or len(set(keys)) != len(keys):
         raise RuntimeError(f"every figure needs its own key: {keys}")
-    console = Console(width=160)
+    console = Console(width=200)
     console.print("machine: " + "; ".join(f"{k} {v}" for k, v in report.machine.items()))
     table = Table()
     for col in ("figure", "median", "min", "max", "unit", "vs ceiling", "ratio", "target"):

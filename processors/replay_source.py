@@ -6,7 +6,8 @@ stream holds the rest. Reading goes archive -> stream -> archive ... as long as 
 lost entries beyond what has been read (:func:`continues`): trimming behind the archiver during a long
 replay is followed, and an entry that is in neither place (trimmed without an archive, or dropped by
 the archive's retention) stops the replay with :class:`ReplayGapError` instead of folding a history
-with a hole in it.
+with a hole in it: the entries trimmed before the stream's oldest one (``entries-added`` - ``length``
+when the replay began) must all come from the archive.
 
 Every partition is read up to the position it had when the replay began (``until``), so a replay
 ends even while frames keep arriving, and reads only (XRANGE, XINFO, GET): it never writes to the
@@ -46,6 +47,8 @@ class PartitionSource:
     stream: str
     until: Position
     archived: Position | None  # how far the archive reaches (None: nothing archived, or no archive)
+    first: Position | None = None  # the stream's oldest entry when the replay began (None: empty, or no stream)
+    trimmed: int | None = None  # how many entries had been removed before it (None: not reported, Redis < 7)
 
 
 @dataclass(frozen=True)
@@ -56,10 +59,20 @@ class Sources:
     dsn: str | None  # the archive's database; None: the streams alone
 
 
-async def _last_id(client: aioredis.Redis, stream: str) -> Position | None:
-    with translated(f"reading the end of {stream}"):
-        newest: Any = await client.xrevrange(stream, count=1)
-    return parse_id(newest[0][0]) if newest else None
+async def _stream_info(client: aioredis.Redis, stream: str) -> tuple[Position | None, Position | None, int | None]:
+    """(newest entry, oldest entry, entries removed so far) of a stream, read at once; (None, None, 0) when
+    there is no such stream."""
+    with translated(f"inspecting {stream}"):
+        try:
+            info: Any = await client.xinfo_stream(stream)
+        except ResponseError:  # no such key
+            return None, None, 0
+    newest, oldest, added = info.get("last-entry"), info.get("first-entry"), info.get("entries-added")
+    return (
+        parse_id(newest[0]) if newest else None,
+        parse_id(oldest[0]) if oldest else None,
+        None if added is None else int(added) - int(info["length"]),
+    )
 
 
 async def continues(client: aioredis.Redis, stream: str, cursor: Position, read: int) -> bool:
@@ -100,10 +113,10 @@ async def plan(client: aioredis.Redis, exchange_id: str, dsn: str | None) -> Sou
     for p in range(count):
         stream = keys.frames_stream(exchange_id, p)
         archived = await archive.archived_position(dsn, stream) if dsn is not None else None
-        last = await _last_id(client, stream)
+        last, first, trimmed = await _stream_info(client, stream)
         until = max(last or (0, 0), archived or (0, 0))
         if until > (0, 0):
-            parts.append(PartitionSource(p, stream, until, archived))
+            parts.append(PartitionSource(p, stream, until, archived, first, trimmed))
     return Sources(exchange_id, count, parts, dsn)
 
 
@@ -113,14 +126,25 @@ async def batches(
     """The entries of one partition up to ``part.until``, in id order, ``size`` at a time (module docstring)."""
     pos: Position = (0, 0)
     read = 0
+    head = part.first or (part.until[0], part.until[1] + 1)  # entries before it exist only in the archive
+    before_head = 0  # how many of those were read
     while pos < part.until:
         round_start = pos
         if sources.dsn is not None:
             async for chunk in archive.read_archived(sources.dsn, part.stream, after=pos, until=part.until, batch=size):
                 chunk = [e for e in chunk if pos < parse_id(e[0]) <= part.until]
                 if chunk:
+                    if pos < head:
+                        before_head += sum(1 for e in chunk if parse_id(e[0]) < head)
                     yield chunk
                     pos, read = parse_id(chunk[-1][0]), read + len(chunk)
+        if round_start == (0, 0) and part.trimmed and before_head < part.trimmed:
+            where = "the archive holds" if sources.dsn is not None else "no archive is configured: it holds"
+            raise ReplayGapError(
+                f"{part.stream}: {part.trimmed:,} entries had been trimmed from the stream before "
+                f"{id_text(head)}, and {where} {before_head:,} of them (dropped by its retention, or never "
+                "archived): the frames of this partition can't be replayed exactly"
+            )
         while pos < part.until:
             with translated(f"reading {part.stream}"):
                 reply: Any = await client.xrange(part.stream, f"({id_text(pos)}", id_text(part.until), count=size)

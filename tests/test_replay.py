@@ -154,18 +154,19 @@ async def test_the_source_follows_trimming_while_it_reads(client: aioredis.Redis
     await run_archiver(client, pg_dsn, ["coinbase"], archiver, until_idle=True)  # 0..149 archived
     await log.append_frames(client, "coinbase", frames[150:], partitions=1)
     ids = [eid for eid, _ in await log.entries(client, stream)]
-    await client.xtrim(stream, minid=ids[100].decode())  # 0..99 only in the archive now
+    await client.xtrim(stream, minid=ids[100].decode(), approximate=False)  # 0..99 only in the archive now
     sources = await plan(client, "coinbase", pg_dsn)
     got: list[log.Entry] = []
     async for chunk in batches(client, sources, sources.parts[0], size=50):
         got.extend(chunk)
         if len(got) == 200:  # while the stream is being read: the archiver goes on and trimming follows it
             await run_archiver(client, pg_dsn, ["coinbase"], archiver, until_idle=True)
-            await client.xtrim(stream, minid=ids[280].decode())
+            await client.xtrim(stream, minid=ids[280].decode(), approximate=False)
     assert [e[0] for e in got] == ids and [e[1][b"frame"] for e in got] == [f for f, _ in frames]
     # the same without the archive: its oldest entries are gone, so it refuses
-    with pytest.raises(ReplayGapError, match="its oldest entries were trimmed"):
-        [e async for e in batches(client, await plan(client, "coinbase", None), sources.parts[0], size=50)]
+    alone = await plan(client, "coinbase", None)
+    with pytest.raises(ReplayGapError, match=r"\d+ entries had been trimmed .* no archive is configured: it holds 0"):
+        [e async for e in batches(client, alone, alone.parts[0], size=50)]
 
 
 async def test_speed_paces_the_fold_by_event_time(
@@ -230,3 +231,40 @@ async def test_to_end_folds_a_late_backfill_of_the_range(
     assert {(c.symbol, c.timeframe, c.start): c for c in everything.candles} == candles
     assert everything.points == points
     assert sorted(everything.alerts, key=lambda a: a.id) == sorted(alerts, key=lambda a: a.id)
+
+
+async def test_an_archive_that_lost_its_head_is_refused(client: aioredis.Redis, pg_dsn: str) -> None:
+    """Retention drops the archive's oldest days while the stream still holds later entries the archive also
+    has: the read must not start silently at the archive's new head."""
+    import asyncpg
+
+    from migrations.runner import migrate
+    from processors.archiver import ArchiverConfig, run_archiver
+    from processors.replay_source import batches, plan
+    from processors.runner import RunnerConfig
+    from streams.archive_store import TABLE
+
+    await migrate(pg_dsn)
+    stream = keys.frames_stream("coinbase", 0)
+    await log.append_frames(client, "coinbase", [(f"frame {i}".encode(), i) for i in range(300)], partitions=1)
+    runner = RunnerConfig(consumer="t", block_ms=50, lease_ttl_ms=1000, batch_size=100)
+    await run_archiver(client, pg_dsn, ["coinbase"], ArchiverConfig(runner=runner, max_block=100), until_idle=True)
+    ids = [eid for eid, _ in await log.entries(client, stream)]
+    await client.xtrim(
+        stream, minid=ids[100].decode(), approximate=False
+    )  # 0..99 only in the archive; 100..299 in both
+    sources = await plan(client, "coinbase", pg_dsn)
+    assert [
+        e[0] for chunk in [c async for c in batches(client, sources, sources.parts[0], size=50)] for e in chunk
+    ] == ids
+    conn = await asyncpg.connect(pg_dsn)
+    try:  # what retention does to the oldest day, done to the oldest block
+        await conn.execute(
+            f"DELETE FROM {TABLE} WHERE stream = $1 AND (first_ms, first_seq) = "
+            f"(SELECT first_ms, first_seq FROM {TABLE} WHERE stream = $1 ORDER BY first_ms, first_seq LIMIT 1)",
+            stream,
+        )
+    finally:
+        await conn.close()
+    with pytest.raises(ReplayGapError, match=r"100 entries had been trimmed .*, and the archive holds 0 of them"):
+        [c async for c in batches(client, sources, sources.parts[0], size=50)]

@@ -181,9 +181,9 @@ class CandleProcessor:
         with translated(f"committing candles of {self.stream}"):
             async with client.pipeline(transaction=True) as pipe:
                 await pipe.watch(self.position_key, fence.key, keys.placement(self.exchange_id))
-                await fence.check(pipe)
-                raw_last: Any = await pipe.get(self.position_key)
-                raw_mark: Any = await pipe.get(self.watermark_key)
+                state: Any = await pipe.mget(fence.key, self.position_key, self.watermark_key)  # one round trip
+                held, raw_last, raw_mark = state
+                fence.verify(held)
                 last_id = parse_id(raw_last) if raw_last else (0, 0)
                 plan = self.plan(entries, last_id)
                 if any(d.unknown_symbol for d in plan.dead) and await self._refresh():

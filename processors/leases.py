@@ -36,7 +36,10 @@ class Fence:
 
     async def check(self, pipe: Any) -> None:
         """Inside ``pipe.watch(self.key, ...)``: raise LeaseLost unless the lease is still ours."""
-        held: Any = await pipe.get(self.key)
+        self.verify(await pipe.get(self.key))
+
+    def verify(self, held: bytes | None) -> None:
+        """``held``: the lease key's value, read after WATCHing it; LeaseLost unless it is our token."""
         if held != self.token:
             raise LeaseLost(f"{self.key} is no longer held by this instance")
 

@@ -110,6 +110,8 @@ async def test_bad_commands_exit_non_zero_with_the_reason(
         (("--out", str(tmp_path / "x.xlsx")), "give it one of the extensions .csv, .parquet"),
         (("--out", "x.csv", "--speed", "fast"), "--speed: expected max, realtime or a number"),
         (("--out", "x.csv", "--warmup", "a while"), "--warmup: expected a duration"),
+        (("--namespace", "99"), "--namespace: Redis refuses database 99"),
+        (("--namespace", "-2"), "--namespace: a Redis database is a number >= 0"),
     ]:
         done = cli(redis_url, "replay", "coinbase", "--from", "2026-08-09T00:00Z", "--to", "2026-08-09T01:00Z", *args)
         assert done.returncode != 0 and message in done.stderr, (args, done.stderr)

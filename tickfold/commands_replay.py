@@ -7,10 +7,11 @@ import argparse
 import contextlib
 import dataclasses
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import redis.asyncio as aioredis
 import uvloop
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -21,6 +22,7 @@ from processors.replay_rebuild import RebuildReport
 from processors.replay_rebuild import rebuild as rebuild_projections
 from streams import log
 from streams.frames import DECODERS
+from streams.log import ResponseError
 from streams.symbols import load_symbol_map
 from tickfold import commands_status
 from tickfold.errors import ConfigError, UnknownExchange
@@ -134,6 +136,19 @@ def _progress(enabled: bool) -> Iterator[tuple[Callable[[ReplayStats], None], Ca
         yield update, on_plan
 
 
+@contextlib.asynccontextmanager
+async def _target(url: str, namespace: int | None) -> AsyncIterator[aioredis.Redis]:
+    """The replay target's client; a database the server does not have is a usage error, not a crash."""
+    stack = contextlib.AsyncExitStack()
+    try:
+        client = await stack.enter_async_context(log.connect(url, reply_timeout=None))
+    except ResponseError as exc:
+        await stack.aclose()
+        raise ConfigError("--namespace", f"Redis refuses database {namespace}: {exc}") from None
+    async with stack:
+        yield client
+
+
 def replay(args: argparse.Namespace, settings: Settings) -> int:
     exchange_id = check_exchange(args.exchange)
     if args.namespace is None and args.out is None:
@@ -154,6 +169,8 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
         if args.namespace is not None:
             if args.namespace == live_db:
                 raise ConfigError("--namespace", f"{args.namespace} is the live database: pick another (1-15)")
+            if args.namespace < 0:
+                raise ConfigError("--namespace", f"a Redis database is a number >= 0, got {args.namespace}")
             target_url = with_database(srv.redis_url, args.namespace)
             where = f"namespace {args.namespace} (Redis database {args.namespace})"
         else:
@@ -164,7 +181,7 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
         dsn = srv.database_url if _archive(settings) else None
 
         async def work() -> tuple[ReplayResult, ReplayStats]:
-            async with log.connect(srv.redis_url) as source, log.connect(target_url, reply_timeout=None) as target:
+            async with log.connect(srv.redis_url) as source, _target(target_url, args.namespace) as target:
                 if args.clear:
                     await target.flushdb()
                 symbols = _csv(args.symbols)

@@ -93,7 +93,11 @@ return redis.call('XAUTOCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'COUNT', 
 
 
 def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
+    """An entry's flat [name, value, ...] as a dict; raw frames have two fields (frame, receive time)."""
+    if len(flat) == 4:
+        return {flat[0]: flat[1], flat[2]: flat[3]}
+    pairs = iter(flat)
+    return dict(zip(pairs, pairs, strict=True))
 
 
 class Handler(Protocol):

@@ -230,7 +230,9 @@ async def _refold(
         {p.partition: candle_processor(settings, exchange_id, p.partition, symbols, history=settings.candle_history)
          for p in sources.parts},
         fences,
-        indicator_processor(settings, exchange_id, history=settings.indicator_history) if what == "all" else None,
+        indicator_processor(settings, exchange_id, history=settings.indicator_history)
+        if what == "all" and settings.indicators
+        else None,
         indicator_fence,
         consumer="rebuild",
         batch_size=settings.batch_size,

@@ -42,6 +42,7 @@ async def test_replay_into_a_namespace_leaves_the_live_keys_untouched(
     assert f"{len(wanted):,} candles" in done.stdout and "-> namespace 5" in done.stdout
     replayed = {k: c for k, c in (await all_candles(target, "coinbase")).items() if k in wanted}
     assert replayed == wanted  # the namespace holds the projections, under the live key names
+    assert [k async for k in target.scan_iter(match="lease:*")] == []  # and no lease: a plain snapshot
     # the same namespace again: refused while it holds them, unless --clear
     again = cli(redis_url, "replay", "coinbase", "--from", str(lo), "--to", str(hi), "--namespace", "5")
     assert again.returncode == 1 and "already holds coinbase projections" in again.stderr

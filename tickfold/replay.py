@@ -153,6 +153,8 @@ async def replay_into(
         partitions=wanted_parts,
         progress=progress,
     )
+    with log.translated("releasing the replay target"):  # a namespace is left as a plain snapshot
+        await target.delete(*[f.key for f in (*fences.values(), indicator_fence)])
     result = await collect(
         target, exchange_id, options.start_ms, options.end_ms, symbols=options.symbols, timeframes=options.timeframes
     )

@@ -23,6 +23,52 @@ from projections.scope import Scope
 from projections.watermark import bucket_end, bucket_start, close_due
 from streams import keys
 
+Reads = dict[tuple[str, str, int], tuple[list[bytes], list[bytes]]]  # (source, target, start) -> replies
+
+
+def prefetch(
+    rollups: tuple[tuple[str, str], ...],
+    base: dict[str, set[int]],
+    due: list[tuple[str, int]],
+    rest: dict[tuple[str, int], Candle],
+) -> list[tuple[str, str, int]]:
+    """Every (source key, target key, target start) the roll-up levels of a batch may read, known before
+    the fold: the buckets over what the batch may touch (``base``: series key -> starts), level by
+    level, plus the due roll-ups and REST roll-up candles. A superset: reading it with the batch's other
+    reads saves a round trip per level; :func:`settle_rollups` reads anything missing itself."""
+    touched: dict[str, set[int]] = {k: set(v) for k, v in base.items()}
+    for key, start in due:
+        touched.setdefault(key, set()).add(start)
+    for key, start in rest:
+        touched.setdefault(key, set()).add(start)
+    out: list[tuple[str, str, int]] = []
+    for target, source in rollups:
+        for key, starts in list(touched.items()):
+            exchange_id, symbol, tf = keys.parse_candles(key)
+            if tf != source or not starts:
+                continue
+            tgt = keys.candles(exchange_id, symbol, target)
+            parents = {bucket_start(target, s) for s in starts}
+            touched.setdefault(tgt, set()).update(parents)
+            out.extend((key, tgt, start) for start in sorted(parents))
+        for key, start in rest:  # REST candles of this level read their base set too
+            exchange_id, symbol, tf = keys.parse_candles(key)
+            if tf == target:
+                out.append((keys.candles(exchange_id, symbol, source), key, start))
+    return sorted(set(out))
+
+
+def queue_reads(pipe: Any, wanted: list[tuple[str, str, int]], scope: Scope) -> None:
+    """Queue the reads of ``wanted`` (a :func:`prefetch`) on a pipeline: the base set and the stored bucket."""
+    for src, tgt, start in wanted:
+        end = bucket_end(keys.parse_candles(tgt)[2], start)
+        pipe.zrange(scope.read_key(src), start, end - 1, byscore=True)
+        pipe.zrange(scope.read_key(tgt), start, start, byscore=True)
+
+
+def take_reads(wanted: list[tuple[str, str, int]], replies: list[Any]) -> Reads:
+    return {item: (replies[2 * i], replies[2 * i + 1]) for i, item in enumerate(wanted)}
+
 
 async def settle_rollups(
     client: aioredis.Redis,
@@ -34,6 +80,7 @@ async def settle_rollups(
     due: list[tuple[str, int]],
     scope: Scope,
     rest: dict[tuple[str, int], Candle],
+    reads: Reads | None = None,
 ) -> None:
     """Recompute every roll-up bucket whose base candles this batch changed, level by level (1m → 5m →
     15m ...), each from the whole set of its base candles, and close the level's open roll-ups the
@@ -60,17 +107,19 @@ async def settle_rollups(
                 wanted[(keys.candles(exchange_id, symbol, source), key)].add(start)
         if wanted:
             plan = sorted((pair, start) for pair, starts in wanted.items() for start in starts)
-            pipe = client.pipeline(transaction=False)
+            known = reads or {}
+            missing = [(src, tgt, start) for (src, tgt), start in plan if (src, tgt, start) not in known]
+            if missing:  # not prefetched with the batch's reads (see prefetch)
+                pipe = client.pipeline(transaction=False)
+                queue_reads(pipe, missing, scope)
+                known = {**known, **take_reads(missing, await pipe.execute())}
             for (src, tgt), start in plan:
-                pipe.zrange(scope.read_key(src), start, bucket_end(target, start) - 1, byscore=True)
-                pipe.zrange(scope.read_key(tgt), start, start, byscore=True)
-            replies: Any = await pipe.execute()
-            for i, ((src, tgt), start) in enumerate(plan):
-                parts = {c.start: c for c in map(store.decode_candle, replies[2 * i])}
+                base_raw, stored_raw = known[(src, tgt, start)]
+                parts = {c.start: c for c in map(store.decode_candle, base_raw)}
                 end = bucket_end(target, start)
                 if src in books:
                     parts.update({s: c for s, c in books[src].candles.items() if start <= s < end})
-                stored = {c.start: c for c in map(store.decode_candle, replies[2 * i + 1])}
+                stored = {c.start: c for c in map(store.decode_candle, stored_raw)}
                 if tgt in books:
                     books[tgt].add_stored(stored)
                 else:

@@ -38,6 +38,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
+from processors import candle_rollups as rollup
 from processors.candle_rollups import settle_rollups
 from processors.leases import Fence
 from processors.runner import BatchResult
@@ -191,7 +192,7 @@ class CandleProcessor:
                 watermark = max(int(raw_mark or 0), plan.event_ns)
                 due = await self._due(client, watermark)
                 scope = await Scope.load(client, self.exchange_id, self._symbols(plan, due))
-                books, states = await self._load(client, plan, due, scope)
+                books, states, reads = await self._load(client, plan, due, scope)
                 stored_states = {k for k, v in states.items() if v is not None}
                 closes = self._fold(plan, books, states, due, int(raw_mark or 0))
                 if self.rollups:
@@ -205,6 +206,7 @@ class CandleProcessor:
                         due,
                         scope,
                         plan.rest_rollups,
+                        reads,
                     )
                 pipe.multi()  # type: ignore[no-untyped-call]
                 scope.queue_moves(pipe)  # a symbol changing tiers: its history first, then the batch
@@ -244,10 +246,16 @@ class CandleProcessor:
 
     async def _load(
         self, client: aioredis.Redis, plan: Plan, due: list[tuple[str, int]], scope: Scope
-    ) -> tuple[dict[str, CandleBook], dict[tuple[str, int], TradeBucket | None]]:
+    ) -> tuple[dict[str, CandleBook], dict[tuple[str, int], TradeBucket | None], rollup.Reads]:
+        """One round trip: the buckets the batch touches (and each series' newest), the trade states, and
+        what the roll-up levels may read (:func:`processors.candle_rollups.prefetch`)."""
         wanted: dict[str, set[int]] = defaultdict(set)
+        rest: dict[tuple[str, int], Candle] = {}
         for candle, _ in (u for i in plan.items for u in i.updates):
-            wanted[keys.candles(candle.exchange, candle.symbol, candle.timeframe)].add(candle.start)
+            key = keys.candles(candle.exchange, candle.symbol, candle.timeframe)
+            wanted[key].add(candle.start)
+            if candle.source == REST_SOURCE and candle.timeframe in self._targets:
+                rest[(key, candle.start)] = candle
         state_wanted: set[tuple[str, int]] = set()
         for tf in self.trade_timeframes:
             for t in (t for i in plan.items for t in i.trades):
@@ -257,20 +265,23 @@ class CandleProcessor:
         for key, start in due:
             wanted[key].add(start)
         placed = {scope.read_key(key): key for key in wanted}
-        loaded = {
-            placed[k]: v
-            for k, v in (await store.load_series(client, {scope.read_key(k): v for k, v in wanted.items()})).items()
-        }
-        states: dict[tuple[str, int], TradeBucket | None] = {}
-        if state_wanted:
-            order = sorted(state_wanted)
-            pipe = client.pipeline(transaction=False)
-            for key, start in order:
-                pipe.zrange(key, start, start, byscore=True)
+        pipe = client.pipeline(transaction=False)
+        series_plan = store.queue_load(pipe, {scope.read_key(k): v for k, v in wanted.items()})
+        order = sorted(state_wanted)
+        for key, start in order:
+            pipe.zrange(key, start, start, byscore=True)
+        ahead = rollup.prefetch(self.rollups, wanted, due, rest) if self.rollups else []
+        rollup.queue_reads(pipe, ahead, scope)
+        with translated(f"loading the series of {self.stream}"):
             replies: Any = await pipe.execute()
-            for item, members in zip(order, replies, strict=True):
-                states[item] = _STATE_DECODER.decode(members[0]) if members else None
-        return {key: CandleBook(candles) for key, candles in loaded.items()}, states
+        n, m = len(series_plan), len(order)
+        loaded = {placed[k]: v for k, v in store.take_load(series_plan, replies[:n]).items()}
+        states: dict[tuple[str, int], TradeBucket | None] = {
+            item: (_STATE_DECODER.decode(members[0]) if members else None)
+            for item, members in zip(order, replies[n : n + m], strict=True)
+        }
+        reads = rollup.take_reads(ahead, replies[n + m :])
+        return {key: CandleBook(candles) for key, candles in loaded.items()}, states, reads
 
     def _fold(
         self,

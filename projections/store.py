@@ -37,18 +37,29 @@ def decode_closed(raw: bytes) -> CandleClosed:
 
 async def load_series(client: aioredis.Redis, wanted: Mapping[str, Iterable[int]]) -> dict[str, dict[int, Candle]]:
     """For each series key: its newest bucket plus the buckets at the given starts, in one round trip."""
-    plan: list[str] = []
     pipe = client.pipeline(transaction=False)
+    plan = queue_load(pipe, wanted)
+    with translated("loading candle series"):
+        replies: list[Any] = await pipe.execute()
+    return take_load(plan, replies)
+
+
+def queue_load(pipe: Any, wanted: Mapping[str, Iterable[int]]) -> list[str]:
+    """Queue :func:`load_series`' reads on a caller's pipeline; returns what :func:`take_load` needs."""
+    plan: list[str] = []
     for key, starts in wanted.items():
         plan.append(key)
         pipe.zrange(key, 0, 0, desc=True)
         for start in sorted(set(starts)):
             plan.append(key)
             pipe.zrange(key, start, start, byscore=True)
-    with translated("loading candle series"):
-        replies: list[Any] = await pipe.execute()
-    out: dict[str, dict[int, Candle]] = {key: {} for key in wanted}
-    for key, members in zip(plan, replies, strict=True):
+    return plan
+
+
+def take_load(plan: list[str], replies: list[Any]) -> dict[str, dict[int, Candle]]:
+    """The series of a :func:`queue_load` from its replies (the first ``len(plan)`` of them)."""
+    out: dict[str, dict[int, Candle]] = {key: {} for key in plan}
+    for key, members in zip(plan, replies, strict=False):
         for raw in members:
             candle = decode_candle(raw)
             out[key][candle.start] = candle

@@ -37,7 +37,7 @@ import msgspec
 import redis
 import uvloop
 
-from benchmarks.adapter_ingest import Conn, count_raw_frames, pct, raw_streams, start_child, wait_for
+from benchmarks.adapter_ingest import Conn, count_raw_frames, cpu_seconds, pct, raw_streams, start_child, wait_for
 from benchmarks.harness import Context, Figure, Target
 from projections import store
 from projections.candles import BY_BASE, BY_EXCHANGE
@@ -136,6 +136,7 @@ class Run:
     unmatched_alerts: int  # alerts whose candle's close message was not seen (pub/sub is at-most-once)
     stages: dict[str, float]  # median ms from the frame's making to each stage (1m closes in the window)
     behind_s: float  # how long after the window its last closes arrived (-1: not within the catch-up time)
+    cpu: dict[str, float]  # share of one core each process used during the window
 
 
 Series = tuple[str, str, int]  # (symbol, timeframe, start)
@@ -254,9 +255,12 @@ def _run_once(url: str, trades_per_s: int, window: float, catch_up: float) -> Ru
         if process.poll() is not None:
             raise RuntimeError(f"tickfold process exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
         time.sleep(0.5)
+        pids = {"simulator": sim.process.pid, "adapter": adapter.process.pid, "tickfold process": process.pid}
+        cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         n0, start = count_raw_frames(client, EXCHANGE), time.time_ns()
         time.sleep(window)
         n1, end = count_raw_frames(client, EXCHANGE), time.time_ns()
+        cpu = {name: (cpu_seconds(pid) - cpu0[name]) / ((end - start) / 1e9) for name, pid in pids.items()}
         behind = _catch_up(subscriber, lambda: wall(_newest_close_ns(subscriber)) >= end, catch_up)
         stamps = _stamps(client, start)
     finally:  # the simulator first: its feed would hold up the adapter's close handshake
@@ -298,7 +302,8 @@ def _run_once(url: str, trades_per_s: int, window: float, catch_up: float) -> Ru
             alerts.append((arrival - made_at) / 1e6)
     if not closes or not alerts:
         raise RuntimeError(f"no closes ({len(closes)}) or alerts ({len(alerts)}) inside the window")
-    return Run(sorted(closes), sorted(alerts), (n1 - n0) / ((end - start) / 1e9), left_out, unmatched, stages, behind)
+    load = (n1 - n0) / ((end - start) / 1e9)
+    return Run(sorted(closes), sorted(alerts), load, left_out, unmatched, stages, behind, cpu)
 
 
 def run(ctx: Context) -> list[Figure]:
@@ -316,6 +321,8 @@ def run(ctx: Context) -> list[Figure]:
         f"{sum(r.unmatched_alerts for r in runs)} alerts whose close message was missed; 1m closes, median ms "
         "from the frame's making to: "
         + ", ".join(f"{k} {statistics.median(r.stages[k] for r in runs):.1f}" for k in runs[0].stages)
+        + "; share of a core used in the window: "
+        + ", ".join(f"{k} {statistics.median(r.cpu[k] for r in runs):.0%}" for k in runs[0].cpu)
         + "; the window's last closes arrived "
         + ", ".join(f"{r.behind_s:.2f} s" if r.behind_s >= 0 else f"not within {catch_up:g} s" for r in runs)
         + " after it ended (seconds there: the pipeline fell behind the load)"

@@ -59,6 +59,7 @@ from streams.frames import (
 from streams.log import Entry, WatchError, parse_id, translated
 from streams.symbols import SymbolMap, UnknownSymbol
 from tickfold.errors import FrameDecodeError, KeyFormatError, ProjectionConflict
+from tickfold.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -426,3 +427,26 @@ class CandleProcessor:
         for event in closes:
             c = event.candle
             pipe.publish(keys.candle_close_channel(c.exchange, c.symbol, c.timeframe), store.encode(event))
+
+
+def from_settings(
+    settings: Settings,
+    exchange_id: str,
+    partition: int,
+    symbols: SymbolMap,
+    *,
+    history: int,
+    refresh_symbols: Callable[[], Awaitable[SymbolMap]] | None = None,
+) -> CandleProcessor:
+    """The candle processor of a partition as the settings configure it: one place for live processing
+    (``tickfold process`` / ``serve``), replays and rebuilds, so they never fold differently."""
+    return CandleProcessor(
+        exchange_id,
+        partition,
+        symbols,
+        history=history,
+        trade_timeframes=settings.trade_timeframes(exchange_id),
+        rollups=settings.rollup_plan(exchange_id, NATIVE_TIMEFRAMES.get(exchange_id, ())),
+        close_grace_ms=settings.close_grace_ms,
+        refresh_symbols=refresh_symbols,
+    )

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
+from processors import candles
 from processors.candles import GROUP as CANDLES
 from processors.candles import NATIVE_TIMEFRAMES, CandleProcessor
 from processors.indicators import GROUP as INDICATORS
@@ -88,16 +89,8 @@ class ReplayStats:
 def candle_processor(
     settings: Settings, exchange_id: str, partition: int, symbols: SymbolMap, *, history: int
 ) -> CandleProcessor:
-    """A candle processor configured as ``tickfold process`` configures it (tickfold.commands.run_processors)."""
-    return CandleProcessor(
-        exchange_id,
-        partition,
-        symbols,
-        history=history,
-        trade_timeframes=settings.trade_timeframes(exchange_id),
-        rollups=settings.rollup_plan(exchange_id, NATIVE_TIMEFRAMES.get(exchange_id, ())),
-        close_grace_ms=settings.close_grace_ms,
-    )
+    """A candle processor configured as ``tickfold process`` configures it."""
+    return candles.from_settings(settings, exchange_id, partition, symbols, history=history)
 
 
 def indicator_processor(settings: Settings, exchange_id: str, *, history: int) -> IndicatorProcessor:

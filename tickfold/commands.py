@@ -20,7 +20,7 @@ import uvloop
 from rich.console import Console
 from rich.table import Table
 
-from processors.candles import GROUP, NATIVE_TIMEFRAMES, CandleProcessor
+from processors.candles import GROUP, CandleProcessor, from_settings
 from processors.indicators import GROUP as INDICATORS
 from processors.indicators import IndicatorProcessor
 from processors.runner import Runner, RunnerConfig, RunStats
@@ -241,14 +241,12 @@ async def run_processors(
         partitions = await log.ensure_partitions(client, ex, settings.partitions)
 
         def make(p: int, ex: str = ex, symbols: SymbolMap = symbols) -> CandleProcessor:
-            return CandleProcessor(
+            return from_settings(
+                settings,
                 ex,
                 p,
                 symbols,
                 history=settings.candle_history,
-                trade_timeframes=settings.trade_timeframes(ex),
-                rollups=settings.rollup_plan(ex, NATIVE_TIMEFRAMES.get(ex, ())),
-                close_grace_ms=settings.close_grace_ms,
                 refresh_symbols=functools.partial(load_symbol_map, client, ex),
             )
 

@@ -13,7 +13,13 @@
     ├── LeaseLost              processors/leases.py: another instance owns the partition now
     ├── RestError (+ kinds)    streams/rest/errors.py: an exchange's REST API failed
     ├── IndicatorStateError    projections/indicators/state.py: a stored kernel state doesn't fit
-    └── NoPosition             control/positions.py: closing a position that isn't open
+    ├── NoPosition             control/positions.py: closing a position that isn't open
+    ├── NotTradable, NoManualAdd   control/manual.py: a manual add refused / a removal of none
+    ├── ArchiveMissing         streams/archive_store.py: the archive tables are not there (migrate)
+    ├── ReplayNoData           processors/replay.py: a replay range with nothing in it
+    ├── ReplayGapError         processors/replay_source.py: frames of the range are neither stored nor archived
+    ├── ExportFormatError      processors/replay_export.py: an export file type tickfold can't write
+    └── RebuildRefused         processors/replay_rebuild.py: a processor still holds a partition
 
 Lower-level errors are translated at the edge (``raise X(...) from exc``); nothing outside
 ``streams/`` imports ``redis.exceptions``.

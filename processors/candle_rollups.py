@@ -9,6 +9,7 @@ closed once the watermark has passed it. Reads go through the batch's :class:`~p
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -23,7 +24,8 @@ from projections.scope import Scope
 from projections.watermark import bucket_end, bucket_start, close_due
 from streams import keys
 
-Reads = dict[tuple[str, str, int], tuple[list[bytes], list[bytes]]]  # (source, target, start) -> replies
+Reads = dict[tuple[str, str, int], tuple[list[Candle], list[Candle]]]  # (source, target, start) -> base, stored
+ReadMissing = Callable[[list[tuple[str, str, int]]], Awaitable[Reads]]
 
 
 def prefetch(
@@ -67,18 +69,33 @@ def queue_reads(pipe: Any, wanted: list[tuple[str, str, int]], scope: Scope) -> 
 
 
 def take_reads(wanted: list[tuple[str, str, int]], replies: list[Any]) -> Reads:
-    return {item: (replies[2 * i], replies[2 * i + 1]) for i, item in enumerate(wanted)}
+    """The candles of :func:`queue_reads`' replies, decoded."""
+    decode = store.decode_candle
+    return {
+        item: ([decode(m) for m in replies[2 * i]], [decode(m) for m in replies[2 * i + 1]])
+        for i, item in enumerate(wanted)
+    }
+
+
+def redis_reader(client: aioredis.Redis, scope: Scope) -> ReadMissing:
+    """Reads of roll-up buckets not prefetched, from Redis (one pipeline)."""
+
+    async def read(missing: list[tuple[str, str, int]]) -> Reads:
+        pipe = client.pipeline(transaction=False)
+        queue_reads(pipe, missing, scope)
+        return take_reads(missing, await pipe.execute())
+
+    return read
 
 
 async def settle_rollups(
-    client: aioredis.Redis,
+    read_missing: ReadMissing,
     rollups: tuple[tuple[str, str], ...],
     close_grace_ms: int,
     books: dict[str, CandleBook],
     closes: list[CandleClosed],
     watermark: int,
     due: list[tuple[str, int]],
-    scope: Scope,
     rest: dict[tuple[str, int], Candle],
     reads: Reads | None = None,
 ) -> None:
@@ -110,16 +127,14 @@ async def settle_rollups(
             known = reads or {}
             missing = [(src, tgt, start) for (src, tgt), start in plan if (src, tgt, start) not in known]
             if missing:  # not prefetched with the batch's reads (see prefetch)
-                pipe = client.pipeline(transaction=False)
-                queue_reads(pipe, missing, scope)
-                known = {**known, **take_reads(missing, await pipe.execute())}
+                known = {**known, **await read_missing(missing)}
             for (src, tgt), start in plan:
-                base_raw, stored_raw = known[(src, tgt, start)]
-                parts = {c.start: c for c in map(store.decode_candle, base_raw)}
+                base_set, stored_set = known[(src, tgt, start)]
+                parts = {c.start: c for c in base_set}
                 end = bucket_end(target, start)
                 if src in books:
                     parts.update({s: c for s, c in books[src].candles.items() if start <= s < end})
-                stored = {c.start: c for c in map(store.decode_candle, stored_raw)}
+                stored = {c.start: c for c in stored_set}
                 if tgt in books:
                     books[tgt].add_stored(stored)
                 else:

@@ -195,17 +195,16 @@ class CandleProcessor:
                 scope = await Scope.load(client, self.exchange_id, self._symbols(plan, due))
                 books, states, reads = await self._load(client, plan, due, scope)
                 stored_states = {k for k, v in states.items() if v is not None}
-                closes = self._fold(plan, books, states, due, int(raw_mark or 0))
+                closes = self.fold(plan, books, states, due, int(raw_mark or 0))
                 if self.rollups:
                     await settle_rollups(
-                        client,
+                        rollup.redis_reader(client, scope),
                         self.rollups,
                         self.close_grace_ms,
                         books,
                         closes,
                         watermark,
                         due,
-                        scope,
                         plan.rest_rollups,
                         reads,
                     )
@@ -245,11 +244,11 @@ class CandleProcessor:
         out = {c.symbol for i in plan.items for c, _ in i.updates} | {t.symbol for i in plan.items for t in i.trades}
         return out | {keys.parse_candles(key)[1] for key, _ in due}
 
-    async def _load(
-        self, client: aioredis.Redis, plan: Plan, due: list[tuple[str, int]], scope: Scope
-    ) -> tuple[dict[str, CandleBook], dict[tuple[str, int], TradeBucket | None], rollup.Reads]:
-        """One round trip: the buckets the batch touches (and each series' newest), the trade states, and
-        what the roll-up levels may read (:func:`processors.candle_rollups.prefetch`)."""
+    def wanted(
+        self, plan: Plan, due: list[tuple[str, int]]
+    ) -> tuple[dict[str, set[int]], set[tuple[str, int]], dict[tuple[str, int], Candle]]:
+        """What a batch reads: series key -> bucket starts, (trade state key, start)s, and the REST candles
+        of roll-up timeframes (for the roll-up prefetch). Pure."""
         wanted: dict[str, set[int]] = defaultdict(set)
         rest: dict[tuple[str, int], Candle] = {}
         for candle, _ in (u for i in plan.items for u in i.updates):
@@ -265,6 +264,14 @@ class CandleProcessor:
                 state_wanted.add((keys.trade_state(t.exchange, t.symbol, tf), start))
         for key, start in due:
             wanted[key].add(start)
+        return wanted, state_wanted, rest
+
+    async def _load(
+        self, client: aioredis.Redis, plan: Plan, due: list[tuple[str, int]], scope: Scope
+    ) -> tuple[dict[str, CandleBook], dict[tuple[str, int], TradeBucket | None], rollup.Reads]:
+        """One round trip: the buckets the batch touches (and each series' newest), the trade states, and
+        what the roll-up levels may read (:func:`processors.candle_rollups.prefetch`)."""
+        wanted, state_wanted, rest = self.wanted(plan, due)
         placed = {scope.read_key(key): key for key in wanted}
         pipe = client.pipeline(transaction=False)
         series_plan = store.queue_load(pipe, {scope.read_key(k): v for k, v in wanted.items()})
@@ -284,7 +291,7 @@ class CandleProcessor:
         reads = rollup.take_reads(ahead, replies[n + m :])
         return {key: CandleBook(candles) for key, candles in loaded.items()}, states, reads
 
-    def _fold(
+    def fold(
         self,
         plan: Plan,
         books: dict[str, CandleBook],

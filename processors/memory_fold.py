@@ -1,0 +1,138 @@
+"""The candle fold in memory: the live fold code over dicts instead of Redis, for fast replays.
+
+Live processing pays Redis round trips per batch; a replay need not. :class:`MemoryCandles` keeps one
+partition's candle projection in plain dicts — the series, the open-candle set, the trade-bucket
+states, the position and the watermark — and folds each batch with the *same* functions as the candle
+processor (:meth:`CandleProcessor.plan`, :meth:`CandleProcessor.wanted`, :meth:`CandleProcessor.fold`,
+:func:`processors.candle_rollups.settle_rollups`); only the reads and the writes around them differ,
+each mirroring the Redis command it stands for (what ``load_series`` returns, ``ZRANGEBYSCORE`` order of
+the due set, the trade states trimmed to their newest ``state_window`` buckets). Like a replay into a
+namespace, nothing is trimmed to ``candle_history`` and everything is shared (no user overflow keys).
+The close events come out in the order the live processor appends them to ``closes:{exchange}``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+from processors import candle_rollups as rollup
+from processors.candles import CandleProcessor, DeadLetter
+from projections.candles import Candle, CandleBook, CandleClosed
+from projections.trades import TradeBucket
+from projections.watermark import bucket_end
+from streams import keys
+from streams.log import Entry, parse_id
+
+
+class MemoryCandles:
+    """One partition's candle projection in memory, folded by ``processor``'s own code (module docstring)."""
+
+    def __init__(self, processor: CandleProcessor) -> None:
+        self.processor = processor
+        self.series: dict[str, dict[int, Candle]] = defaultdict(dict)
+        self.open: dict[str, int] = {}  # "{series key}|{start}" -> end (ms), as proj:candles:...:open
+        self.states: dict[str, dict[int, TradeBucket]] = defaultdict(dict)
+        self.position: tuple[int, int] = (0, 0)
+        self.watermark = 0
+        self.closes: list[CandleClosed] = []
+        self.dead: list[DeadLetter] = []
+        self.frames = 0
+
+    async def fold(self, entries: Sequence[Entry]) -> int:
+        """Fold one batch (in id order); returns how many close events it made."""
+        p = self.processor
+        plan = p.plan(entries, self.position)
+        watermark = max(self.watermark, plan.event_ns)
+        due = self._due(watermark)
+        wanted, state_wanted, _rest = p.wanted(plan, due)
+        books = {key: CandleBook(self._load(key, starts)) for key, starts in wanted.items()}
+        states: dict[tuple[str, int], TradeBucket | None] = {
+            (skey, start): self.states[skey].get(start) for skey, start in sorted(state_wanted)
+        }
+        closes = p.fold(plan, books, states, due, self.watermark)
+        if p.rollups:
+            await rollup.settle_rollups(
+                self._read, p.rollups, p.close_grace_ms, books, closes, watermark, due, plan.rest_rollups
+            )
+        self._write(books, states, due)
+        self.closes.extend(closes)
+        self.dead.extend(plan.dead)
+        self.frames += len(entries) - plan.skipped
+        if entries and (newest := parse_id(entries[-1][0])) > self.position:
+            self.position = newest
+        self.watermark = watermark
+        return len(closes)
+
+    def candles(self) -> dict[str, list[Candle]]:
+        """Every series, oldest bucket first."""
+        return {key: [c for _, c in sorted(series.items())] for key, series in self.series.items() if series}
+
+    # ------------------------------------------------------------------ what the Redis commands would do
+
+    def _due(self, watermark_ns: int) -> list[tuple[str, int]]:
+        """ZRANGEBYSCORE open -inf limit: by score, then member."""
+        limit_ms = watermark_ns // 1_000_000 - self.processor.close_grace_ms
+        members = sorted((end, member) for member, end in self.open.items() if end <= limit_ms)
+        out: list[tuple[str, int]] = []
+        for _, member in members:
+            key, _, start = member.rpartition("|")
+            out.append((key, int(start)))
+        return out
+
+    def _load(self, key: str, starts: set[int]) -> dict[int, Candle]:
+        """store.load_series: the series' newest bucket plus the buckets at ``starts``."""
+        series = self.series.get(key)
+        if not series:
+            return {}
+        out = {s: series[s] for s in starts if s in series}
+        newest = max(series)
+        out[newest] = series[newest]
+        return out
+
+    async def _read(self, missing: list[tuple[str, str, int]]) -> rollup.Reads:
+        out: rollup.Reads = {}
+        for src, tgt, start in missing:
+            end = bucket_end(keys.parse_candles(tgt)[2], start)
+            base = self.series.get(src, {})
+            stored = self.series.get(tgt, {}).get(start)
+            out[(src, tgt, start)] = (
+                [c for s, c in sorted(base.items()) if start <= s < end],
+                [stored] if stored is not None else [],
+            )
+        return out
+
+    def _write(
+        self,
+        books: dict[str, CandleBook],
+        states: dict[tuple[str, int], TradeBucket | None],
+        due: list[tuple[str, int]],
+    ) -> None:
+        """What the processor's MULTI writes (``_queue``), minus the trimming to ``candle_history``."""
+        for key, start in due:
+            c = books[key].candles.get(start)
+            if c is None or c.closed:
+                self.open.pop(f"{key}|{start}", None)
+        opened: dict[str, int] = {}
+        for key, book in books.items():
+            series = self.series[key]
+            for start in sorted(book.dirty):
+                candle = book.candles[start]
+                series[start] = candle
+                member = f"{key}|{start}"
+                if candle.closed:
+                    self.open.pop(member, None)
+                else:
+                    opened[member] = bucket_end(candle.timeframe, candle.start)
+        self.open.update(opened)
+        window = self.processor.state_window
+        touched: set[str] = set()
+        for (skey, start), bucket in states.items():
+            if bucket is not None:
+                self.states[skey][start] = bucket
+                touched.add(skey)
+        for skey in touched:  # ZREMRANGEBYRANK 0 -(window + 1): the newest ``window`` buckets stay
+            kept = self.states[skey]
+            if len(kept) > window:
+                for start in sorted(kept)[: len(kept) - window]:
+                    del kept[start]

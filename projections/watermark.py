@@ -55,8 +55,10 @@ def check_timeframe(timeframe: str) -> str:
 
 def fixed_duration_ms(timeframe: str) -> int | None:
     """The duration of every bucket of ``timeframe``, or None for ``1M`` (months differ in length)."""
-    check_timeframe(timeframe)
-    return _FIXED_MS.get(timeframe)
+    fixed = _FIXED_MS.get(timeframe)
+    if fixed is None:
+        check_timeframe(timeframe)
+    return fixed
 
 
 def duration_ms(timeframe: str, start: int | None = None) -> int:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streams.frames import (
     BinanceAggTrade,
@@ -146,3 +149,22 @@ def test_the_event_time_only_read_of_binance_trades_agrees_with_the_full_decode(
     assert binance_trade_event_time(broken) is None  # left to the full decode, which reports it
     with pytest.raises(FrameDecodeError):
         decode_binance(broken)
+
+
+@given(
+    st.datetimes(min_value=dt.datetime(1970, 1, 1), max_value=dt.datetime(2100, 12, 31)),
+    st.integers(0, 999_999_999),
+    st.integers(1, 9),
+)
+def test_rfc3339_agrees_with_numpy_to_the_nanosecond(when: dt.datetime, fraction: int, digits: int) -> None:
+    """The exchanges' ``...SS.fffffffffZ`` form (parsed without fromisoformat) against numpy's datetime64."""
+    import numpy as np
+
+    text = when.strftime("%Y-%m-%dT%H:%M:%S") + "." + str(fraction).zfill(9)[:digits] + "Z"
+    assert parse_rfc3339_ns(text) == int(np.datetime64(text[:-1], "ns").astype(np.int64))
+
+
+def test_rfc3339_refuses_impossible_times() -> None:
+    for bad in ("2026-02-30T00:00:00.1Z", "2026-08-09T24:00:00.1Z", "2026-08-09T21:60:00.1Z", "2026-08-09T21:05:48.Z"):
+        with pytest.raises(ValueError):
+            parse_rfc3339_ns(bad)

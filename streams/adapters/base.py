@@ -364,6 +364,10 @@ class WsAdapter:
                 self.frames_since_heartbeat += 1
                 if not sink.put_nowait(frame, stamp):
                     await sink.put(frame, stamp)
+                elif sink.queue.qsize() >= sink.batch:
+                    # recv() returns without yielding while frames are buffered: give the sink its turn
+                    # to append a batch, or frames pile up in memory instead of reaching Redis
+                    await asyncio.sleep(0)
         except websockets.ConnectionClosed as exc:
             if conn.reason is None:
                 conn.reason = _close_reason(exc)

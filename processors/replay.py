@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -39,7 +40,9 @@ from processors.candles import NATIVE_TIMEFRAMES, CandleProcessor
 from processors.indicators import GROUP as INDICATORS
 from processors.indicators import IndicatorProcessor
 from processors.leases import Fence
+from processors.memory_fold import MemoryCandles
 from processors.replay_source import Sources, batches
+from projections import store
 from projections.snapshots import event_ns
 from projections.watermark import duration_ms
 from streams import keys, log
@@ -66,6 +69,7 @@ class ReplayOptions:
     speed: float | None = None  # None: as fast as possible; 1.0 real time; N: N x real time
     to_end: bool = False  # fold up to the stream's end, not only until the range has settled
     warmup_ms: int | None = None  # start folding this long before start_ms (NOT exact)
+    in_memory: bool = False  # the fast path: fold in memory, write once at the end (MemoryFold)
 
 
 @dataclass
@@ -135,6 +139,9 @@ class Fold:
         if result.events:
             await self.drain_indicators()
 
+    async def finish(self) -> None:
+        """Called once the last batch was fed (the live path has written everything by then)."""
+
     async def drain_indicators(self) -> None:
         """Fold every close not yet read by the indicators group, as the live indicator processor does."""
         if self.indicators is None or self.indicator_fence is None:
@@ -147,6 +154,52 @@ class Fold:
                 return
             result = await self.indicators.handle(self.client, got, self.indicator_fence)
             self.stats.alerts += result.events
+
+
+@dataclass
+class MemoryFold(Fold):
+    """The fast path: each partition folded in memory by the live fold code (:mod:`processors.memory_fold`),
+    large batches and no round trips, then written to the target once at the end (:meth:`finish`): the
+    candles, the close events, the dead letters; the indicator processor then folds those closes in the
+    target as it does live. The target gets no positions, watermarks or open sets: it is a snapshot to
+    read, not a projection to continue."""
+
+    history: int = 5000
+    memory: dict[int, MemoryCandles] = field(default_factory=dict)
+
+    async def feed(self, partition: int, entries: list[Entry]) -> None:
+        fold = self.memory.get(partition)
+        if fold is None:
+            fold = self.memory[partition] = MemoryCandles(self.candles[partition])
+        before, dead = fold.frames, len(fold.dead)
+        self.stats.closes += await fold.fold(entries)
+        self.stats.frames += fold.frames - before
+        self.stats.dead += len(fold.dead) - dead
+        self.stats.batches += 1
+
+    async def finish(self) -> None:
+        writes = 0
+        pipe: Any = self.client.pipeline(transaction=False)
+        for partition, fold in sorted(self.memory.items()):
+            for key, series in fold.candles().items():
+                store.queue_series(pipe, key, series, history=self.history, stored=())
+            closes_stream = keys.closes_stream(fold.processor.exchange_id)
+            for event in fold.closes:
+                pipe.xadd(closes_stream, {"event": store.encode(event)})
+            dead_stream = keys.dead_letter_stream(fold.processor.exchange_id)
+            for d in fold.dead:
+                why = {
+                    b"reason": d.reason.encode(),
+                    b"original_id": d.entry_id,
+                    b"stream": fold.processor.stream.encode(),
+                }
+                pipe.xadd(dead_stream, {**d.fields, **why})
+            writes += len(fold.closes) + len(fold.dead)
+            if writes > 20_000 or partition == max(self.memory):
+                with log.translated("writing the replay's projections"):
+                    await pipe.execute()
+                pipe, writes = self.client.pipeline(transaction=False), 0
+        await self.drain_indicators()
 
 
 async def claim_target(client: aioredis.Redis, exchange_id: str, partitions: int) -> tuple[dict[int, Fence], Fence]:

@@ -76,3 +76,29 @@ async def test_the_synthetic_coinbase_day_folds_in_memory_as_live(client: aiored
 async def test_recorded_sessions_fold_in_memory_as_live(client: aioredis.Redis, exchange_id: str, path: object) -> None:
     await ingest(client, exchange_id, path)  # type: ignore[arg-type]
     assert await check_same_as_live(client, exchange_id, 250) > 10
+
+
+@pytest.mark.replay
+async def test_an_in_memory_replay_equals_the_live_run(redis_url: str) -> None:
+    """The fast path of ``tickfold replay --in-memory``: candles, MACD-V points (bit for bit) and alerts
+    (same ids) of sub-ranges equal those of the live run, as the replay through Redis is checked to."""
+    from processors.replay import ReplayOptions
+    from tests.replay_support import RANGES, SETTINGS, expected, live_run
+    from tests.synthetic import DAY_START_MS, PRODUCTS
+    from tickfold.replay import replay_into
+
+    day = [f for f in synthetic_day(every_ms=90_000) if any(f'"product_id":"{p}"'.encode() in f for p in PRODUCTS[:4])]
+    async with log.connect(redis_url) as client, log.connect(redis_url.rsplit("/", 1)[0] + "/6") as target:
+        await target.flushdb()
+        await live_run(client, "coinbase", day)
+        for lo_h, hi_h, timeframes in RANGES:
+            lo, hi = DAY_START_MS + int(lo_h * 3_600_000), DAY_START_MS + int(hi_h * 3_600_000)
+            candles, points, alerts = await expected(client, "coinbase", lo, hi, timeframes)
+            await target.flushdb()
+            options = ReplayOptions(start_ms=lo, end_ms=hi, timeframes=timeframes, in_memory=True)
+            result, stats = await replay_into(client, target, SETTINGS, "coinbase", options)
+            assert {(c.symbol, c.timeframe, c.start): c for c in result.candles} == candles
+            assert result.points == points
+            assert sorted(result.alerts, key=lambda a: a.id) == sorted(alerts, key=lambda a: a.id)
+            assert stats.batches < 20 and stats.frames > 0  # large batches
+        await target.flushdb()

@@ -122,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", metavar="FILE", help="export candles + MACD-V and alerts: .csv, .parquet or .jsonl")
     rp.add_argument("--to-end", action="store_true", help="fold every frame to the stream's end (late backfills too)")
     rp.add_argument("--warmup", metavar="DURATION", help="start folding this long before --from (6h, 2d): NOT exact")
+    rp.add_argument(
+        "--in-memory", action="store_true", help="the fast path: fold in memory, write once at the end (exact too)"
+    )
     ar = sub.add_parser("archive", help="the streams' archive in PostgreSQL: run the archiver (default), or status")
     ar.add_argument("action", nargs="?", choices=["run", "status"], default="run", help="run (default) or status")
     ar.add_argument("--exchange", action="append", help="run: only this exchange's streams (repeatable; default: all)")

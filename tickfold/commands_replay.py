@@ -163,7 +163,10 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
         speed=parse_speed(args.speed),
         to_end=args.to_end,
         warmup_ms=None if args.warmup is None else parse_duration(args.warmup, "--warmup"),
+        in_memory=args.in_memory,
     )
+    if options.in_memory and options.speed is not None:
+        raise ConfigError("--in-memory", "the in-memory fold writes once at the end: it can't be paced (--speed)")
     with servers(settings, _say, postgres=_archive(settings)) as srv, contextlib.ExitStack() as stack:
         live_db = database_of(srv.redis_url)
         if args.namespace is not None:

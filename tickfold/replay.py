@@ -29,6 +29,7 @@ import uvloop
 from processors import replay_source
 from processors.replay import (
     Fold,
+    MemoryFold,
     ReplayNoData,
     ReplayOptions,
     ReplayStats,
@@ -91,6 +92,9 @@ def check_range(options: ReplayOptions, now_ms: int) -> None:
             raise ConfigError("--timeframes", str(exc)) from None
 
 
+MEMORY_BATCH = 20_000  # entries per batch of the in-memory fold (a batch costs no round trip there)
+
+
 async def replay_into(
     source: aioredis.Redis,
     target: aioredis.Redis,
@@ -125,17 +129,20 @@ async def replay_into(
     else:
         history = points = _UNBOUNDED
     fences, indicator_fence = await claim_target(target, exchange_id, sources.partitions)
-    fold = Fold(
-        target,
-        {
-            p.partition: candle_processor(settings, exchange_id, p.partition, symbols, history=history)
-            for p in sources.parts
-        },
-        fences,
-        indicator_processor(settings, exchange_id, history=points) if settings.indicators else None,
-        indicator_fence,
-        batch_size=settings.batch_size,
-    )
+    processors = {
+        p.partition: candle_processor(settings, exchange_id, p.partition, symbols, history=history)
+        for p in sources.parts
+    }
+    indicators = indicator_processor(settings, exchange_id, history=points) if settings.indicators else None
+    batch_size = settings.batch_size
+    fold: Fold
+    if options.in_memory:  # large batches, no round trips; written once at the end
+        batch_size = max(batch_size, MEMORY_BATCH)
+        fold = MemoryFold(
+            target, processors, fences, indicators, indicator_fence, batch_size=batch_size, history=history
+        )
+    else:
+        fold = Fold(target, processors, fences, indicators, indicator_fence, batch_size=batch_size)
     await fold.prepare()
     if on_plan is not None:
         newest = await _newest_event_ms(source, exchange_id, sources)
@@ -149,10 +156,11 @@ async def replay_into(
         stop_ms=stop_ms,
         start_ms=start_ms,
         speed=options.speed,
-        batch_size=settings.batch_size,
+        batch_size=batch_size,
         partitions=wanted_parts,
         progress=progress,
     )
+    await fold.finish()
     with log.translated("releasing the replay target"):  # a namespace is left as a plain snapshot
         await target.delete(*[f.key for f in (*fences.values(), indicator_fence)])
     result = await collect(

@@ -6,7 +6,7 @@ per product (206,633 frames; ``--quick``: every 20 s), archived by the archiver,
 streams but for the newest tenth, so a replay reads the archive and then the stream. Printed, as the
 median (min, max) of 3 runs: the archive read alone (``read_archived``), the replay source with the
 event-time decode the replay cuts by, and the whole replay (``tickfold.replay.replay_into``) with and
-without the indicator processor. The README's *Replay* figures come from here.
+without the indicator processor, through Redis and ``--in-memory``. The README's *Replay* figures come from here.
 """
 
 from __future__ import annotations
@@ -83,9 +83,9 @@ async def measure(dsn: str, source_url: str, target_url: str, every_ms: int) -> 
                     n += len(chunk)
             return n
 
-        def replay(indicators: bool) -> Callable[[], Awaitable[int]]:
+        def replay(indicators: bool, in_memory: bool = False) -> Callable[[], Awaitable[int]]:
             settings = Settings.load({}, overrides={"indicators": indicators})
-            options = ReplayOptions(DAY_START_MS, DAY_START_MS + 86_400_000, to_end=True)
+            options = ReplayOptions(DAY_START_MS, DAY_START_MS + 86_400_000, to_end=True, in_memory=in_memory)
 
             async def run() -> int:
                 await target.flushdb()
@@ -99,6 +99,8 @@ async def measure(dsn: str, source_url: str, target_url: str, every_ms: int) -> 
             ("replay source: archive + stream, event time decoded", source_read),
             ("replay: archive -> candles (1m trades, 15m..1d roll-ups)", replay(False)),
             ("replay: archive -> candles -> MACD-V and alerts", replay(True)),
+            ("replay --in-memory: archive -> candles", replay(False, in_memory=True)),
+            ("replay --in-memory: archive -> candles -> MACD-V and alerts", replay(True, in_memory=True)),
         ]
         for name, work in figures:
             median, low, high = await _timed(RUNS, work)

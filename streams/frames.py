@@ -36,6 +36,7 @@ that are valid but carry nothing to fold (subscription acks, channels we don't u
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Final
 
@@ -351,12 +352,22 @@ def decode_frame(exchange_id: str, raw: bytes | str) -> Frame:
     return decode(raw)
 
 
+@functools.lru_cache(maxsize=8192)
+def _utc_second_ns(second: str) -> int:
+    """Epoch ns of ``YYYY-MM-DDTHH:MM:SS`` in UTC (a frame's trades and its timestamp share one: cached)."""
+    return int(datetime.fromisoformat(second + "+00:00").timestamp()) * 1_000_000_000
+
+
 def parse_rfc3339_ns(text: str) -> int:
     """``2026-08-09T21:05:48.228568804Z`` -> epoch nanoseconds, keeping every fraction digit.
 
     Python's ``fromisoformat`` keeps only microseconds; exchange timestamps carry nanoseconds and a
     variable number of fraction digits.
     """
+    if len(text) > 21 and text[19] == "." and text[-1] == "Z":  # the exchanges' form: fast, cached per second
+        digits = text[20:-1]
+        if len(digits) <= 9 and digits.isdigit():
+            return _utc_second_ns(text[:19]) + int(digits.ljust(9, "0"))
     head, dot, rest = text.partition(".")
     if not dot:
         return int(datetime.fromisoformat(text).timestamp()) * 1_000_000_000

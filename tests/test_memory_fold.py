@@ -63,11 +63,11 @@ async def check_same_as_live(client: aioredis.Redis, exchange_id: str, batch: in
     return len(memory)
 
 
-@pytest.mark.parametrize("batch", [1, 137, 5000])
+@pytest.mark.parametrize("batch", [7, 137, 5000])
 async def test_the_synthetic_coinbase_day_folds_in_memory_as_live(client: aioredis.Redis, batch: int) -> None:
     """Trade candles (1m from market_trades, exact decimals, repeated trades once), roll-ups to 1d,
     watermark closes and the quiet hour."""
-    day = synthetic_day(every_ms=30_000)
+    day = synthetic_day(every_ms=60_000)
     await log.append_frames(client, "coinbase", [(f, 0) for f in day])
     assert await check_same_as_live(client, "coinbase", batch) > 3_000
 

@@ -43,13 +43,12 @@ from processors.leases import Fence
 from processors.memory_fold import MemoryCandles
 from processors.replay_source import Sources, batches
 from projections import store
-from projections.snapshots import event_ns
 from projections.watermark import duration_ms
 from streams import keys, log
-from streams.frames import decode_frame
+from streams.frames import event_ms
 from streams.log import Entry
 from streams.symbols import SymbolMap
-from tickfold.errors import FrameDecodeError, TickfoldError
+from tickfold.errors import TickfoldError
 from tickfold.settings import Settings
 
 SETTLE_MS = 60_000  # late frames (a Binance final after the watermark closed its kline) within this still count
@@ -217,12 +216,7 @@ async def claim_target(client: aioredis.Redis, exchange_id: str, partitions: int
 def frame_event_ms(exchange_id: str, fields: dict[bytes, bytes]) -> int:
     """A raw entry's exchange event time (ms); 0 when it has none or can't be decoded (the fold decides)."""
     raw = fields.get(b"frame")
-    if raw is None:
-        return 0
-    try:
-        return event_ns(decode_frame(exchange_id, raw)) // 1_000_000
-    except FrameDecodeError:
-        return 0
+    return 0 if raw is None else event_ms(exchange_id, raw)
 
 
 PACE_STEP_S = 0.1  # paced replays feed at most this much wall time's worth of event time per batch

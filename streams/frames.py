@@ -322,6 +322,33 @@ def binance_trade_event_time(raw: bytes) -> int | None:
         return None
 
 
+def event_ms(exchange_id: str, raw: bytes) -> int:
+    """A raw frame's exchange event time in ms, as ``event_ns(decode_frame(...)) // 1e6`` gives it (0: none,
+    or not decodable), without decoding what the time does not need: a Binance trade's other fields, a
+    Coinbase frame's events (a frame whose envelope is sound but whose events are not gets its envelope's
+    time here; the fold dead-letters it either way)."""
+    try:
+        if exchange_id == "binance":
+            if (ms := binance_trade_event_time(raw)) is not None:
+                return ms
+        elif exchange_id == "coinbase":
+            try:
+                env = _COINBASE_ENVELOPE.decode(raw)
+            except msgspec.DecodeError:
+                return 0  # a tickfold frame (no event time) or not a frame
+            if env.channel not in _COINBASE_EVENTS:
+                return 0
+            return parse_rfc3339_ns(env.timestamp) // 1_000_000
+        frame = decode_frame(exchange_id, raw)
+    except (FrameDecodeError, ValueError):
+        return 0
+    if isinstance(frame, BinanceKlineEvent | BinanceAggTrade | BinanceTrade):
+        return frame.event_time
+    if isinstance(frame, CoinbaseFrame):
+        return frame.timestamp_ns // 1_000_000
+    return 0
+
+
 def decode_coinbase(raw: bytes | str) -> CoinbaseFrame | TickfoldFrame | Ignored:
     try:
         env = _COINBASE_ENVELOPE.decode(raw)

@@ -168,3 +168,24 @@ def test_rfc3339_refuses_impossible_times() -> None:
     for bad in ("2026-02-30T00:00:00.1Z", "2026-08-09T24:00:00.1Z", "2026-08-09T21:60:00.1Z", "2026-08-09T21:05:48.Z"):
         with pytest.raises(ValueError):
             parse_rfc3339_ns(bad)
+
+
+@pytest.mark.parametrize(
+    ("exchange_id", "path"), [("binance", BINANCE_0404), ("binance", BINANCE_0814), ("coinbase", COINBASE_AT)]
+)
+def test_event_ms_reads_what_the_full_decode_gives(exchange_id: str, path: Path) -> None:
+    """The replay cuts by event time read without decoding what it does not need: the same ms as the fold's."""
+    from projections.snapshots import event_ns
+    from streams.frames import event_ms
+    from tests.synthetic import synthetic_day
+
+    lines = require(path).read_bytes().splitlines()
+    if exchange_id == "coinbase":
+        lines += synthetic_day(every_ms=3_600_000)
+    lines += [b"{}", b"not json", b'{"tickfold":"rest_candles"}']
+    for raw in lines:
+        try:
+            full = event_ns(decode_frame(exchange_id, raw)) // 1_000_000
+        except FrameDecodeError:
+            full = 0
+        assert event_ms(exchange_id, raw) == full, raw[:120]

@@ -105,10 +105,33 @@ async def measure(dsn: str, source_url: str, target_url: str, every_ms: int) -> 
         for name, work in figures:
             median, low, high = await _timed(RUNS, work)
             lines.append(f"{name}: {median:,.0f} frames/s (min {low:,.0f}, max {high:,.0f})")
+        lines.extend(await _binance(source, target, copies=10 if every_ms > 5_000 else 50))
         return lines
     finally:
         await source.aclose()
         await target.aclose()
+
+
+async def _binance(source: aioredis.Redis, target: aioredis.Redis, copies: int) -> list[str]:
+    """The recorded Binance session repeated (klines + aggTrades, the live mix), from the stream alone."""
+    from benchmarks.ingest_fold import frames
+
+    data = frames(copies)
+    await log.append_frames(source, "binance", [(f, 0) for f in data], partitions=4)
+    lines = [f"Binance: the recorded session x{copies} ({len(data):,} frames, 1m klines + aggTrades), stream only"]
+    for in_memory in (False, True):
+        settings = Settings.load({}, overrides={"indicators": False})
+        options = ReplayOptions(1_617_000_000_000, 1_620_000_000_000, to_end=True, in_memory=in_memory)
+
+        async def run(options: ReplayOptions = options, settings: Settings = settings) -> int:
+            await target.flushdb()
+            _, stats = await replay_into(source, target, settings, "binance", options)
+            return stats.frames
+
+        median, low, high = await _timed(RUNS, run)
+        name = "replay --in-memory" if in_memory else "replay through Redis"
+        lines.append(f"{name}: stream -> candles: {median:,.0f} frames/s (min {low:,.0f}, max {high:,.0f})")
+    return lines
 
 
 def main() -> int:

@@ -42,7 +42,7 @@ from typing import Final
 
 import msgspec
 
-from tickfold.errors import FrameDecodeError
+from tickfold.errors import FrameDecodeError, UnknownExchange
 
 # --------------------------------------------------------------------------------------------- Binance
 
@@ -368,6 +368,14 @@ def decode_coinbase(raw: bytes | str) -> CoinbaseFrame | TickfoldFrame | Ignored
 
 
 DECODERS = {"binance": decode_binance, "coinbase": decode_coinbase}
+EXCHANGES: Final = tuple(sorted(DECODERS))  # the exchanges tickfold can decode
+
+
+def check_exchange(exchange_id: str) -> str:
+    """``exchange_id`` if tickfold can decode its frames, else UnknownExchange naming the known ones."""
+    if exchange_id not in DECODERS:
+        raise UnknownExchange(f"unknown exchange {exchange_id!r}; known exchanges: {', '.join(EXCHANGES)}")
+    return exchange_id
 
 
 def decode_frame(exchange_id: str, raw: bytes | str) -> Frame:

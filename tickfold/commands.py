@@ -27,7 +27,7 @@ from processors.runner import Runner, RunnerConfig, RunStats
 from projections import scope, store
 from projections.candles import Candle
 from streams import keys, log, recorded
-from streams.frames import DECODERS
+from streams.frames import EXCHANGES, check_exchange
 from streams.symbols import SymbolMap, bundled, load_symbol_map
 from tickfold import (
     commands_api,
@@ -41,12 +41,11 @@ from tickfold import (
     commands_status,
     commands_symbols,
 )
-from tickfold.errors import TickfoldError, UnknownExchange
+from tickfold.errors import TickfoldError
 from tickfold.runtime import Servers, servers
 from tickfold.settings import Settings
 
 T = TypeVar("T")
-EXCHANGES = tuple(sorted(DECODERS))
 DEMO_RECORDINGS = {
     "binance": "binance_2021-04-04_btcusdt_ethusdt_dotusdt.frames.jsonl",
     "coinbase": "coinbase_2026-08-09_btc-usd_eth-usd.frames.jsonl",
@@ -58,12 +57,6 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def _say(text: str) -> None:
     err.print(f"[dim]{text}[/dim]")
-
-
-def check_exchange(exchange_id: str) -> str:
-    if exchange_id not in EXCHANGES:
-        raise UnknownExchange(f"unknown exchange {exchange_id!r}; known exchanges: {', '.join(EXCHANGES)}")
-    return exchange_id
 
 
 def dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int:

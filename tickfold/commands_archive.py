@@ -63,7 +63,7 @@ def trim_bound(settings: Settings) -> tuple[str, ...]:
 
 async def serve_task(ctx: ServeContext) -> None:
     """``serve``'s archiver (setting ``archive``): every exchange and the control stream, until stop."""
-    from tickfold.commands import EXCHANGES
+    from streams.frames import EXCHANGES
 
     await run_archiver(ctx.redis, ctx.database_url, EXCHANGES, archiver_config(ctx.settings), stop=ctx.stop)
 
@@ -72,7 +72,7 @@ async def serve_task(ctx: ServeContext) -> None:
 
 
 def archive(args: argparse.Namespace, settings: Settings) -> int:
-    from tickfold.commands import EXCHANGES, check_exchange
+    from streams.frames import EXCHANGES, check_exchange
 
     with servers(settings, _say, postgres=True) as srv:
         assert srv.database_url is not None

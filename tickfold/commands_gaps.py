@@ -24,9 +24,8 @@ from rich.table import Table
 from projections import gaps as g
 from projections import store
 from streams import keys, log
-from streams.frames import DECODERS
+from streams.frames import check_exchange
 from streams.symbols import bundled
-from tickfold.errors import UnknownExchange
 from tickfold.runtime import servers
 from tickfold.settings import Settings
 
@@ -42,12 +41,6 @@ class GapRun(msgspec.Struct, frozen=True, kw_only=True):
     first: int  # bucket start, epoch ms
     last: int
     buckets: int
-
-
-def check_exchange(exchange_id: str) -> str:
-    if exchange_id not in DECODERS:
-        raise UnknownExchange(f"unknown exchange {exchange_id!r}; known exchanges: {', '.join(sorted(DECODERS))}")
-    return exchange_id
 
 
 def _say(text: str) -> None:

@@ -21,16 +21,15 @@ from processors.replay_export import ReplayResult, check_format, write
 from processors.replay_rebuild import RebuildReport
 from processors.replay_rebuild import rebuild as rebuild_projections
 from streams import log
-from streams.frames import DECODERS
+from streams.frames import EXCHANGES, check_exchange
 from streams.log import ResponseError
 from streams.symbols import load_symbol_map
 from tickfold import commands_status
-from tickfold.errors import ConfigError, UnknownExchange
+from tickfold.errors import ConfigError
 from tickfold.replay import iso, parse_time, replay_into, scratch_redis
 from tickfold.runtime import servers
 from tickfold.settings import Settings
 
-EXCHANGES = tuple(sorted(DECODERS))
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)?$")
@@ -39,12 +38,6 @@ _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, No
 
 def _say(text: str) -> None:
     err.print(f"[dim]{text}[/dim]")
-
-
-def check_exchange(exchange_id: str) -> str:
-    if exchange_id not in EXCHANGES:
-        raise UnknownExchange(f"unknown exchange {exchange_id!r}; known exchanges: {', '.join(EXCHANGES)}")
-    return exchange_id
 
 
 def _archive(settings: Settings) -> bool:

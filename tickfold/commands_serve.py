@@ -185,7 +185,8 @@ async def run_serve(
 ) -> int:
     """Check ``autostart`` (before anything starts), append its start commands, then run the supervisor,
     the processors (unless ``processors`` is False) and the ``extra`` parts until ``stop`` (or a signal)."""
-    from tickfold.commands import EXCHANGES, run_processors
+    from streams.frames import EXCHANGES
+    from tickfold.commands import run_processors
 
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)

@@ -94,12 +94,16 @@ class MemoryCandles:
         out: rollup.Reads = {}
         for src, tgt, start in missing:
             end = bucket_end(keys.parse_candles(tgt)[2], start)
+            source_tf = keys.parse_candles(src)[2]
             base = self.series.get(src, {})
+            parts: list[Candle] = []
+            at = start
+            while at < end:  # the base buckets of [start, end), oldest first (not a scan of the whole series)
+                if (c := base.get(at)) is not None:
+                    parts.append(c)
+                at = bucket_end(source_tf, at)
             stored = self.series.get(tgt, {}).get(start)
-            out[(src, tgt, start)] = (
-                [c for s, c in sorted(base.items()) if start <= s < end],
-                [stored] if stored is not None else [],
-            )
+            out[(src, tgt, start)] = (parts, [stored] if stored is not None else [])
         return out
 
     def _write(

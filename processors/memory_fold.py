@@ -5,7 +5,7 @@ partition's candle projection in plain dicts — the series, the open-candle set
 states, the position and the watermark — and folds each batch with the *same* functions as the candle
 processor (:meth:`CandleProcessor.plan`, :meth:`CandleProcessor.wanted`, :meth:`CandleProcessor.fold`,
 :func:`processors.candle_rollups.settle_rollups`); only the reads and the writes around them differ,
-each mirroring the Redis command it stands for (what ``load_series`` returns, ``ZRANGEBYSCORE`` order of
+each mirroring the Redis command it stands for (what ``store.queue_load`` reads, ``ZRANGEBYSCORE`` order of
 the due set, the trade states trimmed to their newest ``state_window`` buckets). Like a replay into a
 namespace, nothing is trimmed to ``candle_history`` and everything is shared (no user overflow keys).
 The close events come out in the order the live processor appends them to ``closes:{exchange}``.
@@ -81,7 +81,7 @@ class MemoryCandles:
         return out
 
     def _load(self, key: str, starts: set[int]) -> dict[int, Candle]:
-        """store.load_series: the series' newest bucket plus the buckets at ``starts``."""
+        """store.queue_load's reads: the series' newest bucket plus the buckets at ``starts``."""
         series = self.series.get(key)
         if not series:
             return {}

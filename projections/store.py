@@ -35,17 +35,9 @@ def decode_closed(raw: bytes) -> CandleClosed:
     return _CLOSED.decode(raw)
 
 
-async def load_series(client: aioredis.Redis, wanted: Mapping[str, Iterable[int]]) -> dict[str, dict[int, Candle]]:
-    """For each series key: its newest bucket plus the buckets at the given starts, in one round trip."""
-    pipe = client.pipeline(transaction=False)
-    plan = queue_load(pipe, wanted)
-    with translated("loading candle series"):
-        replies: list[Any] = await pipe.execute()
-    return take_load(plan, replies)
-
-
 def queue_load(pipe: Any, wanted: Mapping[str, Iterable[int]]) -> list[str]:
-    """Queue :func:`load_series`' reads on a caller's pipeline; returns what :func:`take_load` needs."""
+    """Queue, on a caller's pipeline, the reads of each series' newest bucket plus the buckets at the given
+    starts; returns what :func:`take_load` needs to sort the replies."""
     plan: list[str] = []
     for key, starts in wanted.items():
         plan.append(key)

@@ -324,6 +324,10 @@ def test_batch_functions_are_a_fresh_state_fed_the_arrays() -> None:
     got = ind.macdv(h, lo, c, 8, 21, 5, 14)
     want = ind.macdv_feed(ind.macdv_state(8, 21, 5, 14), h, lo, c)
     assert all(same(a, b) for a, b in zip(got, want, strict=True))
+    for outputs in (got, ind.macd(c)):  # rows of one block: still three separate contiguous arrays
+        for i, a in enumerate(outputs):
+            assert a.shape == c.shape and a.flags.c_contiguous and a.flags.writeable
+            assert not any(np.shares_memory(a, b) for b in outputs[i + 1 :])
 
 
 def test_update_rows_equals_one_state_per_series() -> None:

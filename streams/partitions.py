@@ -23,6 +23,7 @@ readers all use the stored value (see :func:`streams.log.ensure_partitions`).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 
 from streams import keys
 
@@ -48,14 +49,18 @@ def _value_after(frame: bytes, marker: bytes, end: bytes) -> bytes | None:
     return frame[i:j] if j > i else None
 
 
-def frame_symbol(exchange_id: str, frame: bytes) -> str | None:
-    """The exchange-native symbol a raw frame is about, or None (heartbeats, acknowledgements)."""
+def _raw_symbol(exchange_id: str, frame: bytes) -> bytes | None:
+    """The symbol's bytes as the frame spells them (``btcusdt``, ``BTC-USD``), or None."""
     if exchange_id == "binance":
         raw = _value_after(frame, _BINANCE_STREAM, b"@") or _value_after(frame, _BINANCE_SYMBOL, b'"')
     else:
         raw = _value_after(frame, _COINBASE_PRODUCT, b'"')
     if raw is None and _TICKFOLD in frame:
         raw = _value_after(frame, _TICKFOLD_SYMBOL, b'"')
+    return raw
+
+
+def _symbol_of(raw: bytes | None) -> str | None:
     if raw is None:
         return None
     try:
@@ -64,12 +69,42 @@ def frame_symbol(exchange_id: str, frame: bytes) -> str | None:
         return None
 
 
+def frame_symbol(exchange_id: str, frame: bytes) -> str | None:
+    """The exchange-native symbol a raw frame is about, or None (heartbeats, acknowledgements)."""
+    return _symbol_of(_raw_symbol(exchange_id, frame))
+
+
 def route(exchange_id: str, frame: bytes, partitions: int, home: int = 0) -> int:
     """The partition a raw frame is appended to."""
     if partitions == 1:
         return 0
     symbol = frame_symbol(exchange_id, frame)
     return home if symbol is None else partition_of(symbol, partitions)
+
+
+ROUTER_CACHE = 65_536  # distinct symbol spellings remembered per router (Binance lists ~3,000 markets)
+
+
+def router(exchange_id: str, partitions: int, home: int = 0) -> Callable[[bytes], int]:
+    """:func:`route` for one exchange and partition count, remembering each symbol spelling's partition:
+    the adapters' hot path finds the symbol's bytes and looks them up (no decode, case fold or CRC)."""
+    if partitions == 1:
+        return lambda frame: 0
+    known: dict[bytes, int] = {}
+
+    def route_frame(frame: bytes) -> int:
+        raw = _raw_symbol(exchange_id, frame)
+        if raw is None:
+            return home
+        p = known.get(raw)
+        if p is None:
+            symbol = _symbol_of(raw)
+            p = home if symbol is None else partition_of(symbol, partitions)
+            if len(known) < ROUTER_CACHE:
+                known[raw] = p
+        return p
+
+    return route_frame
 
 
 def streams(exchange_id: str, partitions: int) -> list[str]:

@@ -254,6 +254,8 @@ class WsAdapter:
         if stop is not None:
             self.stop = stop
         writers = [asyncio.create_task(self.sink.run()), asyncio.create_task(self.control.run())]
+        for writer in writers:  # a writer that fails (Redis refused an append) stops the adapter, which raises it
+            writer.add_done_callback(self._writer_done)
         try:
             async with asyncio.TaskGroup() as tg:
                 self._shards, self._tg = self.shards(), tg
@@ -266,6 +268,10 @@ class WsAdapter:
             await self.sink.close()
             await self.control.close()
             await asyncio.gather(*writers)
+
+    def _writer_done(self, writer: asyncio.Task[None]) -> None:
+        if not writer.cancelled() and writer.exception() is not None:
+            self.stop.set()
 
     async def _heartbeats(self) -> None:
         while not self.stop.is_set():
@@ -348,23 +354,25 @@ class WsAdapter:
 
     async def _read(self, conn: Conn, shard: Shard) -> None:
         ws, sink = conn.ws, self.sink
+        recv, inspect, put, queue, batch = ws.recv, self.inspect, sink.put_nowait, sink.queue, sink.batch
+        monotonic = time.monotonic
         watchdog = asyncio.create_task(self._watch(conn))
         try:
             while True:
-                frame = await ws.recv(decode=False)
+                frame = await recv(decode=False)
                 stamp = now_ns()
-                conn.last_frame = time.monotonic()
+                conn.last_frame = monotonic()
                 conn.frames += 1
                 if self._dedupe is not None:
                     if frame in self._dedupe:
                         conn.caught_up.set()
                         continue
                     self._dedupe.add(frame)
-                self.inspect(conn, shard, frame)
+                inspect(conn, shard, frame)
                 self.frames_since_heartbeat += 1
-                if not sink.put_nowait(frame, stamp):
+                if not put(frame, stamp):
                     await sink.put(frame, stamp)
-                elif sink.queue.qsize() >= sink.batch:
+                elif len(queue) >= batch:
                     # recv() returns without yielding while frames are buffered: give the sink its turn
                     # to append a batch, or frames pile up in memory instead of reaching Redis
                     await asyncio.sleep(0)

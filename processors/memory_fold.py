@@ -16,12 +16,15 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
+import numpy as np
+
 from processors import candle_rollups as rollup
-from processors.candles import CandleProcessor, DeadLetter
+from processors.candles import CandleProcessor, DeadLetter, Item, Plan
 from projections.candles import Candle, CandleBook, CandleClosed
 from projections.trades import TradeBucket
 from projections.watermark import bucket_end
 from streams import keys
+from streams.archive_columns import TRADE, Frames
 from streams.log import Entry, parse_id
 
 
@@ -41,8 +44,49 @@ class MemoryCandles:
 
     async def fold(self, entries: Sequence[Entry]) -> int:
         """Fold one batch (in id order); returns how many close events it made."""
+        plan = self.processor.plan(entries, self.position)
+        newest = parse_id(entries[-1][0]) if entries else None
+        return await self._fold(plan, len(entries), newest)
+
+    async def fold_frames(self, chunk: Sequence[Frames]) -> int:
+        """Fold one batch given as columns (consecutive pieces, in id order), as :meth:`fold` folds the same
+        entries. Without trade candles, a Binance trade frame (kind ``TRADE``) only moves the watermark, and
+        a run of them is folded as one item at the run's newest event time, read from the column: the fold
+        closes what comes due at a watermark item, keeping each candle's values, and pops its pending candles
+        in deadline order, so one item at the run's maximum closes the same candles, in the same order, as
+        the run's items one by one. Only the other frames are built and decoded (``plan``)."""
         p = self.processor
-        plan = p.plan(entries, self.position)
+        times_only = p.exchange_id == "binance" and not p.trade_timeframes  # as CandleProcessor.plan decides
+        plan = Plan()
+        count = 0
+        newest: tuple[int, int] | None = None
+        for frames in chunk:
+            n = len(frames)
+            if not n:
+                continue
+            count += n
+            newest = frames.position(n - 1)
+            skip = frames.count_through(self.position) if frames.position(0) <= self.position else 0
+            plan.skipped += skip
+            if skip == n:
+                continue
+            if not times_only:
+                _merge(plan, p.plan(frames.entries(skip), (0, 0)))
+                continue
+            trade = frames.kind[skip:] == TRADE
+            cuts = (np.flatnonzero(trade[1:] != trade[:-1]) + 1).tolist()
+            starts = [0, *cuts]
+            ends = [*cuts, len(trade)]
+            tops = np.maximum.reduceat(frames.event_ms[skip:], starts).tolist()
+            for a, b, top in zip(starts, ends, tops, strict=True):
+                if trade[a]:
+                    plan.items.append(Item(frames.entry(skip + b - 1), [], [], top * 1_000_000))
+                else:
+                    _merge(plan, p.plan(frames.entries(skip + a, skip + b), (0, 0)))
+        return await self._fold(plan, count, newest)
+
+    async def _fold(self, plan: Plan, count: int, newest: tuple[int, int] | None) -> int:
+        p = self.processor
         watermark = max(self.watermark, plan.event_ns)
         due = self._due(watermark)
         wanted, state_wanted, _rest = p.wanted(plan, due)
@@ -58,8 +102,8 @@ class MemoryCandles:
         self._write(books, states, due)
         self.closes.extend(closes)
         self.dead.extend(plan.dead)
-        self.frames += len(entries) - plan.skipped
-        if entries and (newest := parse_id(entries[-1][0])) > self.position:
+        self.frames += count - plan.skipped
+        if newest is not None and newest > self.position:
             self.position = newest
         self.watermark = watermark
         return len(closes)
@@ -140,3 +184,12 @@ class MemoryCandles:
             if len(kept) > window:
                 for start in sorted(kept)[: len(kept) - window]:
                     del kept[start]
+
+
+def _merge(plan: Plan, part: Plan) -> None:
+    """Append the plan of the batch's next entries to ``plan`` (both in stream order)."""
+    plan.items.extend(part.items)
+    plan.dead.extend(part.dead)
+    plan.skipped += part.skipped
+    for key, starts in part.filled.items():
+        plan.filled.setdefault(key, set()).update(starts)

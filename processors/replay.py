@@ -27,11 +27,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import redis.asyncio as aioredis
 
 from processors import candles
@@ -41,12 +41,12 @@ from processors.indicators import GROUP as INDICATORS
 from processors.indicators import IndicatorProcessor
 from processors.leases import Fence
 from processors.memory_fold import MemoryCandles
-from processors.replay_source import Sources, batches
+from processors.replay_source import Sources, frames
 from projections import store
 from projections.watermark import duration_ms
 from streams import keys, log
+from streams.archive_columns import Frames
 from streams.frames import event_ms
-from streams.log import Entry
 from streams.symbols import SymbolMap
 from tickfold.errors import TickfoldError
 from tickfold.settings import Settings
@@ -129,7 +129,8 @@ class Fold:
         if self.indicators is not None:
             await log.ensure_group(self.client, self.indicators.stream, INDICATORS)
 
-    async def feed(self, partition: int, entries: list[Entry]) -> None:
+    async def feed(self, partition: int, chunk: list[Frames]) -> None:
+        entries = [e for piece in chunk for e in piece.entries()]
         result = await self.candles[partition].handle(self.client, entries, self.fences[partition])
         self.stats.frames += result.processed
         self.stats.batches += 1
@@ -166,12 +167,12 @@ class MemoryFold(Fold):
     history: int = 5000
     memory: dict[int, MemoryCandles] = field(default_factory=dict)
 
-    async def feed(self, partition: int, entries: list[Entry]) -> None:
+    async def feed(self, partition: int, chunk: list[Frames]) -> None:
         fold = self.memory.get(partition)
         if fold is None:
             fold = self.memory[partition] = MemoryCandles(self.candles[partition])
         before, dead = fold.frames, len(fold.dead)
-        self.stats.closes += await fold.fold(entries)
+        self.stats.closes += await fold.fold_frames(chunk)
         self.stats.frames += fold.frames - before
         self.stats.dead += len(fold.dead) - dead
         self.stats.batches += 1
@@ -227,9 +228,9 @@ class _Lane:
     """One partition's entries, cut and timed: the next chunk to feed, and its first event time."""
 
     partition: int
-    source: AsyncIterator[list[Entry]]
-    chunk: list[Entry] = field(default_factory=list)
-    buffer: deque[Entry] = field(default_factory=deque)  # read from the source, not yet in a chunk
+    source: AsyncIterator[Frames]
+    chunk: list[Frames] = field(default_factory=list)
+    buffer: Frames | None = None  # read from the source, not yet in a chunk
     first_ms: int = 0
     last_ms: int = 0
     done: bool = False
@@ -253,14 +254,14 @@ async def run(
     stats = fold.stats
     began = time.monotonic()
     lanes = [
-        _Lane(part.partition, batches(source, sources, part, size=batch_size))
+        _Lane(part.partition, frames(source, sources, part, size=batch_size))
         for part in sources.parts
         if partitions is None or part.partition in partitions
     ]
     step_ms = None if speed is None else max(int(PACE_STEP_S * speed * 1000), 1)
     ready: list[tuple[int, int]] = []
     for i, lane in enumerate(lanes):
-        if await _advance(lane, exchange_id, stop_ms, start_ms, stats, size=batch_size, step_ms=step_ms):
+        if await _advance(lane, stop_ms, start_ms, stats, size=batch_size, step_ms=step_ms):
             heapq.heappush(ready, (lane.first_ms, i))
     first_event: int | None = None
     paced_from = time.monotonic()
@@ -279,7 +280,7 @@ async def run(
         stats.seconds = time.monotonic() - began
         if progress is not None:
             progress(stats)
-        if await _advance(lane, exchange_id, stop_ms, start_ms, stats, size=batch_size, step_ms=step_ms):
+        if await _advance(lane, stop_ms, start_ms, stats, size=batch_size, step_ms=step_ms):
             heapq.heappush(ready, (lane.first_ms, i))
     stats.seconds = time.monotonic() - began
     return stats
@@ -287,7 +288,6 @@ async def run(
 
 async def _advance(
     lane: _Lane,
-    exchange_id: str,
     stop_ms: int | None,
     start_ms: int | None,
     stats: ReplayStats,
@@ -297,33 +297,55 @@ async def _advance(
 ) -> bool:
     """Load the lane's next chunk (at most ``size`` entries, spanning at most ``step_ms`` of event time when
     paced): entries up to (not including) the first one past ``stop_ms``, those before ``start_ms`` left
-    out. False when the lane is finished."""
+    out. False when the lane is finished. Decided on the event-time column, frame by frame as if one at a
+    time (so the batching never moves a cut), without a loop over the frames unless paced."""
     lane.chunk = []
-    first = 0
-    while len(lane.chunk) < size:
-        if not lane.buffer:
+    taken = first = 0
+    while taken < size:
+        if lane.buffer is None or not len(lane.buffer):
             if lane.done:
                 break
             try:
-                lane.buffer = deque(await anext(lane.source))
+                lane.buffer = await anext(lane.source)
             except StopAsyncIteration:
                 lane.done = True
                 break
-        entry = lane.buffer[0]
-        ms = frame_event_ms(exchange_id, entry[1])
-        if stop_ms is not None and ms > stop_ms:
-            lane.done = True  # the partition's event time is past the range's horizon: stop here
-            lane.buffer.clear()
-            stats.beyond_ms = min(stats.beyond_ms or ms, ms)
-            break
-        if step_ms is not None and first and ms > first + step_ms:
-            break  # the rest waits for its time
-        lane.buffer.popleft()
-        if start_ms is not None and 0 < ms < start_ms:
-            stats.skipped_warmup += 1
             continue
-        lane.chunk.append(entry)
-        if ms:
-            first, lane.last_ms = first or ms, max(lane.last_ms, ms)
+        buf = lane.buffer
+        ms = buf.event_ms
+        end, stopped = len(buf), False  # rows [0, end) are consumed by this step
+        if stop_ms is not None and (over := np.flatnonzero(ms > stop_ms)).size:
+            end, stopped = int(over[0]), True  # the partition's event time is past the range's horizon
+        if step_ms is not None:  # paced: the rest waits for its time (the first kept frame's time + step)
+            at = first
+            for row, t in enumerate(ms[:end].tolist()):
+                if at and t > at + step_ms:
+                    end, stopped = row, False
+                    break
+                if not (start_ms is not None and 0 < t < start_ms) and t:
+                    at = at or t
+        head = ms[:end]
+        warmup = (head > 0) & (head < start_ms) if start_ms is not None else np.zeros(end, bool)
+        kept = np.flatnonzero(~warmup)
+        if kept.size > size - taken:
+            end, stopped = int(kept[size - taken]), False
+            kept = kept[: size - taken]
+        stats.skipped_warmup += end - kept.size
+        if kept.size:
+            piece = buf.take(slice(0, end)) if kept.size == end else buf.take(kept)
+            lane.chunk.append(piece)
+            taken += kept.size
+            times = piece.event_ms[piece.event_ms != 0]
+            if times.size:
+                first = first or int(times[0])
+                lane.last_ms = max(lane.last_ms, int(times.max()))
+        if stopped:
+            lane.done = True
+            lane.buffer = None
+            stats.beyond_ms = min(stats.beyond_ms or int(ms[end]), int(ms[end]))
+            break
+        lane.buffer = buf.take(slice(end, None))
+        if step_ms is not None and end < len(buf):
+            break  # paced: the rest waits for its time
     lane.first_ms = first or lane.last_ms
     return bool(lane.chunk)

@@ -24,6 +24,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from streams import archive, keys
+from streams.archive_columns import Frames
 from streams.archive_store import ArchiveMissing
 from streams.log import Entry, ResponseError, parse_id, stored_partitions, translated
 from tickfold.errors import TickfoldError
@@ -120,10 +121,12 @@ async def plan(client: aioredis.Redis, exchange_id: str, dsn: str | None) -> Sou
     return Sources(exchange_id, count, parts, dsn)
 
 
-async def batches(
+async def frames(
     client: aioredis.Redis, sources: Sources, part: PartitionSource, *, size: int
-) -> AsyncIterator[list[Entry]]:
-    """The entries of one partition up to ``part.until``, in id order, ``size`` at a time (module docstring)."""
+) -> AsyncIterator[Frames]:
+    """The entries of one partition up to ``part.until``, in id order, at most ``size`` at a time (module
+    docstring), as columns: archived blocks with the decoded columns the archive stores, stream entries with
+    columns computed frame by frame (:mod:`streams.archive_columns`)."""
     pos: Position = (0, 0)
     read = 0
     head = part.first or (part.until[0], part.until[1] + 1)  # entries before it exist only in the archive
@@ -131,13 +134,18 @@ async def batches(
     while pos < part.until:
         round_start = pos
         if sources.dsn is not None:
-            async for chunk in archive.read_archived(sources.dsn, part.stream, after=pos, until=part.until, batch=size):
-                chunk = [e for e in chunk if pos < parse_id(e[0]) <= part.until]
-                if chunk:
+            async for block in archive.read_frames(sources.dsn, part.stream, after=pos, until=part.until):
+                lo, hi = block.count_through(pos), block.count_through(part.until)
+                for at in range(lo, hi, size):
+                    chunk = (
+                        block
+                        if (at, min(at + size, hi)) == (0, len(block))
+                        else block.take(slice(at, min(at + size, hi)))
+                    )
                     if pos < head:
-                        before_head += sum(1 for e in chunk if parse_id(e[0]) < head)
+                        before_head += chunk.count_before(head)
                     yield chunk
-                    pos, read = parse_id(chunk[-1][0]), read + len(chunk)
+                    pos, read = chunk.position(len(chunk) - 1), read + len(chunk)
         if round_start == (0, 0) and part.trimmed and before_head < part.trimmed:
             where = "the archive holds" if sources.dsn is not None else "no archive is configured: it holds"
             raise ReplayGapError(
@@ -152,9 +160,9 @@ async def batches(
                 break  # entries after ``pos`` were trimmed (before or while it was read): back to the archive
             if not reply:
                 return  # the stream ends before ``until`` (the archive reached further)
-            chunk = [(eid, fields) for eid, fields in reply]
+            chunk = Frames.of_entries(sources.exchange_id, [(eid, fields) for eid, fields in reply])
             yield chunk
-            pos, read = parse_id(chunk[-1][0]), read + len(chunk)
+            pos, read = chunk.position(len(chunk) - 1), read + len(chunk)
         if pos < part.until and pos == round_start:
             where = "the archive" if sources.dsn is not None else "an archive (none is configured)"
             what = "its oldest entries" if pos == (0, 0) else f"entries after {id_text(pos)}"
@@ -162,3 +170,11 @@ async def batches(
                 f"{part.stream}: {what} were trimmed from the stream, and {where} does not hold them: "
                 "the frames of this partition can't be replayed exactly"
             )
+
+
+async def batches(
+    client: aioredis.Redis, sources: Sources, part: PartitionSource, *, size: int
+) -> AsyncIterator[list[Entry]]:
+    """:func:`frames` as lists of entries."""
+    async for chunk in frames(client, sources, part, size=size):
+        yield chunk.entries()

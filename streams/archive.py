@@ -14,16 +14,53 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
-from streams.archive_codec import decode_block
+from streams.archive_codec import decode_block, decode_frames
+from streams.archive_columns import Frames
 from streams.archive_store import TABLE, day_of, source_of, translated
 from streams.log import Entry, parse_id
 
-__all__ = ["Entry", "archived_position", "archived_streams", "read_archived"]
+__all__ = ["Entry", "Frames", "archived_position", "archived_streams", "read_archived", "read_frames"]
 
 
 async def _connect(dsn: str) -> asyncpg.Connection:
     async with translated("connecting to the archive"):
         return await asyncpg.connect(dsn)
+
+
+def _query(stream: str, after: tuple[int, int], until: tuple[int, int] | None) -> tuple[str, list[object]]:
+    query = (
+        f"SELECT first_ms, first_seq, last_ms, last_seq, payload FROM {TABLE} "
+        "WHERE stream = $1 AND source = $2 AND day >= $3 AND (last_ms, last_seq) > ($4, $5)"
+    )
+    args: list[object] = [stream, source_of(stream), day_of(after[0]), after[0], after[1]]
+    if until is not None:
+        query += " AND day <= $6 AND (first_ms, first_seq) <= ($7, $8)"
+        args += [day_of(until[0]), until[0], until[1]]
+    return query + " ORDER BY day, first_ms, first_seq", args
+
+
+async def read_frames(
+    dsn: str, stream: str, *, after: tuple[int, int] = (0, 0), until: tuple[int, int] | None = None
+) -> AsyncIterator[Frames]:
+    """The archived entries of a raw frame stream strictly after ``after`` and up to and including ``until``,
+    in id order, one block at a time as :class:`~streams.archive_columns.Frames`: the decoded columns as the
+    archive stores them (computed frame by frame for blocks written without them), entries built on demand."""
+    if until is not None and until <= after:
+        return
+    query, args = _query(stream, after, until)
+    conn = await _connect(dsn)
+    try:
+        async with translated(f"reading the archive of {stream}"), conn.transaction(readonly=True):
+            async for row in conn.cursor(query, *args, prefetch=8):
+                frames = decode_frames(row["payload"], stream)
+                lo = frames.count_through(after) if (row["first_ms"], row["first_seq"]) <= after else 0
+                hi = len(frames)
+                if until is not None and (row["last_ms"], row["last_seq"]) > until:
+                    hi = frames.count_through(until)
+                if lo < hi:
+                    yield frames if (lo, hi) == (0, len(frames)) else frames.take(slice(lo, hi))
+    finally:
+        await conn.close()
 
 
 async def read_archived(
@@ -38,18 +75,9 @@ async def read_archived(
     strictly after ``after`` and up to and including ``until``, in id order, in lists of at most ``batch``."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    source = source_of(stream)
-    query = (
-        f"SELECT first_ms, first_seq, last_ms, last_seq, payload FROM {TABLE} "
-        "WHERE stream = $1 AND source = $2 AND day >= $3 AND (last_ms, last_seq) > ($4, $5)"
-    )
-    args: list[object] = [stream, source, day_of(after[0]), after[0], after[1]]
-    if until is not None:
-        if until <= after:
-            return
-        query += " AND day <= $6 AND (first_ms, first_seq) <= ($7, $8)"
-        args += [day_of(until[0]), until[0], until[1]]
-    query += " ORDER BY day, first_ms, first_seq"
+    if until is not None and until <= after:
+        return
+    query, args = _query(stream, after, until)
     conn = await _connect(dsn)
     try:
         out: list[Entry] = []

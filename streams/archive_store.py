@@ -132,7 +132,7 @@ async def write_blocks(conn: Any, stream: str, entries: Sequence[Entry], *, max_
         records = []
         for day, block in split_by_day(fresh, max_block):
             first, last = parse_id(block[0][0]), parse_id(block[-1][0])
-            payload = encode_block(block)
+            payload = encode_block(block, stream=stream)
             records.append((stream, source, day, *first, *last, len(block), raw_size(block), payload))
         await conn.copy_records_to_table(TABLE, records=records, columns=_COLUMNS)
         last = parse_id(fresh[-1][0])

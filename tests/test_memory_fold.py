@@ -2,24 +2,30 @@
 
 The oracle is a live run: ``tickfold process``'s processors folding the same frames on a real Redis
 (batches of 500 entries per partition); the memory fold gets other batch sizes. Every candle of every
-series and every close event (per series, in order) must be the same.
+series and every close event (per series, in order) must be the same, and so must the dead letters.
+The columnar fast path (``fold_frames``: Binance trade runs folded as one watermark item read from the
+event-time column) is checked the same way, with columns computed from stream entries, stored in archive
+blocks, and absent (format 1 blocks: computed on read).
 """
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
-from processors.candles import from_settings
+from processors.candles import DeadLetter, from_settings
 from processors.memory_fold import MemoryCandles
 from projections.candles import CandleClosed
-from streams import log, partitions
+from streams import keys, log, partitions
+from streams.archive_codec import decode_frames, encode_block, encode_block_v1
+from streams.archive_columns import TRADE, Frames
 from streams.symbols import load_symbol_map
-from tests.realdata import BINANCE_0404, COINBASE_AT
-from tests.support import all_candles, close_events, drain, ingest
+from tests.realdata import BINANCE_0404, BINANCE_0814, COINBASE_AT, require
+from tests.support import all_candles, close_events, drain, ingest, raw_streams
 from tests.synthetic import synthetic_day
 from tickfold.settings import Settings
 
@@ -32,8 +38,11 @@ async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         yield c
 
 
-async def memory_run(client: aioredis.Redis, exchange_id: str, batch: int) -> list[MemoryCandles]:
-    """Fold every raw partition of the exchange in memory, ``batch`` entries at a time."""
+async def memory_run(client: aioredis.Redis, exchange_id: str, batch: int, columns: str = "") -> list[MemoryCandles]:
+    """Fold every raw partition of the exchange in memory, ``batch`` entries at a time: entry by entry
+    (``fold``), or with ``columns`` as :class:`Frames` (``fold_frames``) computed from the entries
+    (``"stream"``), stored in an archive block (``"archive"``) or read from a format 1 block (``"v1"``),
+    each batch in two pieces."""
     settings = Settings()
     symbols = await load_symbol_map(client, exchange_id)
     folds = []
@@ -41,9 +50,38 @@ async def memory_run(client: aioredis.Redis, exchange_id: str, batch: int) -> li
         fold = MemoryCandles(from_settings(settings, exchange_id, p, symbols, history=settings.candle_history))
         entries = await log.entries(client, stream)
         for i in range(0, len(entries), batch):
-            await fold.fold(entries[i : i + batch])
+            part = entries[i : i + batch]
+            if not columns:
+                await fold.fold(part)
+                continue
+            half = len(part) // 2
+            await fold.fold_frames([as_frames(stream, part[:half], columns), as_frames(stream, part[half:], columns)])
         folds.append(fold)
     return folds
+
+
+def as_frames(stream: str, entries: list[log.Entry], how: str) -> Frames:
+    if how == "stream":
+        return Frames.of_entries(stream.split(":")[1], entries)
+    payload = encode_block(entries, stream=stream) if how == "archive" else encode_block_v1(entries)
+    frames = decode_frames(payload, stream)
+    assert frames.entries() == entries  # the raw entries, byte for byte
+    return frames
+
+
+Letter = tuple[bytes, str, list[tuple[bytes, bytes]]]
+
+
+def dead_of(folds: list[MemoryCandles]) -> list[Letter]:
+    return [(d.entry_id, d.reason, sorted(d.fields.items())) for f in folds for d in f.dead]
+
+
+async def live_dead(client: aioredis.Redis, exchange_id: str) -> list[Letter]:
+    out = []
+    for _, fields in await log.entries(client, keys.dead_letter_stream(exchange_id)):
+        why = {k: fields.pop(k) for k in (b"reason", b"original_id", b"stream")}
+        out.append((why[b"original_id"], why[b"reason"].decode(), sorted(fields.items())))
+    return out
 
 
 def by_series(events: list[CandleClosed]) -> dict[tuple[str, str], list[CandleClosed]]:
@@ -60,7 +98,69 @@ async def check_same_as_live(client: aioredis.Redis, exchange_id: str, batch: in
     memory = {(c.symbol, c.timeframe, c.start): c for f in folds for series in f.candles().values() for c in series}
     assert memory == live
     assert by_series([e for f in folds for e in f.closes]) == by_series(await close_events(client, exchange_id))
+    assert sorted(dead_of(folds)) == sorted(await live_dead(client, exchange_id))
     return len(memory)
+
+
+async def check_columns_as_live(client: aioredis.Redis, exchange_id: str, batch: int) -> list[DeadLetter]:
+    """The columnar path, all three ways, equals the live run, and the per-entry memory fold partition by
+    partition: the same close events in the same order, the same dead letters."""
+    await check_same_as_live(client, exchange_id, batch)
+    live = await all_candles(client, exchange_id)
+    live_closes = by_series(await close_events(client, exchange_id))
+    per_entry = await memory_run(client, exchange_id, batch)
+    for how in ("stream", "archive", "v1"):
+        folds = await memory_run(client, exchange_id, batch, columns=how)
+        assert {(c.symbol, c.timeframe, c.start): c for f in folds for s in f.candles().values() for c in s} == live
+        assert by_series([e for f in folds for e in f.closes]) == live_closes
+        assert sorted(dead_of(folds)) == sorted(await live_dead(client, exchange_id))
+        for fast, slow in zip(folds, per_entry, strict=True):
+            assert fast.closes == slow.closes and fast.dead == slow.dead
+            assert (fast.frames, fast.position, fast.watermark) == (slow.frames, slow.position, slow.watermark)
+    return [d for f in per_entry for d in f.dead]
+
+
+def binance_mix() -> list[bytes]:
+    """Two recorded Binance sessions (klines, aggTrades, bookTickers) with, spread through them, frames the
+    fast path must leave to the fold: a broken aggTrade (no event time), an aggTrade of an unknown symbol
+    (time only, like any), frames that are not JSON, and the first session's trades again (older event
+    times: the watermark does not move back)."""
+    first = require(BINANCE_0404).read_bytes().splitlines()
+    lines = [*first, *require(BINANCE_0814).read_bytes().splitlines()]
+    trades = [line for line in first if b"@aggTrade" in line]
+    odd = [
+        b'{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","s":"BTCUSDT"}}',
+        b'{"stream":"zzzusdt@aggTrade","data":{"e":"aggTrade","E":1617566600000,"s":"ZZZUSDT","a":1,"p":"1",'
+        b'"q":"1","f":1,"l":1,"T":1617566600000,"m":true,"M":true}}',
+        b"not json",
+        b'{"stream":"btcusdt@aggTrade","data":',
+    ]
+    rnd = random.Random(11)
+    for frame in odd * 3:
+        lines.insert(rnd.randrange(len(lines)), frame)
+    at = rnd.randrange(len(lines))
+    return [*lines[:at], *trades[:300], *lines[at:]]
+
+
+@pytest.mark.parametrize("batch", [1, 29, 400, 5000])
+async def test_the_columnar_fast_path_folds_binance_as_live(client: aioredis.Redis, batch: int) -> None:
+    frames = binance_mix()
+    await log.append_frames(client, "binance", [(f, i) for i, f in enumerate(frames)])
+    dead = await check_columns_as_live(client, "binance", batch)
+    assert len(dead) >= 9  # the broken frames are dead letters on every path
+    entries = [e for s in await raw_streams(client, "binance") for e in await log.entries(client, s)]
+    kinds = Frames.of_entries("binance", entries).kind
+    assert int((kinds == TRADE).sum()) == sum(b'@aggTrade"' in f[:64] and b'"E":' in f for f in frames)
+
+
+@pytest.mark.parametrize(("data", "batch"), [("day", 7), ("day", 5000), ("recorded", 31)])
+async def test_the_columnar_path_folds_coinbase_as_live(client: aioredis.Redis, data: str, batch: int) -> None:
+    """Coinbase has no time-only trades (its trades make 1m candles): every frame goes to the fold."""
+    if data == "day":
+        await log.append_frames(client, "coinbase", [(f, 0) for f in synthetic_day(every_ms=120_000)])
+    else:
+        await ingest(client, "coinbase", COINBASE_AT)
+    await check_columns_as_live(client, "coinbase", batch)
 
 
 @pytest.mark.parametrize("batch", [7, 137, 5000])

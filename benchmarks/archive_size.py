@@ -2,8 +2,10 @@
 
 For each input (the recorded Binance and Coinbase sessions, a synthetic Coinbase day): the raw field
 bytes; one row per frame (``bytea`` + primary key) on disk; and the archiver's zstd blocks of 1, 10,
-100, 1,000 and 5,000 frames (``streams.archive_store.write_blocks``), as payload and on disk (tables,
-TOAST and indexes, less the empty tables). The figures in the README's *Archive* section come from here.
+100, 1,000 and 5,000 frames (``streams.archive_store.write_blocks``, with the decoded columns a replay
+reads), as payload and on disk (tables, TOAST and indexes, less the empty tables); and what the columns
+cost (the payload of format 1 blocks, which have none). The figures in the README's *Archive* section come
+from here.
 """
 
 from __future__ import annotations
@@ -19,15 +21,18 @@ import asyncpg
 
 from migrations.runner import migrate
 from streams import archive_store, recorded
-from streams.archive_codec import raw_size
+from streams.archive_codec import encode_block_v1, raw_size
 from streams.log import Entry
 from tickfold.embedded import start_postgres
 
 T0_MS = 1_764_201_600_000  # 2025-11-27 00:00 UTC: every entry in one day
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
-INPUTS = {
-    "Binance 2021-04-04 recording": REALDATA / "binance/ws_combined_2021-04-04_btcusdt_ethusdt_dotusdt.recording.jsonl",
-    "Coinbase 2026-08-09 recording": REALDATA / "coinbase/advanced_trade_ws_2026-08-09.recording.jsonl",
+INPUTS = {  # name: (exchange, recording)
+    "Binance 2021-04-04 recording": (
+        "binance",
+        REALDATA / "binance/ws_combined_2021-04-04_btcusdt_ethusdt_dotusdt.recording.jsonl",
+    ),
+    "Coinbase 2026-08-09 recording": ("coinbase", REALDATA / "coinbase/advanced_trade_ws_2026-08-09.recording.jsonl"),
 }
 BLOCKS = (1, 10, 100, 1000, 5000)
 
@@ -40,13 +45,18 @@ def _entries(frames: list[tuple[bytes, int]]) -> list[Entry]:
     ]
 
 
-def _inputs() -> dict[str, list[Entry]]:
+def _inputs() -> dict[str, tuple[str, list[Entry]]]:
     from tests.synthetic import synthetic_day
 
-    out = {name: _entries(list(recorded.read_frames(path))) for name, path in INPUTS.items() if path.is_file()}
+    out = {
+        name: (exchange, _entries(list(recorded.read_frames(path))))
+        for name, (exchange, path) in INPUTS.items()
+        if path.is_file()
+    }
     day = synthetic_day()
-    out["Coinbase synthetic day"] = _entries(
-        [(f, 1_786_233_600_000_000_000 + i * 7_000_123) for i, f in enumerate(day)]
+    out["Coinbase synthetic day"] = (
+        "coinbase",
+        _entries([(f, 1_786_233_600_000_000_000 + i * 7_000_123) for i, f in enumerate(day)]),
     )
     return out
 
@@ -64,8 +74,9 @@ async def measure(dsn: str) -> list[str]:
     conn = await asyncpg.connect(dsn)
     lines = []
     try:
-        for name, entries in _inputs().items():
+        for name, (exchange, entries) in _inputs().items():
             n = len(entries)
+            stream = f"frames:{exchange}:p0"
             raw = raw_size(entries)
             lines.append(f"{name}: {n} frames, {raw / n:.0f} B of fields per frame")
             await conn.execute(
@@ -73,24 +84,27 @@ async def measure(dsn: str) -> list[str]:
                 "(stream text, ms bigint, seq bigint, frame bytea, recv_ns bigint, PRIMARY KEY (stream, ms, seq))"
             )
             empty = await _size(conn, "per_frame")
-            rows = [
-                ("frames:x:p0", *map(int, e[0].split(b"-")), e[1][b"frame"], int(e[1][b"recv_ns"])) for e in entries
-            ]
+            rows = [(stream, *map(int, e[0].split(b"-")), e[1][b"frame"], int(e[1][b"recv_ns"])) for e in entries]
             await conn.copy_records_to_table("per_frame", records=rows)
             lines.append(f"  one row per frame:  {(await _size(conn, 'per_frame') - empty) / n:7.1f} B/frame on disk")
             for size in BLOCKS:
                 await conn.execute("TRUNCATE archive_blocks; DELETE FROM archive_positions")
-                await archive_store.ensure_partitions(conn, {(archive_store.day_of(T0_MS), "x")})
+                await archive_store.ensure_partitions(conn, {(archive_store.day_of(T0_MS), exchange)})
                 empty = await _size(conn, archive_store.TABLE)
                 start = time.perf_counter()
                 for i in range(0, n, size):
-                    await archive_store.write_blocks(conn, "frames:x:p0", entries[i : i + size], max_block=size)
+                    await archive_store.write_blocks(conn, stream, entries[i : i + size], max_block=size)
                 took = time.perf_counter() - start
                 disk = await _size(conn, archive_store.TABLE) - empty
                 payload = int(await conn.fetchval("SELECT sum(octet_length(payload)) FROM archive_blocks"))
                 lines.append(
                     f"  blocks of {size:5}: {payload / n:7.1f} B/frame payload, {disk / n:7.1f} on disk"
                     f"  ({n / took:,.0f} frames/s, one transaction per block)"
+                )
+            for size in (1000, 5000):
+                plain = sum(len(encode_block_v1(entries[i : i + size])) for i in range(0, n, size))
+                lines.append(
+                    f"  blocks of {size:5} without the decoded columns (format 1): {plain / n:7.1f} B/frame payload"
                 )
     finally:
         await conn.close()

@@ -74,15 +74,31 @@ class MemoryCandles:
                 _merge(plan, p.plan(frames.entries(skip), (0, 0)))
                 continue
             trade = frames.kind[skip:] == TRADE
-            cuts = (np.flatnonzero(trade[1:] != trade[:-1]) + 1).tolist()
-            starts = [0, *cuts]
-            ends = [*cuts, len(trade)]
+            cuts = np.flatnonzero(trade[1:] != trade[:-1]) + 1
+            starts = np.concatenate(([0], cuts))
+            ends = np.concatenate((cuts, [len(trade)]))
             tops = np.maximum.reduceat(frames.event_ms[skip:], starts).tolist()
-            for a, b, top in zip(starts, ends, tops, strict=True):
+            built = ~trade  # the rows to build: every other frame, and the last of each trade run
+            built[ends[trade[starts]] - 1] = True
+            rows = np.flatnonzero(built)
+            entries = frames.entries_at(rows + skip)
+            others = [e for e, run in zip(entries, trade[rows].tolist(), strict=True) if not run]
+            decoded = p.plan(others, (0, 0))  # one plan for the batch's other frames, in order
+            plan.dead.extend(decoded.dead)
+            for key, marks in decoded.filled.items():
+                plan.filled.setdefault(key, set()).update(marks)
+            items, i, at = decoded.items, 0, 0
+            for a, b, top in zip(starts.tolist(), ends.tolist(), tops, strict=True):
                 if trade[a]:
-                    plan.items.append(Item(frames.entry(skip + b - 1), [], [], top * 1_000_000))
-                else:
-                    _merge(plan, p.plan(frames.entries(skip + a, skip + b), (0, 0)))
+                    plan.items.append(Item(entries[at], [], [], top * 1_000_000))
+                    at += 1
+                    continue
+                for entry_id, _ in entries[at : at + b - a]:  # its items (a dead letter has none)
+                    if i < len(items) and items[i].entry[0] == entry_id:
+                        plan.items.append(items[i])
+                        i += 1
+                at += b - a
+            assert i == len(items)
         return await self._fold(plan, count, newest)
 
     async def _fold(self, plan: Plan, count: int, newest: tuple[int, int] | None) -> int:

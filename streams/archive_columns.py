@@ -137,6 +137,10 @@ class Frames:
         """The entries of rows ``[start, stop)``, exactly as they were in the stream."""
         return self.source.build(self.index[start:stop])
 
+    def entries_at(self, rows: Index) -> list[Entry]:
+        """The entries of rows ``rows`` (increasing row numbers)."""
+        return self.source.build(self.index[rows])
+
     def entry(self, row: int) -> Entry:
         return self.source.build(self.index[row : row + 1])[0]
 

@@ -19,6 +19,12 @@ outputs are bit-identical to TA-Lib's where TA-Lib has the indicator:
 * Leading NaN inputs are skipped (the series starts at the first finite bar), as TA-Lib's Python
   wrapper does; a NaN after that propagates.
 
+The batch MACD-V loop divides the ATR's running total by the period without a division instruction:
+``_quotient`` multiplies by a two-part reciprocal and rounds once (an FMA), which gives the correctly
+rounded quotient, i.e. exactly what ``/`` gives, for every dividend it is used on (the proof is at
+``_quotient``; any other dividend takes the division itself). So the results do not change by a bit;
+only the loop-carried chain gets shorter (a division's latency is ~4x a multiply's).
+
 All jitted code lives in this one module on purpose: numba's on-disk cache (``cache=True``) keys a
 function on its own file only, so a step edited in another module would leave stale cached callers.
 """
@@ -32,6 +38,9 @@ from typing import Any, TypeVar, cast
 import numba
 import numpy as np
 import numpy.typing as npt
+from llvmlite import ir  # type: ignore[import-untyped]
+from numba import types
+from numba.extending import intrinsic
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -50,6 +59,18 @@ def _step(fn: _F) -> _F:
     """A step: inlined into its callers at numba-IR level (LLVM alone leaves the calls in place)."""
     return cast(_F, numba.njit(cache=True, error_model="numpy", inline="always")(fn))
 
+
+def _fma_typer(typingctx: Any, a: Any, b: Any, c: Any) -> tuple[Any, Callable[..., Any]]:
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        d = ir.DoubleType()
+        return builder.call(builder.module.declare_intrinsic("llvm.fma", [d], ir.FunctionType(d, [d, d, d])), args)
+
+    return types.float64(types.float64, types.float64, types.float64), codegen
+
+
+# ``a * b + c`` rounded once: LLVM's fma intrinsic, one instruction on a CPU with FMA (a correctly
+# rounded library call on one without). Only ever used where the result is proven exact (below).
+_fma = cast(Callable[[float, float, float], float], intrinsic(_fma_typer))
 
 NAN = math.nan
 HEADER = 2  # [kind, version]
@@ -76,8 +97,57 @@ def _ema_next(prev: float, k: float, x: float) -> float:
 
 
 @_step
+def _rma_total(prev: float, n: float, x: float) -> float:
+    return prev * (n - 1.0) + x
+
+
+@_step
 def _rma_next(prev: float, n: float, x: float) -> float:
-    return (prev * (n - 1.0) + x) / n
+    return _rma_total(prev, n, x) / n
+
+
+# ``s / n`` for a whole number ``1 <= n <= 2**40`` without the division: ``hi = RN(1/n)`` and
+# ``lo = RN(1/n - hi)`` (exactly so: ``1 - n * hi`` is exact in one FMA, and dividing it by ``n``
+# rounds once), then ``RN(s * hi + RN(s * lo))`` in one FMA. Why that is ``RN(s / n)`` bit for bit
+# when ``2**-900 <= |s| < inf`` (nothing underflows or overflows; any other ``s``, zeros and NaN
+# included, and any other ``n`` take the division):
+#
+# * Error. With ``u = 2**-53``: ``|hi + lo - 1/n| <= u |lo| <= u**2 (1 + u) / n`` and
+#   ``|RN(s * lo) - s * lo| <= u**2 (1 + u) |s| / n``, so the FMA's exact sum ``V`` is within
+#   ``(2 + 2u) u**2 |Q| < 2**-104 |Q|`` of ``Q = s / n``.
+# * Distance. RN changes value only at the midpoints between neighbouring doubles. Near ``Q``
+#   (``2**e <= |Q| < 2**(e+1)``) they are ``M * 2**(e-53)``, or ``M * 2**(e-54)`` for the one just
+#   below ``2**e``, with ``M`` odd and ``2**53 < M < 2**54``. As ``|s| >= |Q|``, ``s`` is a multiple
+#   of ``2**(e-52)``, so ``s - n * m`` is a multiple of ``2**(e-54)``; and it is not 0, since
+#   ``s = n * m`` would give ``s`` an odd significand part ``>= M > 2**53``. Hence
+#   ``|Q - m| >= 2**(e-54) / n > 2**-55 |Q| / n``.
+# * ``2**-104 < 2**-55 / n``: ``V`` and ``Q`` lie strictly between the same two midpoints, and
+#   ``RN(V) = RN(Q)``, the quotient the division returns. (tests/test_kernels_quotient.py checks it
+#   against ``/`` too, on random bit patterns and on dividends built to sit next to a midpoint.)
+QUOTIENT_MIN = 2.0**-900
+QUOTIENT_MAX_N = 2.0**40
+
+
+@_step
+def _reciprocal(n: float) -> tuple[float, float, float]:
+    """``(hi, lo, smallest)`` for :func:`_quotient`: ``1 / n`` as a sum of two doubles, and the smallest
+    ``|s|`` it may divide (infinite, i.e. never, unless ``n`` is a whole number in ``[1, 2**40]``)."""
+    hi = 1.0 / n
+    ok = 1.0 <= n <= QUOTIENT_MAX_N and n == math.floor(n)
+    return hi, _fma(-hi, n, 1.0) / n, QUOTIENT_MIN if ok else math.inf
+
+
+@_step
+def _quotient_exact(s: float, smallest: float) -> bool:
+    """Whether :func:`_quotient` gives ``s / n`` (else divide: zero, tiny, inf, NaN, or any ``s`` when
+    ``n`` is not a whole number in range)."""
+    return smallest <= abs(s) < math.inf
+
+
+@_step
+def _quotient(s: float, hi: float, lo: float) -> float:
+    """``s / n``, bit for bit, where ``hi, lo, smallest = _reciprocal(n)`` and ``_quotient_exact(s, smallest)``."""
+    return _fma(s, hi, s * lo)
 
 
 @_step
@@ -454,6 +524,13 @@ def macd_feed(state: F64, close: F64) -> tuple[F64, F64, F64]:
     return line, signal, hist
 
 
+@_step
+def _macdv_tail(fast: float, slow: float, atr: float, sig: float, kg: float) -> tuple[float, float]:
+    """``(line, signal)`` once the EMAs and the ATR have taken the candle (``_macdv_step``'s end)."""
+    v = _macdv_line(fast - slow, atr)
+    return v, _ema_next(sig, kg, v)
+
+
 @_njit
 def macdv_feed(state: F64, high: F64, low: F64, close: F64) -> tuple[F64, F64, F64]:
     m = close.shape[0]
@@ -468,15 +545,34 @@ def macdv_feed(state: F64, high: F64, low: F64, close: F64) -> tuple[F64, F64, F
     slow, ks = state[MACDV_SLOW + EMA_VAL], state[MACDV_SLOW + EMA_K]
     prev, atr, na = state[MACDV_ATR + TR_PREV], state[a + RMA_VAL], state[a + RMA_N]
     sig, kg = state[MACDV_SIGNAL + EMA_VAL], state[MACDV_SIGNAL + EMA_K]
-    for j in range(i, m):
-        c = close[j]
-        fast = _ema_next(fast, kf, c)
-        slow = _ema_next(slow, ks, c)
-        atr = _rma_next(atr, na, _tr(prev, high[j], low[j]))
-        prev = c
-        v = _macdv_line(fast - slow, atr)
-        sig = _ema_next(sig, kg, v)
-        line[j], signal[j], hist[j] = v, sig, v - sig
+    hi, lo, smallest = _reciprocal(na)
+    while i < m:
+        # Candles i.. while the ATR's total divides exactly by the reciprocal (all of them, for
+        # prices): a loop that leaves on the rare dividend keeps the division out of it (a branch
+        # inside would be turned into computing both and selecting). Sliced, so indices count from 0.
+        h, lw, c = high[i:], low[i:], close[i:]
+        ol, og, oh = line[i:], signal[i:], hist[i:]
+        done = c.shape[0]
+        for j in range(done):
+            total = _rma_total(atr, na, _tr(prev, h[j], lw[j]))
+            if not _quotient_exact(total, smallest):
+                done = j
+                break
+            atr = _quotient(total, hi, lo)
+            prev = c[j]
+            fast = _ema_next(fast, kf, prev)
+            slow = _ema_next(slow, ks, prev)
+            v, sig = _macdv_tail(fast, slow, atr, sig, kg)
+            ol[j], og[j], oh[j] = v, sig, v - sig
+        i += done
+        if i < m:  # a total of zero (a flat market), tiny, inf or NaN: the division itself
+            atr = _rma_next(atr, na, _tr(prev, high[i], low[i]))
+            prev = close[i]
+            fast = _ema_next(fast, kf, prev)
+            slow = _ema_next(slow, ks, prev)
+            v, sig = _macdv_tail(fast, slow, atr, sig, kg)
+            line[i], signal[i], hist[i] = v, sig, v - sig
+            i += 1
     state[MACDV_FAST + EMA_VAL], state[MACDV_SLOW + EMA_VAL], state[MACDV_SIGNAL + EMA_VAL] = fast, slow, sig
     state[MACDV_ATR + TR_PREV], state[a + RMA_VAL] = prev, atr
     return line, signal, hist

@@ -1,10 +1,10 @@
-"""The batch MACD-V loop's division by the ATR period without a division (``kernels._quotient``).
+"""The batch loops' division by the period without a division instruction (``kernels._quotient``).
 
 Oracle: IEEE division (numpy's ``/``), compared bit for bit, on random bit patterns over every exponent
 and sign (zeros, subnormals, inf and NaN among them), on price-like values, and on dividends built so
 that the true quotient lies a hair from a midpoint between two doubles (where a one-product estimate
 rounds the wrong way); the reciprocal's parts are checked against exact rational arithmetic. Then the
-whole batch against the incremental step on series that send candles down both paths.
+whole batch (MACD-V, ATR, RMA) against the incremental step on series that send candles down both paths.
 """
 
 from __future__ import annotations
@@ -134,3 +134,19 @@ def test_batch_equals_incremental_through_every_path(scale: float, atr_n: int) -
     line = batch[0]
     assert (line[26:60] == 0.0).all() and np.isfinite(line[60:300]).all() and np.isnan(line[300:]).all()
     assert (line[61:300] != 0.0).all()
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-283])
+@pytest.mark.parametrize("n", [1, 14, 26])
+def test_atr_and_rma_batch_equal_incremental_through_every_path(scale: float, n: int) -> None:
+    h, lo, c = _series(scale)
+    cuts = ((0, 150), (150, 230), (230, 400))
+    atr_state, rma_state = ind.atr_state(n), ind.rma_state(n)
+    atr_inc = np.array([ind.atr_update(atr_state, *bar) for bar in zip(h, lo, c, strict=True)])
+    rma_inc = np.array([ind.rma_update(rma_state, x) for x in h - lo])
+    atr_fed, rma_fed = ind.atr_state(n), ind.rma_state(n)
+    atr_batch = np.concatenate([ind.atr_feed(atr_fed, h[a:b], lo[a:b], c[a:b]) for a, b in cuts])
+    rma_batch = np.concatenate([ind.rma_feed(rma_fed, (h - lo)[a:b]) for a, b in cuts])
+    assert np.array_equal(bits(atr_batch), bits(atr_inc)) and np.array_equal(bits(atr_fed), bits(atr_state))
+    assert np.array_equal(bits(rma_batch), bits(rma_inc)) and np.array_equal(bits(rma_fed), bits(rma_state))
+    assert (atr_batch[n:60] == 0.0).all() and (atr_batch[61:300] > 0.0).all() and np.isnan(atr_batch[300:]).all()

@@ -19,7 +19,7 @@ outputs are bit-identical to TA-Lib's where TA-Lib has the indicator:
 * Leading NaN inputs are skipped (the series starts at the first finite bar), as TA-Lib's Python
   wrapper does; a NaN after that propagates.
 
-The batch MACD-V loop divides the ATR's running total by the period without a division instruction:
+The batch RMA, ATR and MACD-V loops divide the running total by the period without a division instruction:
 ``_quotient`` multiplies by a two-part reciprocal and rounds once (an FMA), which gives the correctly
 rounded quotient, i.e. exactly what ``/`` gives, for every dividend it is used on (the proof is at
 ``_quotient``; any other dividend takes the division itself). So the results do not change by a bit;
@@ -430,9 +430,22 @@ def rma_feed(state: F64, x: F64) -> F64:
         out[i] = _rma_step(state, o, x[i])
         i += 1
     v, n = state[o + RMA_VAL], state[o + RMA_N]
-    for j in range(i, m):
-        v = _rma_next(v, n, x[j])
-        out[j] = v
+    hi, lo, smallest = _reciprocal(n)
+    while i < m:  # as in macdv_feed: exact reciprocal products while they apply, else one division
+        xs, os = x[i:], out[i:]
+        done = xs.shape[0]
+        for j in range(done):
+            total = _rma_total(v, n, xs[j])
+            if not _quotient_exact(total, smallest):
+                done = j
+                break
+            v = _quotient(total, hi, lo)
+            os[j] = v
+        i += done
+        if i < m:
+            v = _rma_next(v, n, x[i])
+            out[i] = v
+            i += 1
     state[o + RMA_VAL] = v
     return out
 
@@ -465,10 +478,24 @@ def atr_feed(state: F64, high: F64, low: F64, close: F64) -> F64:
         out[i] = _atr_step(state, o, high[i], low[i], close[i])
         i += 1
     prev, v, n = state[o + TR_PREV], state[r + RMA_VAL], state[r + RMA_N]
-    for j in range(i, m):
-        v = _rma_next(v, n, _tr(prev, high[j], low[j]))
-        prev = close[j]
-        out[j] = v
+    hi, lo, smallest = _reciprocal(n)
+    while i < m:  # as in macdv_feed: exact reciprocal products while they apply, else one division
+        h, lw, c, os = high[i:], low[i:], close[i:], out[i:]
+        done = c.shape[0]
+        for j in range(done):
+            total = _rma_total(v, n, _tr(prev, h[j], lw[j]))
+            if not _quotient_exact(total, smallest):
+                done = j
+                break
+            v = _quotient(total, hi, lo)
+            prev = c[j]
+            os[j] = v
+        i += done
+        if i < m:
+            v = _rma_next(v, n, _tr(prev, high[i], low[i]))
+            prev = close[i]
+            out[i] = v
+            i += 1
     state[o + TR_PREV] = prev
     state[r + RMA_VAL] = v
     return out

@@ -19,11 +19,12 @@ outputs are bit-identical to TA-Lib's where TA-Lib has the indicator:
 * Leading NaN inputs are skipped (the series starts at the first finite bar), as TA-Lib's Python
   wrapper does; a NaN after that propagates.
 
-The batch RMA, ATR and MACD-V loops divide the running total by the period without a division instruction:
-``_quotient`` multiplies by a two-part reciprocal and rounds once (an FMA), which gives the correctly
-rounded quotient, i.e. exactly what ``/`` gives, for every dividend it is used on (the proof is at
-``_quotient``; any other dividend takes the division itself). So the results do not change by a bit;
-only the loop-carried chain gets shorter (a division's latency is ~4x a multiply's).
+One exception to "no FMA", which changes no result: the batch RMA, ATR and MACD-V loops divide the
+running total by the period without a division instruction. ``_quotient`` multiplies by a two-part
+reciprocal and rounds once (an FMA), which gives the correctly rounded quotient, exactly what ``/``
+gives, for every dividend it is used on (the proof is at ``_quotient``; any other dividend takes the
+division itself). The results and the states are the same to the bit; only the loop-carried chain
+gets shorter (a division's latency is ~4x a multiply's, and the ATR's chain bounded the MACD-V loop).
 
 All jitted code lives in this one module on purpose: numba's on-disk cache (``cache=True``) keys a
 function on its own file only, so a step edited in another module would leave stale cached callers.

@@ -57,7 +57,7 @@ def rsi(x: npt.ArrayLike, n: int = 14) -> F64:
 
 
 def macd(close: npt.ArrayLike, fast: int = 12, slow: int = 26, signal: int = 9) -> tuple[F64, F64, F64]:
-    """``(line, signal, histogram)``."""
+    """``(line, signal, histogram)``, the rows of one ``(3, n)`` array."""
     return k.macd_feed(st.macd_state(fast, slow, signal), _f64(close))
 
 
@@ -70,6 +70,8 @@ def macdv(
     signal: int = 9,
     atr_period: int | None = None,
 ) -> tuple[F64, F64, F64]:
-    """``(macdv, signal, histogram)``: ``(EMA(fast) - EMA(slow)) / ATR(atr_period) * 100`` (0 where ATR is 0)."""
+    """``(macdv, signal, histogram)``: ``(EMA(fast) - EMA(slow)) / ATR(atr_period) * 100`` (0 where ATR is 0).
+
+    The three are the rows of one ``(3, n)`` array (one allocation; see ``kernels.macdv_feed``)."""
     state = st.macdv_state(fast, slow, signal, atr_period)
     return k.macdv_feed(state, _f64(high), _f64(low), _f64(close))

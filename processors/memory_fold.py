@@ -88,15 +88,20 @@ class MemoryCandles:
             for key, marks in decoded.filled.items():
                 plan.filled.setdefault(key, set()).update(marks)
             items, i, at = decoded.items, 0, 0
+            aligned = len(items) == len(others)  # no dead letter: one item per frame
             for a, b, top in zip(starts.tolist(), ends.tolist(), tops, strict=True):
                 if trade[a]:
                     plan.items.append(Item(entries[at], [], [], top * 1_000_000))
                     at += 1
                     continue
-                for entry_id, _ in entries[at : at + b - a]:  # its items (a dead letter has none)
-                    if i < len(items) and items[i].entry[0] == entry_id:
-                        plan.items.append(items[i])
-                        i += 1
+                if aligned:
+                    plan.items.extend(items[i : i + b - a])
+                    i += b - a
+                else:
+                    for entry_id, _ in entries[at : at + b - a]:  # its items (a dead letter has none)
+                        if i < len(items) and items[i].entry[0] == entry_id:
+                            plan.items.append(items[i])
+                            i += 1
                 at += b - a
             assert i == len(items)
         return await self._fold(plan, count, newest)

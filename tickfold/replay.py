@@ -35,6 +35,7 @@ from processors.replay import (
     ReplayStats,
     candle_processor,
     claim_target,
+    few_collections,
     frame_event_ms,
     horizon_ms,
     indicator_processor,
@@ -148,19 +149,20 @@ async def replay_into(
         newest = await _newest_event_ms(source, exchange_id, sources)
         end = stop_ms or max(newest, options.end_ms)
         on_plan(start_ms or 0, min(end, newest) if newest else end)
-    stats = await run(
-        source,
-        sources,
-        fold,
-        exchange_id=exchange_id,
-        stop_ms=stop_ms,
-        start_ms=start_ms,
-        speed=options.speed,
-        batch_size=batch_size,
-        partitions=wanted_parts,
-        progress=progress,
-    )
-    await fold.finish()
+    with few_collections() if options.in_memory else contextlib.nullcontext():
+        stats = await run(
+            source,
+            sources,
+            fold,
+            exchange_id=exchange_id,
+            stop_ms=stop_ms,
+            start_ms=start_ms,
+            speed=options.speed,
+            batch_size=batch_size,
+            partitions=wanted_parts,
+            progress=progress,
+        )
+        await fold.finish()
     with log.translated("releasing the replay target"):  # a namespace is left as a plain snapshot
         await target.delete(*[f.key for f in (*fences.values(), indicator_fence)])
     result = await collect(

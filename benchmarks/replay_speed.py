@@ -1,17 +1,30 @@
-"""``python -m benchmarks.replay_speed [--quick]``: replay frames/s, archive -> candles -> MACD-V, through Redis.
+"""``python -m benchmarks.replay_speed [--quick]``: replay frames/s, archive -> candles -> MACD-V.
 
 Private servers only: a PostgreSQL (the archive), a Redis holding the raw streams, and a Redis the replay
-folds into. Input: the synthetic Coinbase day (``tests.synthetic``) at a ``market_trades`` frame every 5 s
-per product (206,633 frames; ``--quick``: every 20 s), archived by the archiver, then trimmed from the
-streams but for the newest tenth, so a replay reads the archive and then the stream. Printed, as the
-median (min, max) of 3 runs: the archive read alone (``read_archived``), the replay source with the
-event-time decode the replay cuts by, and the whole replay (``tickfold.replay.replay_into``) with and
-without the indicator processor, through Redis and ``--in-memory``. The README's *Replay* figures come from here.
+folds into. Two inputs, each archived by the archiver and then trimmed from the streams but for the newest
+tenth, so a replay reads the archive and then the stream:
+
+* Coinbase: the synthetic day (``tests.synthetic``) at a ``market_trades`` frame every 5 s per product
+  (206,633 frames; ``--quick``: every 20 s): every frame feeds 1m trade candles.
+* Binance: the recorded session (1m klines + aggTrades, 94 % aggTrades) repeated 200 times with the
+  klines shifted to new minutes (``benchmarks.ingest_fold.frames``; 405,600 frames; ``--quick``: 20).
+
+Printed, as the median (min, max) of the runs, interleaved (one run of each figure per round): each stage
+alone — the archive read as columns (``read_frames``: the stored kind and event-time columns, entries
+built only on demand) and as entries (``read_archived``), the replay source (archive + stream, as the
+replay reads it), the in-memory fold of the columns alone (``MemoryCandles.fold_frames``, from frames read
+beforehand) and, for comparison, of the entries one by one (``MemoryCandles.fold``) — then the whole
+replay (``tickfold.replay.replay_into``) through Redis and ``--in-memory``, with and without the
+indicator processor. Rates are frames per wall second, per CPU second of this process
+(``time.process_time``), and per CPU second of this process and the PostgreSQL and Redis servers together
+(``/proc``): the machine's two cores are shared, so the CPU figures are the ones to compare. The README's
+*Replay* figures come from here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import statistics
 import sys
@@ -25,117 +38,200 @@ import redis.asyncio as aioredis
 from migrations.runner import migrate
 from processors.archiver import GROUP as ARCHIVE
 from processors.archiver import ArchiverConfig, run_archiver
-from processors.replay import ReplayOptions, frame_event_ms
-from processors.replay_source import batches, plan
+from processors.memory_fold import MemoryCandles
+from processors.replay import ReplayOptions, candle_processor
+from processors.replay_source import frames, plan
 from processors.runner import RunnerConfig
 from streams import archive, keys, log
+from streams.archive_columns import Frames
+from streams.symbols import load_symbol_map
 from streams.trim import trim
 from tickfold.embedded import start_postgres, start_redis
-from tickfold.replay import replay_into
+from tickfold.replay import MEMORY_BATCH, replay_into
 from tickfold.settings import Settings
 
 DAY_START_MS = 1_786_233_600_000
 RUNS = 3
+Work = Callable[[], Awaitable[int]]
 
 
-async def _timed(runs: int, work: Callable[[], Awaitable[int]]) -> tuple[float, float, float]:
-    rates = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        n = await work()
-        rates.append(n / (time.perf_counter() - start))
-    return statistics.median(rates), min(rates), max(rates)
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
-async def measure(dsn: str, source_url: str, target_url: str, every_ms: int) -> list[str]:
+def _cpu_s(pid: int) -> float:
+    """CPU seconds of a server process: its own, its reaped children's, and its live children's (PostgreSQL
+    serves each connection in a child)."""
+
+    def fields(stat: str) -> list[str]:
+        return stat.rsplit(")", 1)[1].split()  # state, ppid, ... (/proc/PID/stat after the command name)
+
+    try:
+        own = fields(Path(f"/proc/{pid}/stat").read_text())
+    except OSError:
+        return 0.0
+    total = sum(int(v) for v in own[11:15])  # utime, stime, cutime, cstime
+    for child in Path("/proc").iterdir():
+        if child.name.isdigit():
+            try:
+                f = fields((child / "stat").read_text())
+            except OSError:
+                continue
+            if f[1] == str(pid):
+                total += int(f[11]) + int(f[12])
+    return total * _TICK_S
+
+
+async def _interleaved(rounds: int, figures: list[tuple[str, Work]], servers: list[int]) -> list[str]:
+    """Each figure ``rounds`` times, one of each per round (so slow spells of a shared machine hit all).
+    Rates per wall second, per CPU second of this process, and per CPU second of this process and the
+    servers (``servers``: the PostgreSQL and Redis pids) together."""
+    wall: dict[str, list[float]] = {name: [] for name, _ in figures}
+    cpu: dict[str, list[float]] = {name: [] for name, _ in figures}
+    every: dict[str, list[float]] = {name: [] for name, _ in figures}
+    for _ in range(rounds):
+        for name, work in figures:
+            gc.collect()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            start_servers = sum(_cpu_s(pid) for pid in servers)
+            n = await work()
+            spent = max(time.process_time() - start_cpu, 1e-9)
+            wall[name].append(n / (time.perf_counter() - start))
+            cpu[name].append(n / spent)
+            every[name].append(n / max(spent + sum(_cpu_s(pid) for pid in servers) - start_servers, 1e-9))
+    return [
+        f"{name}: {statistics.median(wall[name]):,.0f} frames/s (min {min(wall[name]):,.0f}, max "
+        f"{max(wall[name]):,.0f}); per CPU second: {statistics.median(cpu[name]):,.0f} (this process), "
+        f"{statistics.median(every[name]):,.0f} (with the servers)"
+        for name, _ in figures
+    ]
+
+
+async def _archive_and_trim(source: aioredis.Redis, dsn: str, exchange_id: str, frames: list[bytes]) -> str:
+    await log.append_frames(source, exchange_id, [(f, 0) for f in frames], partitions=4)
+    archiver = ArchiverConfig(runner=RunnerConfig(consumer="bench", block_ms=50, lease_ttl_ms=1000))
+    await run_archiver(source, dsn, [exchange_id], archiver, until_idle=True)
+    kept = 0
+    for p in range(4):
+        stream = keys.frames_stream(exchange_id, p)
+        length = int(await source.xlen(stream))
+        await trim(source, stream, (ARCHIVE,), max_len=length // 10, max_age_ms=10**13)
+        kept += int(await source.xlen(stream))
+    return f"{len(frames):,} frames, {len(frames) - kept:,} of them only in the archive, {kept:,} in the streams"
+
+
+def _stages(source: aioredis.Redis, dsn: str, exchange_id: str) -> list[tuple[str, Work]]:
+    streams = [keys.frames_stream(exchange_id, p) for p in range(4)]
+
+    async def read_columns() -> int:
+        n = 0
+        for stream in streams:
+            async for block in archive.read_frames(dsn, stream):
+                n += len(block)
+        return n
+
+    async def read_entries() -> int:
+        n = 0
+        for stream in streams:
+            async for chunk in archive.read_archived(dsn, stream, batch=5000):
+                n += len(chunk)
+        return n
+
+    async def source_read() -> int:
+        sources = await plan(source, exchange_id, dsn)
+        n = 0
+        for part in sources.parts:
+            async for chunk in frames(source, sources, part, size=MEMORY_BATCH):
+                n += len(chunk)
+        return n
+
+    read: dict[int, list[Frames]] = {}
+
+    async def fold(columns: bool) -> int:
+        if not read:
+            sources = await plan(source, exchange_id, dsn)
+            for part in sources.parts:
+                read[part.partition] = [c async for c in frames(source, sources, part, size=MEMORY_BATCH)]
+        settings = Settings.load({}, overrides={"indicators": False})
+        symbols = await load_symbol_map(source, exchange_id)
+        n = 0
+        for p, chunks in read.items():
+            memory = MemoryCandles(candle_processor(settings, exchange_id, p, symbols, history=10**9))
+            for chunk in chunks:
+                await (memory.fold_frames([chunk]) if columns else memory.fold(chunk.entries()))
+            n += memory.frames
+        return n
+
+    async def fold_columns() -> int:
+        return await fold(True)
+
+    async def fold_entries() -> int:
+        return await fold(False)
+
+    return [
+        ("archive read as columns (read_frames, entries not built)", read_columns),
+        ("archive read as entries (read_archived, 5,000 a batch)", read_entries),
+        ("replay source: archive + stream, as columns", source_read),
+        ("memory fold of the columns alone (fold_frames)", fold_columns),
+        ("memory fold of the entries one by one (fold)", fold_entries),
+    ]
+
+
+def _replays(
+    source: aioredis.Redis, target: aioredis.Redis, dsn: str, exchange_id: str, window: tuple[int, int]
+) -> list[tuple[str, Work]]:
+    def replay(indicators: bool, in_memory: bool) -> Work:
+        settings = Settings.load({}, overrides={"indicators": indicators})
+        options = ReplayOptions(window[0], window[1], to_end=True, in_memory=in_memory)
+
+        async def run() -> int:
+            await target.flushdb()
+            _, stats = await replay_into(source, target, settings, exchange_id, options, dsn=dsn)
+            return stats.frames
+
+        return run
+
+    return [
+        ("replay --in-memory: archive -> candles", replay(False, True)),
+        ("replay --in-memory: archive -> candles -> MACD-V and alerts", replay(True, True)),
+        ("replay through Redis: archive -> candles", replay(False, False)),
+        ("replay through Redis: archive -> candles -> MACD-V and alerts", replay(True, False)),
+    ]
+
+
+async def measure(dsn: str, source_url: str, target_url: str, quick: bool, servers: list[int]) -> list[str]:
+    from benchmarks.ingest_fold import frames as binance_frames
     from tests.synthetic import synthetic_day
 
     await migrate(dsn)
-    frames = synthetic_day(every_ms=every_ms)
     source = aioredis.Redis.from_url(source_url)
     target = aioredis.Redis.from_url(target_url)
+    lines: list[str] = []
     try:
-        await log.append_frames(source, "coinbase", [(f, 0) for f in frames], partitions=4)
-        archiver = ArchiverConfig(runner=RunnerConfig(consumer="bench", block_ms=50, lease_ttl_ms=1000))
-        await run_archiver(source, dsn, ["coinbase"], archiver, until_idle=True)
-        kept = 0
-        for p in range(4):
-            stream = keys.frames_stream("coinbase", p)
-            length = int(await source.xlen(stream))
-            await trim(source, stream, (ARCHIVE,), max_len=length // 10, max_age_ms=10**13)
-            kept += int(await source.xlen(stream))
-        lines = [f"{len(frames):,} frames, {len(frames) - kept:,} of them only in the archive, {kept:,} in the streams"]
-
-        async def archive_read() -> int:
-            n = 0
-            for p in range(4):
-                async for chunk in archive.read_archived(dsn, keys.frames_stream("coinbase", p), batch=5000):
-                    n += len(chunk)
-            return n
-
-        async def source_read() -> int:
-            sources = await plan(source, "coinbase", dsn)
-            n = 0
-            for part in sources.parts:
-                async for chunk in batches(source, sources, part, size=500):
-                    for _, fields in chunk:
-                        frame_event_ms("coinbase", fields)
-                    n += len(chunk)
-            return n
-
-        def replay(indicators: bool, in_memory: bool = False) -> Callable[[], Awaitable[int]]:
-            settings = Settings.load({}, overrides={"indicators": indicators})
-            options = ReplayOptions(DAY_START_MS, DAY_START_MS + 86_400_000, to_end=True, in_memory=in_memory)
-
-            async def run() -> int:
-                await target.flushdb()
-                _, stats = await replay_into(source, target, settings, "coinbase", options, dsn=dsn)
-                return stats.frames
-
-            return run
-
-        figures = [
-            ("archive read (read_archived, 5,000 a batch)", archive_read),
-            ("replay source: archive + stream, event time decoded", source_read),
-            ("replay: archive -> candles (1m trades, 15m..1d roll-ups)", replay(False)),
-            ("replay: archive -> candles -> MACD-V and alerts", replay(True)),
-            ("replay --in-memory: archive -> candles", replay(False, in_memory=True)),
-            ("replay --in-memory: archive -> candles -> MACD-V and alerts", replay(True, in_memory=True)),
-        ]
-        for name, work in figures:
-            median, low, high = await _timed(RUNS, work)
-            lines.append(f"{name}: {median:,.0f} frames/s (min {low:,.0f}, max {high:,.0f})")
-        lines.extend(await _binance(source, target, copies=10 if every_ms > 5_000 else 50))
+        copies = 20 if quick else 200
+        inputs = [
+            ("binance", f"Binance: the recorded session x{copies} (1m klines + aggTrades)", binance_frames(copies)),
+            ("coinbase", "Coinbase: the synthetic day (market_trades -> 1m trade candles, roll-ups to 1d)",
+             synthetic_day(every_ms=20_000 if quick else 5_000)),
+        ]  # fmt: skip
+        windows = {
+            "binance": (1_617_000_000_000, 1_620_000_000_000),
+            "coinbase": (DAY_START_MS, DAY_START_MS + 86_400_000),
+        }
+        for exchange_id, name, data in inputs:
+            lines.append(f"{name}: {await _archive_and_trim(source, dsn, exchange_id, data)}")
+            figures = [
+                *_stages(source, dsn, exchange_id),
+                *_replays(source, target, dsn, exchange_id, windows[exchange_id]),
+            ]
+            lines.extend(f"  {line}" for line in await _interleaved(RUNS, figures, servers))
         return lines
     finally:
         await source.aclose()
         await target.aclose()
 
 
-async def _binance(source: aioredis.Redis, target: aioredis.Redis, copies: int) -> list[str]:
-    """The recorded Binance session repeated (klines + aggTrades, the live mix), from the stream alone."""
-    from benchmarks.ingest_fold import frames
-
-    data = frames(copies)
-    await log.append_frames(source, "binance", [(f, 0) for f in data], partitions=4)
-    lines = [f"Binance: the recorded session x{copies} ({len(data):,} frames, 1m klines + aggTrades), stream only"]
-    for in_memory in (False, True):
-        settings = Settings.load({}, overrides={"indicators": False})
-        options = ReplayOptions(1_617_000_000_000, 1_620_000_000_000, to_end=True, in_memory=in_memory)
-
-        async def run(options: ReplayOptions = options, settings: Settings = settings) -> int:
-            await target.flushdb()
-            _, stats = await replay_into(source, target, settings, "binance", options)
-            return stats.frames
-
-        median, low, high = await _timed(RUNS, run)
-        name = "replay --in-memory" if in_memory else "replay through Redis"
-        lines.append(f"{name}: stream -> candles: {median:,.0f} frames/s (min {low:,.0f}, max {high:,.0f})")
-    return lines
-
-
 def main() -> int:
-    every_ms = 20_000 if "--quick" in sys.argv[1:] else 5_000
+    quick = "--quick" in sys.argv[1:]
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp).chmod(0o755)  # as root, PostgreSQL runs as an unprivileged user who must reach it
@@ -143,7 +239,9 @@ def main() -> int:
         source = start_redis(Path(tmp) / "source", appendonly=False)
         target = start_redis(Path(tmp) / "target", appendonly=False)
         try:
-            for line in asyncio.run(measure(pg.dsn, source.url, target.url, every_ms)):
+            postmaster = int((Path(tmp) / "pg" / "postmaster.pid").read_text().split()[0])
+            servers = [postmaster, source.pid, target.pid]
+            for line in asyncio.run(measure(pg.dsn, source.url, target.url, quick, servers)):
                 print(line)
         finally:
             target.stop()

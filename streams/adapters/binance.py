@@ -29,13 +29,13 @@ MAX_URL_CHARS = 6000
 ROTATE_AFTER_S = 23 * 3600.0  # Binance closes connections after 24 h
 
 
-class _AggData(msgspec.Struct):
+class _AggData(msgspec.Struct, gc=False):  # untracked: one per aggTrade, never in a cycle
     e: str = ""
     s: str = ""
     a: int = -1
 
 
-class _Envelope(msgspec.Struct):
+class _Envelope(msgspec.Struct, gc=False):
     data: _AggData | None = None
 
 

@@ -25,7 +25,7 @@ CHANNELS = ("heartbeats", "candles", "market_trades", "ticker")
 RESUBSCRIBE_ON_GAP = ("candles", "market_trades", "ticker")
 
 
-class _Seq(msgspec.Struct):
+class _Seq(msgspec.Struct, gc=False):  # untracked: one per frame, never in a cycle
     sequence_num: int = -1
 
 

@@ -77,6 +77,7 @@ class FrameSink:
         self.max_queue = max_queue
         self.queue: collections.deque[tuple[bytes, int]] = collections.deque()  # what waits to be appended
         self.appended = 0
+        self.batches = 0  # pipelined writes (appended / batches: the mean batch)
         self._closing = False
         self._wakeup: asyncio.Future[None] | None = None  # the writer, waiting for frames
         self._room: collections.deque[asyncio.Future[None]] = collections.deque()  # readers waiting for room
@@ -148,6 +149,7 @@ class FrameSink:
                 packed = [pack_xadd(prefixes[p], frame, ns) for (frame, ns), p in zip(frames, parts, strict=True)]
                 await self._append(frames, parts, packed, streams)
                 self.appended += len(frames)
+                self.batches += 1
         finally:
             if self._conn is not None:
                 await self._conn.close()

@@ -197,42 +197,59 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _adapter_throughput(url: str, warm: float, window: float) -> tuple[float, float]:
-    """(frames/s, frames per CPU second of the adapter process) over the window: the second does not
-    depend on how much of the machine the flat-out simulator and others leave the adapter."""
+@dataclass
+class Throughput:
+    frames_per_s: float  # appended (adapter) or received (bare client) per wall second
+    per_cpu_s: float  # per CPU second of the adapter / bare client process
+    sim_per_cpu_s: float  # per CPU second of the simulator process: what the feed costs
+    share: float  # CPU share (of one core) of the adapter / bare client over the window
+    sim_share: float  # the simulator's share
+
+
+def _window(n0: int, n1: int, t0: float, t1: float, cpu: tuple[float, float], sim: tuple[float, float]) -> Throughput:
+    n, wall = n1 - n0, t1 - t0
+    used, sim_used = max(cpu[1] - cpu[0], 0.01), max(sim[1] - sim[0], 0.01)
+    return Throughput(n / wall, n / used, n / sim_used, used / wall, sim_used / wall)
+
+
+def _adapter_throughput(url: str, warm: float, window: float) -> Throughput:
+    """Frames appended over the window, per wall second and per CPU second of the adapter process (which
+    does not depend on how much of the machine the flat-out simulator and others leave the adapter)."""
     client = redis.Redis.from_url(url)
     clear_raw_frames(client, EXCHANGE)
     sim, ws_url = _start_simulator(FLAT_OUT, record=False)
     adapter = start_child(_adapter_main, url, ws_url)
+    pids = (adapter.process.pid, sim.process.pid)
     try:
         wait_for(lambda: count_raw_frames(client, EXCHANGE) > 0, 60, "the adapter's first frame")
         time.sleep(warm)
-        n0, t0, c0 = count_raw_frames(client, EXCHANGE), time.perf_counter(), cpu_seconds(adapter.process.pid)
+        n0, t0, c0, s0 = count_raw_frames(client, EXCHANGE), time.perf_counter(), *map(cpu_seconds, pids)
         time.sleep(window)
-        n1, t1, c1 = count_raw_frames(client, EXCHANGE), time.perf_counter(), cpu_seconds(adapter.process.pid)
+        n1, t1, c1, s1 = count_raw_frames(client, EXCHANGE), time.perf_counter(), *map(cpu_seconds, pids)
     finally:  # the simulator first: a flat-out feed would hold up the adapter's close handshake
         sim.stop()
         adapter.stop()
         clear_raw_frames(client, EXCHANGE)
         client.close()
-    return (n1 - n0) / (t1 - t0), (n1 - n0) / max(c1 - c0, 0.01)
+    return _window(n0, n1, t0, t1, (c0, c1), (s0, s1))
 
 
-def _bare_client_throughput(warm: float, window: float) -> float:
+def _bare_client_throughput(warm: float, window: float) -> Throughput:
     ctx = multiprocessing.get_context("spawn")
     counter: Any = ctx.Value("q", 0, lock=False)  # shared memory, written every 256 frames
     sim, ws_url = _start_simulator(FLAT_OUT, record=False)
     bare = start_child(_bare_client_main, ws_url, counter)
+    pids = (bare.process.pid, sim.process.pid)
     try:
         wait_for(lambda: counter.value > 0, 60, "the bare client's first frames")
         time.sleep(warm)
-        n0, t0 = int(counter.value), time.perf_counter()
+        n0, t0, c0, s0 = int(counter.value), time.perf_counter(), *map(cpu_seconds, pids)
         time.sleep(window)
-        n1, t1 = int(counter.value), time.perf_counter()
+        n1, t1, c1, s1 = int(counter.value), time.perf_counter(), *map(cpu_seconds, pids)
     finally:  # the simulator first: a flat-out feed would hold up the client's close handshake
         sim.stop()
         bare.stop()
-    return (n1 - n0) / (t1 - t0)
+    return _window(n0, n1, t0, t1, (c0, c1), (s0, s1))
 
 
 # --------------------------------------------------------------------------------------------- latency
@@ -357,30 +374,41 @@ def run(ctx: Context) -> list[Figure]:
     warm, window = (0.5, 1.5) if ctx.quick else (2.0, 5.0)
     lat_warm, lat_window = (0.5, 1.0) if ctx.quick else (1.0, 10.0)
     xadd, xadd_single = ctx.ceilings.xadd_pipelined(), ctx.ceilings.xadd_single()
-    bare, adapter, adapter_cpu = [], [], []
-    for _ in range(ctx.repeats):
+    bare: list[Throughput] = []
+    adapter: list[Throughput] = []
+    for _ in range(ctx.repeats):  # interleaved: the bare client and the adapter see the same machine
         bare.append(_bare_client_throughput(warm, window))
-        rate, per_cpu = _adapter_throughput(ctx.url, warm, window)
-        adapter.append(rate)
-        adapter_cpu.append(per_cpu)
-    bare_median = _median(bare)
+        adapter.append(_adapter_throughput(ctx.url, warm, window))
+    bare_median = _median([b.frames_per_s for b in bare])
+
+    def shares(runs: list[Throughput]) -> str:
+        return (
+            f"CPU share of one core over the window: client/adapter {_median([r.share for r in runs]):.2f}, "
+            f"simulator {_median([r.sim_share for r in runs]):.2f}"
+        )
+
     figures = [
         Figure(
             "simulator -> bare websockets client, no adapter (frames received)",
             "frames/s",
-            bare,
+            [b.frames_per_s for b in bare],
             note=f"simulator flat out ({len(SYMBOLS)} synthetic symbols, aggTrade + kline_1m), one client process "
-            f"that only recv()s and counts; {window:g} s window after {warm:g} s warm-up",
+            f"that only recv()s and counts; {window:g} s window after {warm:g} s warm-up; {shares(bare)}; the "
+            f"client receives {_median([b.per_cpu_s for b in bare]):,.0f} frames per CPU second of its own "
+            "(websockets' receive path alone), the simulator sends "
+            f"{_median([b.sim_per_cpu_s for b in bare]):,.0f} per CPU second of its own: on one whole core no "
+            "client of it receives more, and on 2 cores it competes with the client for them",
             key="adapter.bare_client",
         ),
         Figure(
             "adapter ingest: simulator -> Binance adapter -> Redis, 1 process (XLEN)",
             "frames/s",
-            adapter,
+            [a.frames_per_s for a in adapter],
             "bare client (same simulator)",
             bare_median,
             note=f"frames appended to the raw stream over {window:g} s (XLEN before/after) after {warm:g} s "
-            "warm-up; simulator flat out in its own process; the adapter is build_adapter(binance_spot), uvloop",
+            "warm-up; simulator flat out in its own process; the adapter is build_adapter(binance_spot), uvloop; "
+            + shares(adapter),
             more_ceilings=[("redis-benchmark XADD", xadd), ("redis-benchmark XADD, 1 client", xadd_single)],
             key="adapter.ingest",
             target=Target(0.4, of="redis-benchmark XADD"),
@@ -388,9 +416,10 @@ def run(ctx: Context) -> list[Figure]:
         Figure(
             "adapter ingest per CPU second of the adapter process",
             "frames/CPU-s",
-            adapter_cpu,
+            [a.per_cpu_s for a in adapter],
             note="the same window; CPU time (user + system) of the adapter process from /proc: the adapter's "
-            "own cost per frame, whatever share of the cores the flat-out simulator and others leave it",
+            "own cost per frame, whatever share of the cores the flat-out simulator and others leave it; "
+            f"the simulator spent 1 CPU second per {_median([a.sim_per_cpu_s for a in adapter]):,.0f} of them",
             key="adapter.ingest_cpu",
         ),
     ]

@@ -39,7 +39,7 @@ from migrations.runner import migrate
 from processors.archiver import GROUP as ARCHIVE
 from processors.archiver import ArchiverConfig, run_archiver
 from processors.memory_fold import MemoryCandles
-from processors.replay import ReplayOptions, candle_processor
+from processors.replay import ReplayOptions, candle_processor, few_collections
 from processors.replay_source import frames, plan
 from processors.runner import RunnerConfig
 from streams import archive, keys, log
@@ -154,11 +154,12 @@ def _stages(source: aioredis.Redis, dsn: str, exchange_id: str) -> list[tuple[st
         settings = Settings.load({}, overrides={"indicators": False})
         symbols = await load_symbol_map(source, exchange_id)
         n = 0
-        for p, chunks in read.items():
-            memory = MemoryCandles(candle_processor(settings, exchange_id, p, symbols, history=10**9))
-            for chunk in chunks:
-                await (memory.fold_frames([chunk]) if columns else memory.fold(chunk.entries()))
-            n += memory.frames
+        with few_collections():  # as the replay folds
+            for p, chunks in read.items():
+                memory = MemoryCandles(candle_processor(settings, exchange_id, p, symbols, history=10**9))
+                for chunk in chunks:
+                    await (memory.fold_frames([chunk]) if columns else memory.fold(chunk.entries()))
+                n += memory.frames
         return n
 
     async def fold_columns() -> int:

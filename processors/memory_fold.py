@@ -9,6 +9,11 @@ each mirroring the Redis command it stands for (what ``store.queue_load`` reads,
 the due set, the trade states trimmed to their newest ``state_window`` buckets). Like a replay into a
 namespace, nothing is trimmed to ``candle_history`` and everything is shared (no user overflow keys).
 The close events come out in the order the live processor appends them to ``closes:{exchange}``.
+
+A replay hands batches over as columns (:class:`~streams.archive_columns.Frames`: kind and event time per
+entry, stored in the archive beside the raw frames): :meth:`MemoryCandles.fold_frames` then builds and
+decodes only the frames that can change a candle, and folds each run of Binance trade frames (which move
+only the watermark when no trade candles are configured) as one item at the run's newest event time.
 """
 
 from __future__ import annotations

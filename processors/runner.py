@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 
 from processors.leases import Fence, LeaseLost, Membership
 from streams import keys
-from streams.log import Entry, ensure_group, parse_id, translated
+from streams.log import Entry, WatchError, ensure_group, parse_id, translated
 from streams.trim import trim
 from tickfold.errors import StoreUnavailable
 
@@ -63,26 +63,7 @@ class RunStats:
         self.totals.events += r.events
 
 
-# Read a batch from each partition whose lease is still ours, atomically with the check.
-_FENCED_READ = """
-local token, group, consumer, count = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local out = {}
-for i = 1, #KEYS, 2 do
-  local lease, stream = KEYS[i], KEYS[i + 1]
-  if redis.call('GET', lease) ~= token then
-    out[#out + 1] = {stream, 'lost', ''}
-  else
-    local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', stream, '>')
-    if r and #r[1][2] > 0 then
-      out[#out + 1] = {stream, 'read', r[1][2]}
-    else
-      local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-      out[#out + 1] = {stream, 'empty', (#last > 0) and last[1][1] or '0-0'}
-    end
-  end
-end
-return out
-"""
+_MAX_FENCE_RACES = 50  # fenced reads aborted by lease changes in a row before giving up
 
 
 # Claim (XAUTOCLAIM, any idle time) a partition's pending entries, only while its lease is ours.
@@ -98,6 +79,15 @@ def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
         return {flat[0]: flat[1], flat[2]: flat[3]}
     pairs = iter(flat)
     return dict(zip(pairs, pairs, strict=True))
+
+
+def _entries(reply: Any) -> list[Entry]:
+    """One stream's entries from XREADGROUP's reply as Redis sent it: ``{stream: [[id, [name, value, ...]],
+    ...]}`` (RESP3, redis-py's default) or ``[[stream, [...]]]`` (RESP2); None when nothing was read."""
+    if not reply:
+        return []
+    raw = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+    return [(eid, _fields(flat)) for eid, flat in raw]
 
 
 class Handler(Protocol):
@@ -157,6 +147,7 @@ class Runner:
         renew_every = cfg.lease_ttl_ms / 3000
         next_balance = 0.0
         next_trim = time.monotonic() + cfg.trim_every_s
+        ahead: asyncio.Task[dict[int, list[Entry]]] | None = None  # the next read, overlapping the batch
         try:
             while not stop.is_set():
                 if time.monotonic() >= next_balance:
@@ -172,7 +163,10 @@ class Runner:
                     next_trim = time.monotonic() + cfg.trim_every_s
                     await self._trim(held)
                 block = min(cfg.block_ms, int(renew_every * 1000))
-                got = await self._read(held, block_ms=None if until_idle else block) if held else {}
+                if ahead is not None:
+                    got, ahead = await ahead, None
+                else:
+                    got = await self._read(held, block_ms=None if until_idle else block) if held else {}
                 if not any(got.values()):
                     if until_idle and await self._retrying(self._all_idle):
                         break
@@ -180,15 +174,32 @@ class Runner:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), min(0.05 if until_idle else renew_every, 1.0))
                     continue
-                batches = [(p, entries) for p, entries in got.items() if entries]
-                if len(batches) == 1:
-                    await self._handle(*batches[0])
-                else:
-                    await self._handle_concurrently(batches)
+                if held and not stop.is_set() and self._before(next_balance, next_trim):
+                    ahead = asyncio.create_task(self._read(held, block_ms=None))
+                await self._handle_all(got)
+            if ahead is not None:  # stopping: what the last read took is the batch in hand
+                got, ahead = await ahead, None
+                await self._handle_all(got)
         finally:
+            if ahead is not None:  # failing: what it took stays pending (claimed after the lease TTL)
+                ahead.cancel()
+                ahead.add_done_callback(lambda t: t.cancelled() or t.exception())
             with contextlib.suppress(StoreUnavailable):
                 await self.membership.leave()
         return self.stats
+
+    @staticmethod
+    def _before(*deadlines: float) -> bool:
+        """True while no periodic step (lease balance, trim) is due: the next read may start early."""
+        now = time.monotonic()
+        return all(now < d for d in deadlines)
+
+    async def _handle_all(self, got: dict[int, list[Entry]]) -> None:
+        batches = [(p, entries) for p, entries in got.items() if entries]
+        if len(batches) == 1:
+            await self._handle(*batches[0])
+        elif batches:
+            await self._handle_concurrently(batches)
 
     async def _trim(self, held: list[int]) -> None:
         """Bound the partitions this instance owns (count and age), behind the acknowledgements of the group
@@ -211,37 +222,60 @@ class Runner:
         """New entries of the partitions held, read *fenced*: a partition whose lease is no longer ours is
         not read (and is dropped). Otherwise an owner whose lease ran out could take entries into its
         pending list after the successor claimed the old ones, and those would be stranded behind the
-        successor's position. When nothing is new, wait with a plain XREAD (it consumes nothing)."""
-        keys_: list[str] = []
-        for p in held:
-            keys_ += [self.membership.fence(p).key, self.handlers[p].stream]
-        by_stream = {self.handlers[p].stream: p for p in held}
-        args = (self.membership.token, self.group, self.consumer, self.config.batch_size)
-
-        async def read() -> Any:
-            with translated(f"reading the raw streams of {self.exchange_id}"):
-                return await self.client.eval(_FENCED_READ, len(keys_), *keys_, *args)
-
-        reply = await self._retrying(read)
+        successor's position. The fence is WATCH on the leases, their tokens checked, then the reads in a
+        MULTI (a lease renewed or taken meanwhile aborts it: read again). When nothing is new, wait with a
+        plain XREAD from each partition's newest entry, read in the same MULTI (it consumes nothing)."""
+        reply = await self._retrying(functools.partial(self._fenced_read, held))
         out: dict[int, list[Entry]] = {}
-        newest: dict[Any, Any] = {}
-        for stream, status, payload in reply:
-            p = by_stream[stream.decode()]
-            if status == b"lost":
-                log.warning("%s p%d: lease lost; no longer reading it", self.exchange_id, p)
-                self.membership.held.discard(p)
-            elif status == b"empty":
-                newest[stream] = payload
+        newest: dict[str, bytes] = {}
+        for p, (read, last) in reply.items():
+            if read:
+                out[p] = read
             else:
-                out[p] = [(eid, _fields(f)) for eid, f in payload]
+                newest[self.handlers[p].stream] = last[0][0] if last else b"0-0"
         if not out and newest and block_ms:
 
             async def wait() -> Any:
                 with translated(f"waiting on the raw streams of {self.exchange_id}"):
-                    return await self.client.xread(newest, count=1, block=block_ms)
+                    return await self.client.xread(newest, count=1, block=block_ms)  # type: ignore[arg-type]
 
             await self._retrying(wait)
         return out
+
+    async def _fenced_read(self, held: list[int]) -> dict[int, tuple[list[Entry], list[Entry]]]:
+        """(new entries, newest entry) of each partition still ours; see :meth:`_read`."""
+        leases = [self.membership.fence(p).key for p in held]
+        if not leases:
+            return {}
+        with translated(f"reading the raw streams of {self.exchange_id}"):
+            for _ in range(_MAX_FENCE_RACES):
+                try:
+                    async with self.client.pipeline(transaction=True) as pipe:
+                        await pipe.watch(*leases)
+                        tokens: Any = await pipe.mget(leases)
+                        mine = [p for p, token in zip(held, tokens, strict=True) if token == self.membership.token]
+                        for p in set(held) - set(mine):
+                            log.warning("%s p%d: lease lost; no longer reading it", self.exchange_id, p)
+                            self.membership.held.discard(p)
+                        if not mine:
+                            return {}
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        for p in mine:
+                            stream = self.handlers[p].stream
+                            # as "XREADGROUP GROUP ...": the reply comes back as Redis sent it (no per-entry
+                            # Python parsing by redis-py); _entries builds each entry's fields
+                            pipe.execute_command(
+                                "XREADGROUP GROUP", self.group, self.consumer, "COUNT", self.config.batch_size,
+                                "STREAMS", stream, ">",
+                            )  # fmt: skip
+                            pipe.xrevrange(stream, count=1)
+                        replies: Any = await pipe.execute()
+                except WatchError:
+                    continue  # a lease was renewed (or taken) between WATCH and EXEC
+                return {
+                    p: (_entries(read), last) for p, read, last in zip(mine, replies[::2], replies[1::2], strict=True)
+                }
+        raise StoreUnavailable(f"{self.exchange_id}: the leases kept changing during {_MAX_FENCE_RACES} reads")
 
     async def _handle_concurrently(self, batches: list[tuple[int, list[Entry]]]) -> None:
         """Partitions are independent (own position, watermark, open set, lease): their batches run side by

@@ -76,14 +76,19 @@ class DeadLetter(msgspec.Struct, frozen=True):
     unknown_symbol: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
-    """One decoded entry: what it changes, and its event time."""
+    """One decoded entry (or a run of entries that only move the watermark): what it changes, and its
+    event time."""
 
     entry: Entry
     updates: list[tuple[Candle, bool]]
     trades: list[Trade]
     event_ns: int
+
+    @property
+    def watermark_only(self) -> bool:
+        return not self.updates and not self.trades
 
 
 @dataclass
@@ -150,10 +155,17 @@ class CandleProcessor:
             fresh += 1
         out.skipped = fresh
         times_only = self.exchange_id == "binance" and not self.trade_timeframes  # trades move the watermark only
+        items = out.items
         for entry_id, fields in entries[fresh:]:
             raw = fields.get(b"frame")
             if times_only and raw is not None and (ms := binance_trade_event_time(raw)) is not None:
-                out.items.append(Item((entry_id, fields), [], [], ms * 1_000_000))
+                # Consecutive entries that only move the watermark fold as one at their newest time: the
+                # same closes, in the same order (close_due keeps a candle's values; the due heap pops in
+                # deadline order whichever entry of the run moved the watermark past them).
+                if items and items[-1].watermark_only:
+                    items[-1].event_ns = max(items[-1].event_ns, ms * 1_000_000)
+                else:
+                    items.append(Item((entry_id, fields), [], [], ms * 1_000_000))
                 continue
             try:
                 if raw is None:

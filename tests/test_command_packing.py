@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import redis.asyncio
+import redis.asyncio.client
 import redis.asyncio.connection as rc
 import redis.exceptions
 
@@ -66,3 +68,83 @@ async def test_connect_packs_with_hiredis_and_round_trips(redis_url: str) -> Non
         with pytest.raises(redis.exceptions.DataError):
             await client.set("k", None)  # type: ignore[arg-type]
         assert await client.get("k") == b"v" * 10_000  # the refused command sent nothing
+
+
+# ------------------------------------------------------------------ pipelines reading their replies in one loop
+
+
+async def _pipeline_story(client: Any) -> list[Any]:
+    """The same pipelines and transactions, with replies, callbacks and errors, as seen by a caller."""
+    out: list[Any] = []
+
+    async def attempt(pipe: Any, **kw: Any) -> None:
+        try:
+            replies = await pipe.execute(**kw)
+            out.append([repr(r) if isinstance(r, Exception) else r for r in replies])
+        except redis.exceptions.RedisError as exc:
+            out.append(("raised", type(exc).__name__, str(exc)))
+
+    await client.delete("t:z", "t:str", "a1", "a2")
+    for transaction in (True, False):
+        pipe = client.pipeline(transaction=transaction)
+        pipe.zadd("t:z", {"a": 1, "b": 2.5})
+        pipe.zrange("t:z", 0, -1, withscores=True)  # a response callback: (member, float score) pairs
+        pipe.set("t:str", "x")
+        pipe.get("t:str")
+        pipe.hgetall("t:none")
+        pipe.exists("t:z")
+        await attempt(pipe)
+        pipe = client.pipeline(transaction=transaction)
+        pipe.set("a1", 1)
+        pipe.incr("t:str")  # fails when it runs (not an integer)
+        pipe.get("a1")
+        await attempt(pipe)
+        pipe = client.pipeline(transaction=transaction)
+        pipe.incr("t:str")
+        pipe.get("a1")
+        await attempt(pipe, raise_on_error=False)
+        pipe = client.pipeline(transaction=transaction)
+        pipe.execute_command("SET", "only-key")  # refused when queued: a transaction is aborted
+        pipe.set("a2", 1)
+        await attempt(pipe)
+        out.append(await client.exists("a2"))
+        await client.delete("a2")
+    async with client.pipeline(transaction=True) as pipe:
+        await pipe.watch("t:str")
+        await client.set("t:str", "changed")
+        pipe.multi()
+        pipe.set("t:str", "mine")
+        await attempt(pipe)
+    out.append(await client.get("t:str"))
+    await client.delete("t:z", "t:str", "a1", "a2")
+    return out
+
+
+@pytest.mark.redis
+async def test_pipelines_read_in_one_loop_give_what_redis_pys_own_pipelines_give(redis_url: str) -> None:
+    async with log.connect(redis_url) as client:
+        assert isinstance(client.pipeline(), log._LeanPipeline)
+        ours = await _pipeline_story(client)
+    plain = redis.asyncio.Redis.from_url(redis_url)  # redis-py's own pipeline: the oracle
+    try:
+        assert type(plain.pipeline()) is redis.asyncio.client.Pipeline
+        theirs = await _pipeline_story(plain)
+    finally:
+        await plain.aclose()
+    assert ours == theirs
+    assert ("raised", "WatchError", "Watched variable changed.") in ours and b"changed" in ours
+
+
+@pytest.mark.redis
+async def test_a_reply_that_does_not_come_in_time_drops_the_connection_and_the_next_one_works(redis_url: str) -> None:
+    async with log.connect(redis_url, reply_timeout=0.2) as client:
+        pipe = client.pipeline(transaction=False)
+        pipe.set("k", "v")
+        pipe.blpop(["t:never"], timeout=2)  # blocks past the reply timeout
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await pipe.execute()
+        pipe = client.pipeline(transaction=False)
+        pipe.get("k")
+        pipe.rpush("t:list", "x")
+        assert await pipe.execute() == [b"v", 1]  # a fresh connection: no stale BLPOP reply read as these
+        await client.delete("k", "t:list")

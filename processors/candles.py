@@ -56,7 +56,7 @@ from streams.frames import (
     binance_trade_event_time,
     decode_frame,
 )
-from streams.log import Entry, WatchError, parse_id, translated
+from streams.log import Entry, WatchError, parse_id, translated, watch_then
 from streams.symbols import SymbolMap, UnknownSymbol
 from tickfold.errors import FrameDecodeError, KeyFormatError, ProjectionConflict
 from tickfold.settings import Settings
@@ -145,6 +145,7 @@ class CandleProcessor:
         self.position_key = keys.projection_position(PROJECTION, exchange_id, partition)
         self.watermark_key = keys.projection_watermark(PROJECTION, exchange_id, partition)
         self.open_key = keys.open_candles(PROJECTION, exchange_id, partition)
+        self._committed: tuple[bytes | None, int] = (None, 0)  # (position, watermark) of our last commit
 
     def plan(self, entries: Sequence[Entry], last_id: tuple[int, int]) -> Plan:
         """Decode a batch (in id order, as XREADGROUP, XAUTOCLAIM and XRANGE give it); entries at or
@@ -194,16 +195,30 @@ class CandleProcessor:
     async def _commit(self, client: aioredis.Redis, entries: Sequence[Entry], fence: Fence) -> BatchResult:
         with translated(f"committing candles of {self.stream}"):
             async with client.pipeline(transaction=True) as pipe:
-                await pipe.watch(self.position_key, fence.key, keys.placement(self.exchange_id))
-                state: Any = await pipe.mget(fence.key, self.position_key, self.watermark_key)  # one round trip
+                # One round trip: WATCH, the lease/position/watermark, and the due set for the watermark this
+                # batch moves to, planned on the position and watermark this processor last committed (the
+                # partition's owner is the only writer: they match unless the partition changed hands).
+                guess_last, guess_mark = self._committed
+                plan = self.plan(entries, parse_id(guess_last) if guess_last else (0, 0))
+                limit = self._due_limit(max(guess_mark, plan.event_ns))
+                state, members = await watch_then(
+                    pipe,
+                    (self.position_key, fence.key, keys.placement(self.exchange_id)),
+                    ("MGET", fence.key, self.position_key, self.watermark_key),
+                    ("ZRANGEBYSCORE", self.open_key, "-inf", limit),
+                )
                 held, raw_last, raw_mark = state
                 fence.verify(held)
                 last_id = parse_id(raw_last) if raw_last else (0, 0)
-                plan = self.plan(entries, last_id)
+                if raw_last != guess_last:
+                    plan = self.plan(entries, last_id)
                 if any(d.unknown_symbol for d in plan.dead) and await self._refresh():
                     plan = self.plan(entries, last_id)  # a market listed since the last sync
                 watermark = max(int(raw_mark or 0), plan.event_ns)
-                due = await self._due(client, watermark)
+                if self._due_limit(watermark) == limit:
+                    due = self._parse_due(members)
+                else:
+                    due = await self._due(client, watermark)
                 scope = await Scope.load(client, self.exchange_id, self._symbols(plan, due))
                 books, states, reads = await self._load(client, plan, due, scope)
                 stored_states = {k for k, v in states.items() if v is not None}
@@ -229,6 +244,8 @@ class CandleProcessor:
                     pipe.zrem(marker_key, *[str(start) for start in sorted(starts)])
                 self._queue_publish(pipe, closes)
                 await pipe.execute()
+        newest = entries[-1][0]
+        self._committed = (newest if raw_last is None or parse_id(newest) > last_id else raw_last, watermark)
         return BatchResult(
             processed=len(entries) - plan.skipped, skipped=plan.skipped, dead=len(plan.dead), events=len(closes)
         )
@@ -241,10 +258,17 @@ class CandleProcessor:
         self.symbols = await self.refresh_symbols()
         return True
 
+    def _due_limit(self, watermark_ns: int) -> int:
+        """The newest end (ms) of an open candle that is due at ``watermark_ns``."""
+        return watermark_ns // 1_000_000 - self.close_grace_ms
+
     async def _due(self, client: aioredis.Redis, watermark_ns: int) -> list[tuple[str, int]]:
         """Open candles of this partition whose end + grace is at or before the watermark."""
-        limit_ms = watermark_ns // 1_000_000 - self.close_grace_ms
-        members: Any = await client.zrangebyscore(self.open_key, "-inf", limit_ms)
+        members: Any = await client.zrangebyscore(self.open_key, "-inf", self._due_limit(watermark_ns))
+        return self._parse_due(members)
+
+    @staticmethod
+    def _parse_due(members: list[bytes]) -> list[tuple[str, int]]:
         out: list[tuple[str, int]] = []
         for m in members:
             key, _, start = m.decode().rpartition("|")

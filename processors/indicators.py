@@ -50,7 +50,7 @@ from projections.indicators import (
 from projections.scope import Scope
 from projections.watermark import bucket_end
 from streams import keys
-from streams.log import Entry, WatchError, translated
+from streams.log import Entry, WatchError, translated, watch_then
 from tickfold.errors import ProjectionConflict
 
 log = logging.getLogger(__name__)
@@ -201,12 +201,17 @@ class IndicatorProcessor:
     ) -> list[Alert]:
         with translated(f"committing indicators of {self.exchange_id}"):
             async with client.pipeline(transaction=True) as pipe:
-                await pipe.watch(fence.key, self.ids_key, keys.placement(self.exchange_id))
-                await fence.check(pipe)
                 order = sorted(changed)
-                scope = await Scope.load(client, self.exchange_id, {symbol for symbol, _ in order})
                 state_keys = [keys.indicator_state(self.exchange_id, symbol, tf, KIND) for symbol, tf in order]
-                saved: Any = await client.mget(state_keys) if state_keys else []
+                read: Any = await watch_then(  # one round trip: WATCH, the lease, the states
+                    pipe,
+                    (fence.key, self.ids_key, keys.placement(self.exchange_id)),
+                    ("GET", fence.key),
+                    *([("MGET", *state_keys)] if state_keys else []),
+                )
+                fence.verify(read[0])
+                saved = read[1] if state_keys else []
+                scope = await Scope.load(client, self.exchange_id, {symbol for symbol, _ in order})
                 states = {series: _decode_state(raw) for series, raw in zip(order, saved, strict=True)}
                 stepped = {series: self._step(states[series], changed[series]) for series in order}
                 todo = [series for series in order if stepped[series] is None]  # recompute from the candles

@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 
 from processors.leases import Fence, LeaseLost, Membership
 from streams import keys
-from streams.log import Entry, WatchError, ensure_group, parse_id, translated
+from streams.log import Entry, WatchError, ensure_group, parse_id, translated, watch_then
 from streams.trim import trim
 from tickfold.errors import StoreUnavailable
 
@@ -87,7 +87,7 @@ def _entries(reply: Any) -> list[Entry]:
     if not reply:
         return []
     raw = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-    return [(eid, _fields(flat)) for eid, flat in raw]
+    return [(eid, {flat[0]: flat[1], flat[2]: flat[3]} if len(flat) == 4 else _fields(flat)) for eid, flat in raw]
 
 
 class Handler(Protocol):
@@ -251,8 +251,7 @@ class Runner:
             for _ in range(_MAX_FENCE_RACES):
                 try:
                     async with self.client.pipeline(transaction=True) as pipe:
-                        await pipe.watch(*leases)
-                        tokens: Any = await pipe.mget(leases)
+                        (tokens,) = await watch_then(pipe, leases, ("MGET", *leases))
                         mine = [p for p, token in zip(held, tokens, strict=True) if token == self.membership.token]
                         for p in set(held) - set(mine):
                             log.warning("%s p%d: lease lost; no longer reading it", self.exchange_id, p)

@@ -101,8 +101,13 @@ def plan(base: str, targets: Iterable[str]) -> dict[str, str]:
 
 
 def _places(s: str) -> int:
-    exp = Decimal(s).as_tuple().exponent
-    return -exp if isinstance(exp, int) and exp < 0 else 0
+    """Digits after the point, as ``Decimal(s)``'s exponent says; read off the text unless it has one."""
+    if "e" in s or "E" in s:
+        exp = Decimal(s).as_tuple().exponent
+        return -exp if isinstance(exp, int) and exp < 0 else 0
+    s = s.strip()
+    dot = s.find(".")
+    return 0 if dot < 0 else len(s) - dot - 1
 
 
 def _sum(values: list[str]) -> str:

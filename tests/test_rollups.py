@@ -28,6 +28,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from projections import rollups
 from projections.candles import Candle, CandleClosed, apply_snapshot
 from projections.rollups import Rollup, apply_rollup, base_starts, expected_count, nests, plan, rollup
 from projections.watermark import DAY_MS, TIMEFRAMES, bucket_end, bucket_start, close_due
@@ -474,3 +475,15 @@ def test_rollup_of_rollups_equals_direct_rollup_calendar(base: list[Candle]) -> 
         == expected_count("4h", "1M", month.candle.start)
         == 6 * bucket_end("1M", month.candle.start) // DAY_MS - 6 * month.candle.start // DAY_MS
     )
+
+
+@pytest.mark.unit
+@given(
+    st.one_of(
+        st.decimals(allow_nan=True, allow_infinity=True).map(str),
+        st.from_regex(r"\A\s?-?[0-9]{1,4}(\.[0-9]{0,9})?([eE][-+]?[0-9]{1,2})?\s?\Z"),
+    )
+)
+def test_decimal_places_read_off_the_text_are_decimals_own(text: str) -> None:
+    exp = Decimal(text).as_tuple().exponent  # the oracle: how many places Decimal sees
+    assert rollups._places(text) == (-exp if isinstance(exp, int) and exp < 0 else 0)

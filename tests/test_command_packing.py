@@ -148,3 +148,42 @@ async def test_a_reply_that_does_not_come_in_time_drops_the_connection_and_the_n
         pipe.rpush("t:list", "x")
         assert await pipe.execute() == [b"v", 1]  # a fresh connection: no stale BLPOP reply read as these
         await client.delete("k", "t:list")
+
+
+async def _watch_then_story(client: Any) -> list[Any]:
+    out: list[Any] = []
+    await client.mset({"w:a": "1", "w:b": "2"})
+    await client.zadd("w:z", {"m1": 1, "m2": 5})
+    for interfere in (False, True):
+        async with client.pipeline(transaction=True) as pipe:
+            got = await log.watch_then(
+                pipe, ["w:a"], ("MGET", "w:a", "w:b", "w:none"), ("ZRANGEBYSCORE", "w:z", "-inf", 3)
+            )
+            out.append(got)
+            if interfere:
+                await client.set("w:a", "changed")  # another connection writes a watched key
+            pipe.multi()
+            pipe.set("w:b", "3")
+            try:
+                out.append(await pipe.execute())
+            except redis.exceptions.WatchError:
+                out.append("WatchError")
+    async with client.pipeline(transaction=True) as pipe:
+        with pytest.raises(redis.exceptions.ResponseError):
+            await log.watch_then(pipe, ["w:a"], ("INCR", "w:z"))  # an error reply raises
+    out.append(await client.mget("w:a", "w:b"))
+    await client.delete("w:a", "w:b", "w:z")
+    return out
+
+
+@pytest.mark.redis
+async def test_watch_then_reads_in_the_watch_round_trip_and_the_watch_holds(redis_url: str) -> None:
+    async with log.connect(redis_url) as client:
+        ours = await _watch_then_story(client)
+    plain = redis.asyncio.Redis.from_url(redis_url)  # WATCH then one command at a time: the oracle
+    try:
+        theirs = await _watch_then_story(plain)
+    finally:
+        await plain.aclose()
+    assert ours == theirs
+    assert ours[0] == [[b"1", b"2", None], [b"m1"]] and ours[1] == [True] and ours[3] == "WatchError"

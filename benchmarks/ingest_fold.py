@@ -7,6 +7,7 @@ is a new minute: the fold does real work (new candles, closes), not only redeliv
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -23,6 +24,7 @@ from streams import keys, log
 from streams.frames import decode_frame
 from streams.partitions import streams
 from streams.symbols import bundled
+from tickfold.cli import tune_gc
 from tickfold.settings import Settings
 
 RECORDED_SYMBOLS = ("BTCUSDT", "ETHUSDT", "DOTUSDT")
@@ -85,9 +87,15 @@ async def _fold(url: str, n: int) -> float:
 
         config = RunnerConfig(consumer="bench", batch_size=settings.batch_size)
         runner = Runner(client, "binance", "candles", partitions, make, config)
-        start = time.perf_counter()
-        stats = await runner.run(until_idle=True)
-        elapsed = time.perf_counter() - start
+        thresholds = gc.get_threshold()
+        tune_gc()  # as `tickfold process` runs
+        try:
+            start = time.perf_counter()
+            stats = await runner.run(until_idle=True)
+            elapsed = time.perf_counter() - start
+        finally:
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
         assert stats.totals.processed == n, stats
         return n / elapsed
 

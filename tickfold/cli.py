@@ -7,6 +7,7 @@ configuration (the message names the key).
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -204,6 +205,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+GC_THRESHOLDS = (50_000, 20, 100)  # CPython's defaults: (700, 10, 10)
+
+
+def tune_gc() -> None:
+    """Collect cyclic garbage less often. A processor allocates a few containers per frame (entries, their
+    fields, decoded events) that reference counting frees; at CPython's default threshold every 700 of
+    them start a collection that rescans the young objects, and every 100 of those the whole heap
+    (candles, states, modules): measured ~30 % of the fold's CPU. Everything loaded at start-up is
+    frozen out of the collector's view (``gc.freeze``): it lives as long as the process."""
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.freeze()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -219,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         settings = Settings.load(os.environ, config_file=args.config, overrides=overrides)
+        tune_gc()
         return commands.dispatch(args.command, args, settings)
     except ConfigError as exc:
         print(f"tickfold: configuration error: {exc}", file=sys.stderr)

@@ -11,6 +11,7 @@
     ├── StoreUnavailable       Redis/Postgres cannot be reached (the retryable one)
     │   (defined beside the code that raises them:)
     ├── LeaseLost              processors/leases.py: another instance owns the partition now
+    ├── AppendRejected         streams/adapters/sink.py: Redis refused an XADD of a raw frame
     ├── RestError (+ kinds)    streams/rest/errors.py: an exchange's REST API failed
     ├── IndicatorStateError    projections/indicators/state.py: a stored kernel state doesn't fit
     ├── NoPosition             control/positions.py: closing a position that isn't open

@@ -17,6 +17,7 @@ import time
 
 import redis.asyncio as aioredis
 
+from benchmarks.adapter_ingest import cpu_seconds
 from benchmarks.harness import RECORDING, Context, Figure, Target, recorded_frames
 from processors.candles import CandleProcessor, from_settings
 from processors.runner import Runner, RunnerConfig
@@ -100,9 +101,10 @@ async def _fold(url: str, n: int) -> float:
         return n / elapsed
 
 
-async def _fold_processes(url: str, n: int, k: int) -> float:
+async def _fold_processes(url: str, n: int, k: int) -> tuple[float, list[float]]:
     """Frames/s of K `tickfold process --until-idle` processes sharing the partitions, timed from the
-    first entry delivered to the last one acknowledged (process start-up excluded)."""
+    first entry delivered to the last one acknowledged (process start-up excluded), and the share of a core
+    each process, then Redis, used meanwhile."""
     client = aioredis.Redis.from_url(url)
     try:
         for key in [k async for k in client.scan_iter("candles:*")]:
@@ -136,17 +138,27 @@ async def _fold_processes(url: str, n: int, k: int) -> float:
                     total += int(g["entries-read"] or 0) - (int(g["pending"]) if acked else 0)
             return total
 
+        redis_pid = int((await client.info("server"))["process_id"])
+        pids = [p.pid for p in procs] + [redis_pid]
         while await read_so_far(acked=False) == 0:  # noqa: ASYNC110 (polling Redis is the point)
             await asyncio.sleep(0.002)
-        start = time.perf_counter()  # the first batch was read: start-up is over, its fold is not
+        start, cpu0 = time.perf_counter(), [cpu_seconds(pid) for pid in pids]
         while await read_so_far(acked=True) < n:  # noqa: ASYNC110
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - start
+        shares = [(cpu_seconds(pid) - c) / elapsed for pid, c in zip(pids, cpu0, strict=True)]
         for p in procs:
             p.wait(timeout=60)
-        return n / elapsed
+        return n / elapsed, shares
     finally:
         await client.aclose()
+
+
+def _shares(runs: list[list[float]]) -> str:
+    """The median share of a core of each process, then of Redis, over the runs."""
+    medians = [statistics.median(col) for col in zip(*runs, strict=True)]
+    procs = ", ".join(f"{m:.0%}" for m in medians[:-1])
+    return f"share of a core while folding: tickfold process {procs}; Redis {medians[-1]:.0%} (2 cores in all)"
 
 
 def _decode_rate(data: list[bytes], rounds: int) -> float:
@@ -159,16 +171,22 @@ def _decode_rate(data: list[bytes], rounds: int) -> float:
 
 
 def run(ctx: Context) -> list[Figure]:
-    data = frames(5 if ctx.quick else 50)
+    data = frames(5 if ctx.quick else 200)  # ~3 s of folding a run: lease balancing at start is a small part
     xadd, bare, bare_decode = ctx.ceilings.xadd_pipelined(), ctx.ceilings.read_ack(), ctx.ceilings.decode()
     recorded = recorded_frames()
     decode, ingest, fold, fold1, fold2 = [], [], [], [], []
+    cpu1: list[list[float]] = []
+    cpu2: list[list[float]] = []
     for _ in range(ctx.repeats):
         decode.append(_decode_rate(recorded, 2 if ctx.quick else 10))
         ingest.append(asyncio.run(_ingest(ctx.url, data)))
         fold.append(asyncio.run(_fold(ctx.url, len(data))))
-        fold1.append(asyncio.run(_fold_processes(ctx.url, len(data), 1)))
-        fold2.append(asyncio.run(_fold_processes(ctx.url, len(data), 2)))
+        rate, shares = asyncio.run(_fold_processes(ctx.url, len(data), 1))
+        fold1.append(rate)
+        cpu1.append(shares)
+        rate, shares = asyncio.run(_fold_processes(ctx.url, len(data), 2))
+        fold2.append(rate)
+        cpu2.append(shares)
     read_ack, decode_ceiling = "bare XREADGROUP+XACK", "bare msgspec decode"
     return [
         Figure("decode: tickfold decode_frame, recorded Binance frames", "frames/s", decode, decode_ceiling,
@@ -178,7 +196,9 @@ def run(ctx: Context) -> list[Figure]:
         Figure(f"fold: candle processor in-process ({len(data):,} frames)", "frames/s", fold, read_ack, bare,
                more_ceilings=[(decode_ceiling, bare_decode)], key="fold.in_process", target=Target(0.7, of=read_ack)),
         Figure("fold: `tickfold process`, 1 process", "frames/s", fold1, read_ack, bare, key="fold.process_1",
+               note=_shares(cpu1),
                target=Target(150_000)),
         Figure("fold: `tickfold process`, 2 processes", "frames/s", fold2, read_ack, bare, key="fold.process_2",
+               note=_shares(cpu2),
                more_ceilings=[("1 process", statistics.median(fold1))], target=Target(1.6, of="1 process")),
     ]  # fmt: skip

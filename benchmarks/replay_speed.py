@@ -157,8 +157,10 @@ def _stages(source: aioredis.Redis, dsn: str, exchange_id: str) -> list[tuple[st
         with few_collections():  # as the replay folds
             for p, chunks in read.items():
                 memory = MemoryCandles(candle_processor(settings, exchange_id, p, symbols, history=10**9))
-                for chunk in chunks:
-                    await (memory.fold_frames([chunk]) if columns else memory.fold(chunk.entries()))
+                for batch in _batches(chunks):
+                    await (
+                        memory.fold_frames(batch) if columns else memory.fold([e for c in batch for e in c.entries()])
+                    )
                 n += memory.frames
         return n
 
@@ -175,6 +177,19 @@ def _stages(source: aioredis.Redis, dsn: str, exchange_id: str) -> list[tuple[st
         ("memory fold of the columns alone (fold_frames)", fold_columns),
         ("memory fold of the entries one by one (fold)", fold_entries),
     ]
+
+
+def _batches(chunks: list[Frames]) -> list[list[Frames]]:
+    """Consecutive chunks in batches of at most ``MEMORY_BATCH`` entries, as the replay feeds them."""
+    out: list[list[Frames]] = []
+    size = MEMORY_BATCH
+    for chunk in chunks:
+        if size + len(chunk) > MEMORY_BATCH:
+            out.append([])
+            size = 0
+        out[-1].append(chunk)
+        size += len(chunk)
+    return out
 
 
 def _replays(

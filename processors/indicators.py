@@ -13,6 +13,11 @@ can't corrupt anything: the values are a function of the closed candles alone.
   of JSON points ``{start, macdv, signal, histogram, zone}``, bounded to ``history`` points; only
   candles past the warm-up (26 + 9 closes) have a point. A batch rewrites the points from the
   earliest close it carries onwards.
+* Runs: a batch's closes of one series are folded in runs cut before each correction and each repeat
+  or out-of-order close, each run as if it had come in a batch of its own (a recomputing run sees the
+  stored candles with the buckets this batch closed at their value in that run or before). So the
+  alerts of an original sequence that a correction later in the same batch replaces are raised as they
+  are when the correction comes in a later batch: they do not depend on where batches fall.
 * Alerts: the rules of :mod:`projections.alerts` between consecutive points. Each alert has a
   deterministic id; ids already raised (``alerts:{exchange_id}:ids``) are not raised again, so a
   redelivery or a replay never duplicates one. New alerts go to ``alerts:{exchange_id}`` in the same
@@ -95,6 +100,31 @@ _STATE_DECODER = msgspec.msgpack.Decoder(SeriesState)
 
 def _decode_state(raw: bytes | None) -> SeriesState | None:
     return None if raw is None else _STATE_DECODER.decode(raw)
+
+
+def _runs(events: list[CandleClosed]) -> list[list[CandleClosed]]:
+    """A series' closes of one batch, in stream order, cut before each correction and each close that is
+    not after the one before it: each run is folded as if it had come in a batch of its own."""
+    out: list[list[CandleClosed]] = []
+    for e in events:
+        if not out or e.correction or e.candle.start <= out[-1][-1].candle.start:
+            out.append([e])
+        else:
+            out[-1].append(e)
+    return out
+
+
+def _as_of(stored: list[Candle], runs: list[list[CandleClosed]], upto: int) -> list[Candle]:
+    """The closed candles as run ``upto`` finds them: the stored ones (which already hold every run of the
+    batch), each bucket runs ``0..upto`` closed at its newest value there (a correction later in the batch
+    is not seen yet)."""
+    oldest = stored[0].start if stored else -1  # (a close older than the window read stays out, as before)
+    out = {c.start: c for c in stored}
+    for run in runs[: upto + 1]:
+        for e in run:
+            if e.candle.start >= oldest and e.candle.closed:
+                out[e.candle.start] = e.candle
+    return [out[start] for start in sorted(out)]
 
 
 def _arrays(candles: list[Candle]) -> tuple[Any, Any, Any]:
@@ -213,36 +243,47 @@ class IndicatorProcessor:
                 saved = read[1] if state_keys else []
                 scope = await Scope.load(client, self.exchange_id, {symbol for symbol, _ in order})
                 states = {series: _decode_state(raw) for series, raw in zip(order, saved, strict=True)}
-                stepped = {series: self._step(states[series], changed[series]) for series in order}
-                todo = [series for series in order if stepped[series] is None]  # recompute from the candles
+                runs = {series: _runs(changed[series]) for series in order}
+                first = {series: self._step(states[series], runs[series][0]) for series in order}
+                # series that may need their stored candles: a first run that can't step, or several runs
+                todo = [series for series in order if first[series] is None or len(runs[series]) > 1]
                 reader = client.pipeline(transaction=False)
                 for symbol, tf in todo:
                     series_key = scope.read_key(keys.candles(self.exchange_id, symbol, tf))
                     reader.zrange(series_key, -(self.window + 1), -1)
                 replies: Any = await reader.execute() if todo else []
-                for (symbol, tf), members in zip(todo, replies, strict=True):
-                    candles = [c for c in map(store.decode_candle, members) if c.closed][-self.window :]
-                    since = min(e.candle.start for e in changed[(symbol, tf)])
-                    stepped[(symbol, tf)] = self._recompute(candles, since)
+                stored = {
+                    series: [c for c in map(store.decode_candle, members) if c.closed]
+                    for series, members in zip(todo, replies, strict=True)
+                }
                 writes: list[tuple[str, int, list[Point]]] = []  # (indicator key, since, points)
-                fresh: list[Alert] = []
+                fresh: dict[str, Alert] = {}  # by id: a transition seen by two runs is raised once
                 new_states: dict[str, bytes] = {}
                 for (symbol, tf), state_key in zip(order, state_keys, strict=True):
-                    result = stepped[(symbol, tf)]
-                    assert result is not None
-                    pts, before, after = result
+                    state = states[(symbol, tf)]
                     since = min(e.candle.start for e in changed[(symbol, tf)])
+                    by_start: dict[int, Point] = {}
+                    for i, run in enumerate(runs[(symbol, tf)]):
+                        result = first[(symbol, tf)] if i == 0 else self._step(state, run)
+                        if result is None:  # the candles as this run's closes left them (module docstring)
+                            candles = _as_of(stored[(symbol, tf)], runs[(symbol, tf)], i)[-self.window :]
+                            result = self._recompute(candles, min(e.candle.start for e in run))
+                        pts, before, after = result
+                        run_since = min(e.candle.start for e in run)
+                        for prev, cur in itertools.pairwise([before, *pts]):
+                            if prev is not None and cur is not None and cur.start >= run_since:
+                                for alert in alerts(self.exchange_id, symbol, tf, prev, cur):
+                                    fresh.setdefault(alert.id, alert)
+                        by_start.update((pt.start, pt) for pt in pts if pt is not None and pt.start >= run_since)
+                        state = after
                     key = keys.indicator(self.exchange_id, symbol, tf, KIND)
-                    writes.append((key, since, [p for p in pts if p is not None and p.start >= since]))
-                    for prev, cur in itertools.pairwise([before, *pts]):
-                        if prev is not None and cur is not None and cur.start >= since:
-                            fresh.extend(alerts(self.exchange_id, symbol, tf, prev, cur))
-                    if after is not None:
-                        new_states[state_key] = _STATE.encode(after)
+                    writes.append((key, since, [by_start[start] for start in sorted(by_start)]))
+                    if state is not None:
+                        new_states[state_key] = _STATE.encode(state)
                 raised: list[Alert] = []
                 if fresh:
-                    known: Any = await pipe.zmscore(self.ids_key, [a.id for a in fresh])
-                    raised = [a for a, score in zip(fresh, known, strict=True) if score is None]
+                    known: Any = await pipe.zmscore(self.ids_key, list(fresh))
+                    raised = [a for a, score in zip(fresh.values(), known, strict=True) if score is None]
                 pipe.multi()  # type: ignore[no-untyped-call]
                 scope.queue_moves(pipe)  # a symbol changing tiers: its history first, then the batch
                 for name, since, pts_ in writes:

@@ -168,3 +168,49 @@ async def test_indicators_and_alerts_cli(day: list[bytes], client: aioredis.Redi
     assert listed.returncode == 0, listed.stderr
     assert [a["id"] for a in json.loads(listed.stdout)] == [a.id for a in await alert_list(client)]
     assert cli("indicators", "coinbase", "BTC-USD", "1m", "--type", "rsi").returncode != 0
+
+
+async def _indicators_again(client: aioredis.Redis, batch_size: int) -> tuple[dict[str, Any], set[str]]:
+    """Throw the MACD-V projection and the alerts away and fold the whole closes stream again in batches of
+    ``batch_size``: the points of every 1m series and the alert ids it raises."""
+    stale = [k async for k in client.scan_iter("indicator:coinbase:*")]
+    stale += [k async for k in client.scan_iter("indstate:coinbase:*")]
+    await client.delete(*stale, keys.alerts_stream("coinbase"), keys.alert_ids("coinbase"))
+    await client.xgroup_setid(keys.closes_stream("coinbase"), "indicators", "0")
+    await drain(client, ["coinbase"], batch_size=batch_size)
+    return {s: await points(client, s, "1m") for s in PRODUCTS}, {a.id for a in await alert_list(client)}
+
+
+async def test_alerts_around_a_late_correction_do_not_depend_on_the_batches(
+    day: list[bytes], client: aioredis.Redis
+) -> None:
+    from streams.frames import RestCandle, RestCandlesFrame, encode_tickfold
+
+    await log.append_frames(client, "coinbase", [(f, 0) for f in day[: len(day) // 2]])
+    await drain(client, ["coinbase"])
+    live_before = {a.id for a in await alert_list(client)}
+    candles = [c for (s, tf, _), c in sorted((await all_candles(client, "coinbase")).items()) if s == PRODUCTS[0]]
+    one_min = [c for c in candles if c.timeframe == "1m" and c.closed]
+    bucket = one_min[len(one_min) // 2]  # a closed candle well past the warm-up, repaired much later (REST)
+    repaired = RestCandle(
+        start=bucket.start,
+        open=bucket.open,
+        high=str(float(bucket.high) * 1.5),
+        low=str(float(bucket.low) * 0.5),
+        close=str(float(bucket.close) * 1.2),
+        volume=bucket.volume,
+    )
+    late = RestCandlesFrame(
+        exchange="coinbase", symbol=PRODUCTS[0], timeframe="1m", fetched_ns=0, source="test", candles=[repaired]
+    )
+    await log.append_frames(client, "coinbase", [(encode_tickfold(late), 0)])
+    await drain(client, ["coinbase"])  # the correction comes in a batch of its own, as it did live
+    live_points = {s: await points(client, s, "1m") for s in PRODUCTS}
+    live_alerts = {a.id for a in await alert_list(client)}
+    assert live_before < live_alerts  # the correction changed MACD-V after the bucket: new transitions
+    # every close again, one per batch, then all in one batch (the original closes and their correction
+    # together): the points and the alerts of the live run, those of the original sequence included
+    for batch_size in (1, 100_000):
+        got_points, got_alerts = await _indicators_again(client, batch_size)
+        assert got_points == live_points
+        assert got_alerts == live_alerts, batch_size

@@ -48,9 +48,10 @@ async def trim(client: aioredis.Redis, stream: str, groups: tuple[str, ...], *, 
         if not await client.exists(stream):
             return 0
         target = (0, 0)
-        newest: Any = await client.xrevrange(stream, count=max_len + 1)
-        if len(newest) > max_len:
-            target = parse_id(newest[max_len - 1][0]) if max_len else _next(parse_id(newest[0][0]))
+        excess = int(await client.xlen(stream)) - max_len
+        if excess > 0:  # the oldest ``excess`` entries are over the count (read only those: ~ a trim period's)
+            oldest: Any = await client.xrange(stream, count=excess)
+            target = _next(parse_id(oldest[-1][0]))
         seconds, micros = await client.time()
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         target = max(target, (now_ms - max_age_ms, 0))

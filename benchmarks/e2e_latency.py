@@ -134,7 +134,7 @@ class Run:
     frames_per_s: float  # raw frames appended during the window: the load actually carried
     left_out: int  # closes by another rule than the kline's x:true (or a roll-up's base), and corrections
     unmatched_alerts: int  # alerts whose candle's close message was not seen (pub/sub is at-most-once)
-    stages: dict[str, float]  # median ms from the frame's making to each stage (1m closes in the window)
+    stages: dict[str, tuple[float, float]]  # (median, p99) ms from the frame's making to each stage (1m closes)
     behind_s: float  # how long after the window its last closes arrived (-1: not within the catch-up time)
     cpu: dict[str, float]  # share of one core each process used during the window
 
@@ -176,14 +176,24 @@ def _all_entries(client: redis.Redis, stream: str, since: str) -> list[tuple[byt
 
 def _stages(
     stamps: dict[str, dict[Series, float]], origin: dict[Series, float], start: int, end: int
-) -> dict[str, float]:
+) -> dict[str, tuple[float, float]]:
     out = {}
     for stage, seen in stamps.items():
         delays = [
             (seen[s] - made) / 1e6 for s, made in origin.items() if s[1] == "1m" and start <= made < end and s in seen
         ]
-        out[stage] = statistics.median(delays) if delays else float("nan")
+        out[stage] = (statistics.median(delays), _p99(delays)) if delays else (float("nan"), float("nan"))
     return out
+
+
+def _across(runs: list[Run], stage: str, which: int) -> float:
+    """The median over the runs of a stage's median (``which`` 0) or p99 (1)."""
+    return statistics.median(r.stages[stage][which] for r in runs)
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
 class _Kline(msgspec.Struct):
@@ -318,9 +328,9 @@ def run(ctx: Context) -> list[Figure]:
         f"{load:,.0f} raw frames/s appended ({trades:,} aggTrades/s asked + kline updates), {SYMBOLS} symbols, "
         f"simulator clock x{SPEED} (a 1m close every {60 / SPEED * 1000:.0f} ms per symbol); timed from each frame's "
         f"event time; left out: {sum(r.left_out for r in runs)} closes by another rule or corrections, "
-        f"{sum(r.unmatched_alerts for r in runs)} alerts whose close message was missed; 1m closes, median ms "
+        f"{sum(r.unmatched_alerts for r in runs)} alerts whose close message was missed; 1m closes, median / p99 ms "
         "from the frame's making to: "
-        + ", ".join(f"{k} {statistics.median(r.stages[k] for r in runs):.1f}" for k in runs[0].stages)
+        + ", ".join(f"{k} {_across(runs, k, 0):.1f} / {_across(runs, k, 1):.1f}" for k in runs[0].stages)
         + "; share of a core used in the window: "
         + ", ".join(f"{k} {statistics.median(r.cpu[k] for r in runs):.0%}" for k in runs[0].cpu)
         + "; the window's last closes arrived "

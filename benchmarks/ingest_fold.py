@@ -89,11 +89,13 @@ async def _fold(url: str, n: int) -> float:
         config = RunnerConfig(consumer="bench", batch_size=settings.batch_size)
         runner = Runner(client, "binance", "candles", partitions, make, config)
         thresholds = gc.get_threshold()
-        tune_gc()  # as `tickfold process` runs
+        tune_gc()  # as `tickfold process` runs, and on a client as its runners get (tickfold.commands)
         try:
-            start = time.perf_counter()
-            stats = await runner.run(until_idle=True)
-            elapsed = time.perf_counter() - start
+            async with log.without_reply_timeout(client) as hot:
+                runner.use(hot)
+                start = time.perf_counter()
+                stats = await runner.run(until_idle=True)
+                elapsed = time.perf_counter() - start
         finally:
             gc.set_threshold(*thresholds)
             gc.unfreeze()

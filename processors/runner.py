@@ -135,6 +135,12 @@ class Runner:
         self.membership = Membership(client, group, exchange_id, config.consumer, partitions, config.lease_ttl_ms)
         self.stats = RunStats()
 
+    def use(self, client: aioredis.Redis) -> None:
+        """Talk to Redis through ``client`` from now on (e.g. one without a per-reply timeout: every call
+        here is bounded by ``call_timeout_s`` already)."""
+        self.client = client
+        self.membership.client = client
+
     @property
     def consumer(self) -> str:
         return self.config.consumer
@@ -184,8 +190,9 @@ class Runner:
             if ahead is not None:  # failing: what it took stays pending (claimed after the lease TTL)
                 ahead.cancel()
                 ahead.add_done_callback(lambda t: t.cancelled() or t.exception())
-            with contextlib.suppress(StoreUnavailable):
-                await self.membership.leave()
+            with contextlib.suppress(StoreUnavailable, TimeoutError):
+                async with asyncio.timeout(self.config.call_timeout_s):
+                    await self.membership.leave()
         return self.stats
 
     @staticmethod

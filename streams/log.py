@@ -275,6 +275,20 @@ async def watch_then(pipe: Any, watch: Sequence[str], *commands: tuple[Any, ...]
     return [await pipe.execute_command(*c) for c in commands]
 
 
+@contextlib.asynccontextmanager
+async def without_reply_timeout(client: aioredis.Redis) -> AsyncIterator[aioredis.Redis]:
+    """A client to ``client``'s server (its URL's transport, credentials, database; its own connections)
+    with no per-reply socket timeout: for loops that bound every round trip themselves (the runners'
+    ``asyncio.timeout`` per call), sparing a timer per send and per reply (~6 % of a fold's CPU)."""
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "socket_timeout": None}
+    hot = _Redis(connection_pool=aioredis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+    try:
+        yield hot
+    finally:
+        await hot.aclose(close_connection_pool=True)
+
+
 def parse_id(entry_id: bytes | str) -> tuple[int, int]:
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     ms, _, seq = text.partition("-")

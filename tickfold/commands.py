@@ -250,14 +250,17 @@ async def run_processors(
                 return IndicatorProcessor(ex, window=settings.indicator_window, history=settings.indicator_history)
 
             indicator_runners[ex] = Runner(client, ex, INDICATORS, 1, make_indicators, config)
-    if until_idle:
-        done = await asyncio.gather(*(r.run(until_idle=True, stop=stop) for r in runners.values()))
-        ind = await asyncio.gather(*(r.run(until_idle=True, stop=stop) for r in indicator_runners.values()))
-    else:
-        both = await asyncio.gather(
-            *(r.run(until_idle=False, stop=stop) for r in [*runners.values(), *indicator_runners.values()])
-        )
-        done, ind = both[: len(runners)], both[len(runners) :]
+    async with log.without_reply_timeout(client) as hot:  # every runner call is bounded by call_timeout_s
+        for r in [*runners.values(), *indicator_runners.values()]:
+            r.use(hot)
+        if until_idle:
+            done = await asyncio.gather(*(r.run(until_idle=True, stop=stop) for r in runners.values()))
+            ind = await asyncio.gather(*(r.run(until_idle=True, stop=stop) for r in indicator_runners.values()))
+        else:
+            both = await asyncio.gather(
+                *(r.run(until_idle=False, stop=stop) for r in [*runners.values(), *indicator_runners.values()])
+            )
+            done, ind = both[: len(runners)], both[len(runners) :]
     if indicator_stats is not None:
         indicator_stats.update(zip(indicator_runners, ind, strict=True))
     return dict(zip(runners, done, strict=True))

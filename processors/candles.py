@@ -147,6 +147,12 @@ class CandleProcessor:
         self.open_key = keys.open_candles(PROJECTION, exchange_id, partition)
         self._committed: tuple[bytes | None, int] = (None, 0)  # (position, watermark) of our last commit
 
+    @property
+    def times_only(self) -> bool:
+        """Binance trade frames only move the watermark (Binance candles come from its klines unless trade
+        candles are configured): they are read for their event time alone."""
+        return self.exchange_id == "binance" and not self.trade_timeframes
+
     def plan(self, entries: Sequence[Entry], last_id: tuple[int, int]) -> Plan:
         """Decode a batch (in id order, as XREADGROUP, XAUTOCLAIM and XRANGE give it); entries at or
         before ``last_id`` were folded already and are skipped: only that prefix needs its ids parsed."""
@@ -155,7 +161,7 @@ class CandleProcessor:
         while fresh < len(entries) and parse_id(entries[fresh][0]) <= last_id:
             fresh += 1
         out.skipped = fresh
-        times_only = self.exchange_id == "binance" and not self.trade_timeframes  # trades move the watermark only
+        times_only = self.times_only
         items = out.items
         for entry_id, fields in entries[fresh:]:
             raw = fields.get(b"frame")

@@ -61,7 +61,7 @@ class MemoryCandles:
         in deadline order, so one item at the run's maximum closes the same candles, in the same order, as
         the run's items one by one. Only the other frames are built and decoded (``plan``)."""
         p = self.processor
-        times_only = p.exchange_id == "binance" and not p.trade_timeframes  # as CandleProcessor.plan decides
+        times_only = p.times_only
         plan = Plan()
         count = 0
         newest: tuple[int, int] | None = None

@@ -87,7 +87,7 @@ def _entries(reply: Any) -> list[Entry]:
     if not reply:
         return []
     raw = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-    return [(eid, {flat[0]: flat[1], flat[2]: flat[3]} if len(flat) == 4 else _fields(flat)) for eid, flat in raw]
+    return [(eid, _fields(flat)) for eid, flat in raw]
 
 
 class Handler(Protocol):

@@ -110,8 +110,14 @@ async def settle_rollups(
     A closed REST candle of a roll-up timeframe (a backfill, e.g. warm-up history beyond the base
     series) is settled here too, not by event time: the bucket holds the roll-up once its base set is
     complete, else the REST candle (the exchange's own aggregate), never a roll-up of part of it.
-    Decided from the base set and the REST candles, so any batching gives the same bucket."""
+    Decided from the base set and the REST candles, so any batching gives the same bucket.
+
+    A level's events are emitted in bucket order: a bucket the watermark closes (its last base candle
+    never came) precedes the newer buckets of its series that this batch closed from their base, as it
+    does when the watermark passes it in an earlier batch. So each series' close events come in the same
+    order whatever the batching, and the indicator processor (which folds them in that order) with them."""
     for target, source in rollups:
+        level: list[CandleClosed] = []
         wanted: dict[tuple[str, str], set[int]] = defaultdict(set)  # (source key, target key) -> starts
         for key, book in books.items():
             exchange_id, symbol, tf = keys.parse_candles(key)
@@ -150,9 +156,9 @@ async def settle_rollups(
                         if kept != current:
                             book.put(kept)
                             if current is None or not current.closed:
-                                closes.append(CandleClosed(candle=kept))
+                                level.append(CandleClosed(candle=kept))
                             elif not kept.same_values(current):
-                                closes.append(CandleClosed(candle=kept, correction=True))
+                                level.append(CandleClosed(candle=kept, correction=True))
                         continue
                 assert r is not None
                 candle = r.candle
@@ -168,11 +174,12 @@ async def settle_rollups(
                 if candle != current:
                     book.put(candle)
                 if event is not None:
-                    closes.append(event)
+                    level.append(event)
         for key, start in due:  # this level's open roll-ups the watermark has passed, base unchanged
             c = books[key].candles.get(start)
             if c is None or c.source != ROLLUP or c.closed or c.timeframe != target:
                 continue
             for event in close_due([c], watermark, close_grace_ms):
                 books[key].put(event.candle)  # dirty: the next level sees its base closed, as in any batching
-                closes.append(event)
+                level.append(event)
+        closes.extend(sorted(level, key=lambda e: e.candle.start))  # (stable: a series' events stay in order)

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from processors.replay import ReplayNoData, ReplayOptions, horizon_ms
 from processors.replay_source import ReplayGapError
+from projections import store
 from streams import keys, log
 from tests.realdata import BINANCE_0404, COINBASE_AT
 from tests.replay_support import (
@@ -65,6 +66,32 @@ async def test_replay_equals_a_live_run_that_folded_in_chunks(
 ) -> None:
     await live_run(client, "coinbase", day, chunks=8)  # (8 splits batches where the closed_by of 1h roll-ups differ)
     await check_sub_ranges(client, target, day)
+
+
+async def _close_sequences(client: aioredis.Redis) -> dict[tuple[str, str], list[tuple[int, bool, str]]]:
+    """Each series' close events, in stream order: (start, correction, close)."""
+    out: dict[tuple[str, str], list[tuple[int, bool, str]]] = {}
+    for _, fields in await log.entries(client, keys.closes_stream("coinbase")):
+        e = store.decode_closed(fields[b"event"])
+        out.setdefault((e.candle.symbol, e.candle.timeframe), []).append((e.candle.start, e.correction, e.candle.close))
+    return out
+
+
+async def test_each_series_closes_in_the_same_order_however_the_frames_were_batched(
+    day: list[bytes], client: aioredis.Redis
+) -> None:
+    """The indicator processor folds a series' closes in stream order, so that order must not depend on the
+    batching. Eight chunks put a batch boundary at 21:00, where 20:59 has no trade: the 20:45 15m bucket
+    (its last base candle never came) closes by watermark in the batch that also closes 21:00 and later
+    from their base; it must still come before them, as it does when one batch holds it all."""
+    sequences = []
+    for chunks in (1, 8):
+        await client.flushdb()
+        await live_run(client, "coinbase", day, chunks=chunks)
+        sequences.append(await _close_sequences(client))
+    assert sequences[0].keys() == sequences[1].keys()
+    for series, events in sequences[0].items():
+        assert sequences[1][series] == events, series
 
 
 @pytest.mark.parametrize(

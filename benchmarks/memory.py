@@ -2,11 +2,14 @@
 
 Each symbol-timeframe (1m and the default roll-ups) holds what `tickfold process` keeps for it with
 the default settings: ``candle_history`` closed candles in ``candles:{ex}:{symbol}:{tf}``,
-``indicator_history`` MACD-V points in ``indicator:{ex}:{symbol}:{tf}:macdv`` and the indicator state
-``indicator_state`` (kernel state and last point). Candles are written by the projection's own writer
-(:func:`projections.store.queue_series`), shaped like Binance klines (8-decimal strings); points and
-states by the indicator processor itself: one close per series 1,000 candles back (its recompute
-writes every point from there), then the last 35 candles close one by one (O(1) steps), so each
+``indicator_history`` MACD-V points in ``indicator:{ex}:{symbol}:{tf}:macdv``, the indicator state
+``indicator_state`` (kernel state and last point) and the indicator's input ``indicator_input`` (the
+newest ``indicator_window`` closed candles as its close events brought them). Candles are written by
+the projection's own writer (:func:`projections.store.queue_series`), shaped like Binance klines
+(8-decimal strings); points and
+states by the indicator processor itself: one close per series 1,000 candles back (seeded from the
+stored candles, as a rebuild of the indicators is: its recompute writes every point and the whole
+input from there), then the last 35 candles close one by one (O(1) steps), so each
 series ends with its full ``indicator_history`` of points, as after a long live run.
 
 Measured: INFO ``used_memory`` before and after, with the exchange-wide streams the run also wrote
@@ -61,7 +64,9 @@ def _series(symbol: str, timeframe: str, n: int, rnd: random.Random) -> list[Can
 
 async def _drain(client: aioredis.Redis, settings: Settings) -> None:
     def make(p: int) -> IndicatorProcessor:
-        return IndicatorProcessor(EXCHANGE, window=settings.indicator_window, history=settings.indicator_history)
+        return IndicatorProcessor(
+            EXCHANGE, window=settings.indicator_window, history=settings.indicator_history, seed_from_candles=True
+        )
 
     runner = Runner(client, EXCHANGE, GROUP, 1, make, RunnerConfig(consumer="bench"))
     await runner.run(until_idle=True)
@@ -109,13 +114,14 @@ async def _measure(url: str, symbols: int) -> tuple[float, dict[str, float], int
         await client.delete(keys.workers(GROUP, EXCHANGE))
         await client.memory_purge()
         after = await _used(client)
-        kinds: dict[str, list[int]] = {"candles": [], "indicator": [], "state": []}
+        kinds: dict[str, list[int]] = {"candles": [], "indicator": [], "state": [], "input": []}
         for candles in series:
             c = candles[0]
             named = {
                 "candles": keys.candles(EXCHANGE, c.symbol, c.timeframe),
                 "indicator": keys.indicator(EXCHANGE, c.symbol, c.timeframe, KIND),
                 "state": keys.indicator_state(EXCHANGE, c.symbol, c.timeframe, KIND),
+                "input": keys.indicator_input(EXCHANGE, c.symbol, c.timeframe),
             }
             for kind, key in named.items():
                 size: Any = await client.memory_usage(key, samples=0)
@@ -142,10 +148,11 @@ def run(ctx: Context) -> list[Figure]:
         per_symbol.append(value * tfs)
     note = (
         f"{symbols} symbols x {tfs} timeframes (1m + rollups {settings.rollups}), each with "
-        f"{settings.candle_history:,} candles, {settings.indicator_history:,} MACD-V points and its state; "
+        f"{settings.candle_history:,} candles, {settings.indicator_history:,} MACD-V points, its state and input; "
         f"MEMORY USAGE per key: candles {split['candles']:,.0f} B ({split['candles'] / settings.candle_history:.0f} "
         f"B/candle), MACD-V points {split['indicator']:,.0f} B "
-        f"({split['indicator'] / settings.indicator_history:.0f} B/point), state {split['state']:,.0f} B"
+        f"({split['indicator'] / settings.indicator_history:.0f} B/point), state {split['state']:,.0f} B, "
+        f"input {split['input']:,.0f} B ({split['input'] / settings.indicator_window:.0f} B/candle)"
     )
     return [
         Figure("memory per symbol-timeframe (INFO used_memory delta)", "bytes", per_series, note=note,

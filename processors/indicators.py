@@ -5,19 +5,26 @@ raw stream). For each series a batch touches it *recomputes* from the candle his
 stepping a stored state, so a repeated or out-of-order close, a correction or a backfilled bucket
 can't corrupt anything: the values are a function of the closed candles alone.
 
-* Input: the newest ``window`` closed candles of the series (default 1000). EMA(26) and Wilder's
-  ATR(26) forget their seed by a factor (25/26)^1000 ≈ 1e-17, below double precision, so the values
-  are those of the whole history while the series is longer than the window, and exactly the batch
-  kernels' output over the whole series while it is shorter.
+* Input: the newest ``window`` closed candles of the series (default 1000), *as its close events brought
+  them*: the processor keeps them in ``indinput:{exchange_id}:{symbol}:{timeframe}`` (high, low, close
+  by start), written in the same MULTI as the points. It does not read the candle projection, which may
+  already hold buckets whose close events come later (a gap a REST backfill fills, a later correction,
+  or everything, when a replay folds the candles first): so the values and alerts are a function of the
+  close events in stream order alone, whatever the batch boundaries and however far the candle
+  processor is ahead. (A state written before ``indinput`` existed, and a rebuild from the stored
+  candles, seed it from the candle projection once.) EMA(26) and Wilder's ATR(26) forget their seed
+  by a factor (25/26)^1000 ≈ 1e-17, below double precision, so the values are those of the whole
+  history while the series is longer than the window, and exactly the batch kernels' output over the
+  whole series while it is shorter.
 * Output: ``indicator:{exchange_id}:{symbol}:{timeframe}:macdv``, a sorted set scored by candle start
   of JSON points ``{start, macdv, signal, histogram, zone}``, bounded to ``history`` points; only
   candles past the warm-up (26 + 9 closes) have a point. A batch rewrites the points from the
   earliest close it carries onwards.
 * Runs: a batch's closes of one series are folded in runs cut before each correction and each repeat
   or out-of-order close, each run as if it had come in a batch of its own (a recomputing run sees the
-  stored candles with the buckets this batch closed at their value in that run or before). So the
-  alerts of an original sequence that a correction later in the same batch replaces are raised as they
-  are when the correction comes in a later batch: they do not depend on where batches fall.
+  input with the buckets this batch closed at their value in that run or before). So the alerts of an
+  original sequence that a correction later in the same batch replaces are raised as they are when the
+  correction comes in a later batch: they do not depend on where batches fall.
 * Alerts: the rules of :mod:`projections.alerts` between consecutive points. Each alert has a
   deterministic id; ids already raised (``alerts:{exchange_id}:ids``) are not raised again, so a
   redelivery or a replay never duplicates one. New alerts go to ``alerts:{exchange_id}`` in the same
@@ -86,16 +93,32 @@ class MacdvParams:
 
 class SeriesState(msgspec.Struct, frozen=True, array_like=True):
     """What an O(1) step of a series needs: the kernel state after the candle at ``start``, that candle's
-    MACD-V (None before it is defined) and point (for the alert rules)."""
+    MACD-V (None before it is defined) and point (for the alert rules); ``tracked``: the series' input is
+    in ``indinput`` (False in states written before it was: then it is seeded from the candles)."""
 
     start: int
     state: bytes
     macdv: float | None
     point: Point | None
+    tracked: bool = False
+
+
+class Bar(msgspec.Struct, frozen=True, array_like=True):
+    """A closed candle as the kernels read it: a member of ``indinput:``, scored by ``start``."""
+
+    start: int
+    high: float
+    low: float
+    close: float
+
+    @classmethod
+    def of(cls, candle: Candle) -> Bar:
+        return cls(candle.start, float(candle.high), float(candle.low), float(candle.close))
 
 
 _STATE = msgspec.msgpack.Encoder()
 _STATE_DECODER = msgspec.msgpack.Decoder(SeriesState)
+_BAR_DECODER = msgspec.msgpack.Decoder(Bar)
 
 
 def _decode_state(raw: bytes | None) -> SeriesState | None:
@@ -114,23 +137,21 @@ def _runs(events: list[CandleClosed]) -> list[list[CandleClosed]]:
     return out
 
 
-def _as_of(stored: list[Candle], runs: list[list[CandleClosed]], upto: int) -> list[Candle]:
-    """The closed candles as run ``upto`` finds them: the stored ones (which already hold every run of the
-    batch), each bucket runs ``0..upto`` closed at its newest value there (a correction later in the batch
-    is not seen yet)."""
-    oldest = stored[0].start if stored else -1  # (a close older than the window read stays out, as before)
-    out = {c.start: c for c in stored}
+def _as_of(base: list[Bar], runs: list[list[CandleClosed]], upto: int) -> list[Bar]:
+    """The closed candles as run ``upto`` finds them: the input before the batch, each bucket runs
+    ``0..upto`` closed at its newest value there (a correction later in the batch is not seen yet)."""
+    out = {b.start: b for b in base}
     for run in runs[: upto + 1]:
         for e in run:
-            if e.candle.start >= oldest and e.candle.closed:
-                out[e.candle.start] = e.candle
+            if e.candle.closed:
+                out[e.candle.start] = Bar.of(e.candle)
     return [out[start] for start in sorted(out)]
 
 
-def _arrays(candles: list[Candle]) -> tuple[Any, Any, Any]:
-    high = np.array([float(c.high) for c in candles], dtype=np.float64)
-    low = np.array([float(c.low) for c in candles], dtype=np.float64)
-    close = np.array([float(c.close) for c in candles], dtype=np.float64)
+def _arrays(bars: list[Bar]) -> tuple[Any, Any, Any]:
+    high = np.array([b.high for b in bars], dtype=np.float64)
+    low = np.array([b.low for b in bars], dtype=np.float64)
+    close = np.array([b.close for b in bars], dtype=np.float64)
     return high, low, close
 
 
@@ -148,8 +169,12 @@ class IndicatorProcessor:
         params: MacdvParams | None = None,
         zones: ZoneThresholds | None = None,
         alert_history: int = 100_000,
+        seed_from_candles: bool = False,
     ) -> None:
+        """``seed_from_candles``: a series with no state yet starts from its stored candles, not from its
+        close events alone (a rebuild of the indicators from the candle projection)."""
         self.exchange_id = exchange_id
+        self.seed_from_candles = seed_from_candles
         self.stream = keys.closes_stream(exchange_id)
         self.window = window
         self.history = history
@@ -158,9 +183,7 @@ class IndicatorProcessor:
         self.alert_history = alert_history
         self.ids_key = keys.alert_ids(exchange_id)
 
-    def _recompute(
-        self, candles: list[Candle], since: int
-    ) -> tuple[list[Point | None], Point | None, SeriesState | None]:
+    def _recompute(self, candles: list[Bar], since: int) -> tuple[list[Point | None], Point | None, SeriesState | None]:
         """MACD-V of the whole window, and the kernel state it leaves (ready for the next close); points
         from the candle before ``since`` on (the one before is what the alert rules compare with)."""
         p = self.params
@@ -174,8 +197,13 @@ class IndicatorProcessor:
         after = None
         if candles:
             last = float(line[-1])
-            after = SeriesState(candles[-1].start, dumps(state), None if math.isnan(last) else last, pts[-1])
+            after = SeriesState(candles[-1].start, dumps(state), None if math.isnan(last) else last, pts[-1], True)
         return pts, None, after
+
+    def _seeded(self, saved: SeriesState | None) -> bool:
+        """Does the series' input start from its stored candles (see ``seed_from_candles``, and a state
+        written before ``indinput`` was)?"""
+        return self.seed_from_candles if saved is None else not saved.tracked
 
     def _step(
         self, saved: SeriesState | None, events: list[CandleClosed]
@@ -199,7 +227,7 @@ class IndicatorProcessor:
             pts.append(points([c.start], [m], [sig], [h], self.zones, previous=prev)[0])
             prev = m
         last = ordered[-1].candle.start
-        return pts, saved.point, SeriesState(last, dumps(state), None if math.isnan(prev) else prev, pts[-1])
+        return pts, saved.point, SeriesState(last, dumps(state), None if math.isnan(prev) else prev, pts[-1], True)
 
     async def handle(self, client: aioredis.Redis, entries: Sequence[Entry], fence: Fence) -> BatchResult:
         changed: dict[tuple[str, str], list[CandleClosed]] = {}  # (symbol, timeframe) -> its closes, in order
@@ -245,28 +273,38 @@ class IndicatorProcessor:
                 states = {series: _decode_state(raw) for series, raw in zip(order, saved, strict=True)}
                 runs = {series: _runs(changed[series]) for series in order}
                 first = {series: self._step(states[series], runs[series][0]) for series in order}
-                # series that may need their stored candles: a first run that can't step, or several runs
-                todo = [series for series in order if first[series] is None or len(runs[series]) > 1]
+                seeded = {series: self._seeded(states[series]) for series in order}
+                # series whose input is read: a first run that can't step, several runs, or an input to seed
+                todo = [s for s in order if first[s] is None or len(runs[s]) > 1 or seeded[s]]
                 reader = client.pipeline(transaction=False)
                 for symbol, tf in todo:
-                    series_key = scope.read_key(keys.candles(self.exchange_id, symbol, tf))
-                    reader.zrange(series_key, -(self.window + 1), -1)
+                    if seeded[(symbol, tf)]:
+                        series_key = scope.read_key(keys.candles(self.exchange_id, symbol, tf))
+                        reader.zrange(series_key, -(self.window + 1), -1)
+                    else:
+                        reader.zrange(keys.indicator_input(self.exchange_id, symbol, tf), -self.window, -1)
                 replies: Any = await reader.execute() if todo else []
-                stored = {
-                    series: [c for c in map(store.decode_candle, members) if c.closed]
+                base = {
+                    series: (
+                        [Bar.of(c) for c in map(store.decode_candle, members) if c.closed]
+                        if seeded[series]
+                        else [_BAR_DECODER.decode(m) for m in members]
+                    )
                     for series, members in zip(todo, replies, strict=True)
                 }
                 writes: list[tuple[str, int, list[Point]]] = []  # (indicator key, since, points)
                 fresh: dict[str, Alert] = {}  # by id: a transition seen by two runs is raised once
                 new_states: dict[str, bytes] = {}
+                inputs: dict[str, tuple[bool, list[Bar]]] = {}  # input key -> (rewritten whole?, bars)
                 for (symbol, tf), state_key in zip(order, state_keys, strict=True):
-                    state = states[(symbol, tf)]
-                    since = min(e.candle.start for e in changed[(symbol, tf)])
+                    series = (symbol, tf)
+                    state = states[series]
+                    since = min(e.candle.start for e in changed[series])
                     by_start: dict[int, Point] = {}
-                    for i, run in enumerate(runs[(symbol, tf)]):
-                        result = first[(symbol, tf)] if i == 0 else self._step(state, run)
+                    for i, run in enumerate(runs[series]):
+                        result = first[series] if i == 0 else self._step(state, run)
                         if result is None:  # the candles as this run's closes left them (module docstring)
-                            candles = _as_of(stored[(symbol, tf)], runs[(symbol, tf)], i)[-self.window :]
+                            candles = _as_of(base[series], runs[series], i)[-self.window :]
                             result = self._recompute(candles, min(e.candle.start for e in run))
                         pts, before, after = result
                         run_since = min(e.candle.start for e in run)
@@ -280,6 +318,11 @@ class IndicatorProcessor:
                     writes.append((key, since, [by_start[start] for start in sorted(by_start)]))
                     if state is not None:
                         new_states[state_key] = _STATE.encode(state)
+                    input_key = keys.indicator_input(self.exchange_id, symbol, tf)
+                    if series in base:  # read: written whole, as the last run left it
+                        inputs[input_key] = (True, _as_of(base[series], runs[series], len(runs[series]) - 1))
+                    else:  # stepped: the next closed candles, appended
+                        inputs[input_key] = (False, [Bar.of(e.candle) for e in changed[series] if e.candle.closed])
                 raised: list[Alert] = []
                 if fresh:
                     known: Any = await pipe.zmscore(self.ids_key, list(fresh))
@@ -296,6 +339,13 @@ class IndicatorProcessor:
                     scope.queue_expiry(pipe, name, targets, expiry)
                 if new_states:
                     pipe.mset(new_states)
+                for input_key, (whole, bars) in inputs.items():
+                    if whole:
+                        pipe.delete(input_key)
+                    if bars:
+                        pipe.zadd(input_key, {_STATE.encode(b): b.start for b in bars[-self.window :]})
+                        if not whole:
+                            pipe.zremrangebyrank(input_key, 0, -(self.window + 1))
                 alerts_stream = keys.alerts_stream(self.exchange_id)
                 for alert in raised:
                     pipe.xadd(alerts_stream, {"alert": _ENCODER.encode(alert)})

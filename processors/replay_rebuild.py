@@ -5,8 +5,9 @@
              frame with the live candle processor; the indicators are left as they are (their group
              starts at the end of the new closes stream, as do the other groups that read it before,
              such as the archiver's: the re-emitted closes re-derive what they had read).
-``all``      deletes the indicator projections too (points, user overflow points, kernel states) and runs
-             the live indicator processor after every candle batch, as ``process`` does.
+``all``      deletes the indicator projections too (points, user overflow points, kernel states and
+             their input) and runs the live indicator processor after every candle batch, as
+             ``process`` does.
 ``indicators`` deletes the indicator projections only and recomputes each series from its stored closed
              candles (all of them: at most ``candle_history``), through the indicator processor's
              recompute path; the candles are not touched.
@@ -91,6 +92,7 @@ def _indicator_patterns(exchange_id: str) -> list[str]:
     return [
         _pattern(keys.indicator(exchange_id, "S", "1m", KIND), 2),
         _pattern(keys.indicator_state(exchange_id, "S", "1m", KIND), 2),
+        _pattern(keys.indicator_input(exchange_id, "S", "1m"), 2),
         "userindicator:*:" + _pattern(keys.indicator(exchange_id, "S", "1m", KIND), 2).split(":", 1)[1],
     ]
 
@@ -262,7 +264,10 @@ async def _recompute_indicators(
     newest = await log.entries(client, closes, count=1, newest_first=True)
     report.deleted = await _delete(client, _indicator_patterns(exchange_id), [])
     processor = IndicatorProcessor(
-        exchange_id, window=max(settings.candle_history, settings.indicator_window), history=settings.indicator_history
+        exchange_id,
+        window=max(settings.candle_history, settings.indicator_window),
+        history=settings.indicator_history,
+        seed_from_candles=True,
     )
     entries: list[log.Entry] = []
     for key in await store.list_series(client, exchange_id):

@@ -248,6 +248,13 @@ def indicator_state(exchange_id: str, symbol: str, timeframe: str, kind: str) ->
     )
 
 
+def indicator_input(exchange_id: str, symbol: str, timeframe: str) -> str:
+    """The closed candles of a series as the indicator processor's close events brought them (internal): a
+    sorted set scored by candle start, the newest ``indicator_window`` kept. A recompute reads these, not
+    the candle projection, which may already hold buckets whose close events come later."""
+    return f"indinput:{exchange_part(exchange_id)}:{_part('symbol', symbol)}:{timeframe_part(timeframe)}"
+
+
 # ------------------------------------------------------------------------------ the supervisor (serve)
 
 SUPERVISOR_GROUP = "supervisor"  # the consumer group on CONTROL_STREAM that answers commands

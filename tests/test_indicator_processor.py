@@ -175,6 +175,7 @@ async def _indicators_again(client: aioredis.Redis, batch_size: int) -> tuple[di
     ``batch_size``: the points of every 1m series and the alert ids it raises."""
     stale = [k async for k in client.scan_iter("indicator:coinbase:*")]
     stale += [k async for k in client.scan_iter("indstate:coinbase:*")]
+    stale += [k async for k in client.scan_iter("indinput:coinbase:*")]
     await client.delete(*stale, keys.alerts_stream("coinbase"), keys.alert_ids("coinbase"))
     await client.xgroup_setid(keys.closes_stream("coinbase"), "indicators", "0")
     await drain(client, ["coinbase"], batch_size=batch_size)
@@ -214,3 +215,77 @@ async def test_alerts_around_a_late_correction_do_not_depend_on_the_batches(
         got_points, got_alerts = await _indicators_again(client, batch_size)
         assert got_points == live_points
         assert got_alerts == live_alerts, batch_size
+
+
+async def test_alerts_around_a_late_gap_fill_do_not_depend_on_the_batches(
+    day: list[bytes], client: aioredis.Redis
+) -> None:
+    """A missing bucket filled much later (REST): live, the closes after the gap were folded without it.
+    Folding the closes again, one per batch or all in one, with the candle projection already holding
+    the fill, must give the live run's points and alerts: the indicator processor reads the candles as
+    its close events brought them, not as they are stored now."""
+    from streams.frames import RestCandle, RestCandlesFrame, encode_tickfold
+
+    await log.append_frames(client, "coinbase", [(f, 0) for f in day[: len(day) // 2]])
+    await drain(client, ["coinbase"])
+    live_before = {a.id for a in await alert_list(client)}
+    stored = {
+        c.start: c
+        for (s, tf, _), c in (await all_candles(client, "coinbase")).items()
+        if s == PRODUCTS[0] and tf == "1m"
+    }
+    starts = sorted(stored)
+    middle = starts[len(starts) // 2 :]  # well past the warm-up
+    missing = next(s for s in range(middle[0], middle[-1], 60_000) if s not in stored)  # a trade every 90 s: gaps
+    before = stored[max(s for s in starts if s < missing)]
+    filled = RestCandle(
+        start=missing,
+        open=before.close,
+        high=str(float(before.close) * 1.3),
+        low=str(float(before.close) * 0.6),
+        close=str(float(before.close) * 1.2),
+        volume="1",
+    )
+    late = RestCandlesFrame(
+        exchange="coinbase", symbol=PRODUCTS[0], timeframe="1m", fetched_ns=0, source="test", candles=[filled]
+    )
+    await log.append_frames(client, "coinbase", [(encode_tickfold(late), 0)])
+    await drain(client, ["coinbase"])  # the fill comes in a batch of its own, after the closes around it
+    live_points = {s: await points(client, s, "1m") for s in PRODUCTS}
+    live_alerts = {a.id for a in await alert_list(client)}
+    assert missing in live_points[PRODUCTS[0]]  # the fill closed the bucket: a point of its own
+    assert live_before < live_alerts  # and it changed MACD-V after it: new transitions
+    for batch_size in (1, 7, 100_000):
+        got_points, got_alerts = await _indicators_again(client, batch_size)
+        assert got_points == live_points, batch_size
+        assert got_alerts == live_alerts, batch_size
+
+
+async def test_states_written_before_the_input_was_kept_are_seeded_from_the_candles(
+    day: list[bytes], client: aioredis.Redis
+) -> None:
+    """An upgrade: kernel states without ``indinput`` (and not marked as tracked) seed the input from the
+    stored candles once, so the points after it equal those of a run that kept the input all along."""
+    from processors.indicators import _STATE_DECODER
+
+    first, second = day[: len(day) // 3], day[len(day) // 3 : len(day) // 2]
+    await log.append_frames(client, "coinbase", [(f, 0) for f in first])
+    await drain(client, ["coinbase"])
+    await log.append_frames(client, "coinbase", [(f, 0) for f in second])
+    await drain(client, ["coinbase"])
+    kept = {s: await points(client, s, "1m") for s in PRODUCTS}
+    await client.flushdb()
+
+    await log.append_frames(client, "coinbase", [(f, 0) for f in first])
+    await drain(client, ["coinbase"])
+    inputs = [k async for k in client.scan_iter("indinput:coinbase:*")]
+    assert inputs
+    await client.delete(*inputs)
+    async for key in client.scan_iter("indstate:coinbase:*"):
+        state = _STATE_DECODER.decode(await client.get(key))
+        assert state.tracked
+        await client.set(key, msgspec.msgpack.encode(list(msgspec.structs.astuple(state))[:4]))  # the old layout
+    await log.append_frames(client, "coinbase", [(f, 0) for f in second])
+    await drain(client, ["coinbase"])
+    assert {s: await points(client, s, "1m") for s in PRODUCTS} == kept
+    assert await client.exists(*inputs) == len(inputs)

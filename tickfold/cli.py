@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("process", help="run the candle processor(s); Ctrl-C/SIGTERM stops after the batch in hand")
     pr.add_argument("--exchange", action="append", help="only this exchange (repeatable; default: all)")
     pr.add_argument("--until-idle", action="store_true", help="drain the streams, then exit")
-    pr.add_argument("--batch-size", type=int, help="entries per batch (default 500)")
+    pr.add_argument("--batch-size", type=int, help="entries per partition per batch at most (default 2000)")
     pr.add_argument(
         "--backfill",
         action="store_true",

@@ -35,7 +35,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     redis_url: str | None = None
     database_url: str | None = None
     data_dir: str = ".tickfold"
-    batch_size: int = 500  # entries per partition per batch at most (a read takes what is there, up to this)
+    batch_size: int = 2000  # entries per partition per batch at most (a read takes what is there, up to this)
     block_ms: int = 1000
     candle_history: int = 5000
     backfill_history: int = 300  # closed candles per symbol/timeframe the warm-up backfills from REST

@@ -59,11 +59,11 @@ class MemoryCandles:
         a run of them is folded as one item at the run's newest event time, read from the column: the fold
         closes what comes due at a watermark item, keeping each candle's values, and pops its pending candles
         in deadline order, so one item at the run's maximum closes the same candles, in the same order, as
-        the run's items one by one. Only the other frames are built and decoded (``plan``)."""
+        the run's items one by one. Only the other frames are built and decoded (``plan``), the batch's at
+        once; a run's item carries the id of its last entry (its fields are not built: nothing reads them)."""
         p = self.processor
-        times_only = p.times_only
-        plan = Plan()
-        count = 0
+        pieces: list[Frames] = []
+        count = skipped = 0
         newest: tuple[int, int] | None = None
         for frames in chunk:
             n = len(frames)
@@ -72,43 +72,14 @@ class MemoryCandles:
             count += n
             newest = frames.position(n - 1)
             skip = frames.count_through(self.position) if frames.position(0) <= self.position else 0
-            plan.skipped += skip
-            if skip == n:
-                continue
-            if not times_only:
-                _merge(plan, p.plan(frames.entries(skip), (0, 0)))
-                continue
-            trade = frames.kind[skip:] == TRADE
-            cuts = np.flatnonzero(trade[1:] != trade[:-1]) + 1
-            starts = np.concatenate(([0], cuts))
-            ends = np.concatenate((cuts, [len(trade)]))
-            tops = np.maximum.reduceat(frames.event_ms[skip:], starts).tolist()
-            built = ~trade  # the rows to build: every other frame, and the last of each trade run
-            built[ends[trade[starts]] - 1] = True
-            rows = np.flatnonzero(built)
-            entries = frames.entries_at(rows + skip)
-            others = [e for e, run in zip(entries, trade[rows].tolist(), strict=True) if not run]
-            decoded = p.plan(others, (0, 0))  # one plan for the batch's other frames, in order
-            plan.dead.extend(decoded.dead)
-            for key, marks in decoded.filled.items():
-                plan.filled.setdefault(key, set()).update(marks)
-            items, i, at = decoded.items, 0, 0
-            aligned = len(items) == len(others)  # no dead letter: one item per frame
-            for a, b, top in zip(starts.tolist(), ends.tolist(), tops, strict=True):
-                if trade[a]:
-                    plan.items.append(Item(entries[at], [], [], top * 1_000_000))
-                    at += 1
-                    continue
-                if aligned:
-                    plan.items.extend(items[i : i + b - a])
-                    i += b - a
-                else:
-                    for entry_id, _ in entries[at : at + b - a]:  # its items (a dead letter has none)
-                        if i < len(items) and items[i].entry[0] == entry_id:
-                            plan.items.append(items[i])
-                            i += 1
-                at += b - a
-            assert i == len(items)
+            skipped += skip
+            if skip < n:
+                pieces.append(frames.take(slice(skip, None)) if skip else frames)
+        plan = _plan_columns(p, pieces) if p.times_only else Plan()
+        if not p.times_only:
+            for frames in pieces:
+                _merge(plan, p.plan(frames.entries(), (0, 0)))
+        plan.skipped += skipped
         return await self._fold(plan, count, newest)
 
     async def _fold(self, plan: Plan, count: int, newest: tuple[int, int] | None) -> int:
@@ -219,3 +190,53 @@ def _merge(plan: Plan, part: Plan) -> None:
     plan.skipped += part.skipped
     for key, starts in part.filled.items():
         plan.filled.setdefault(key, set()).update(starts)
+
+
+def _plan_columns(p: CandleProcessor, pieces: list[Frames]) -> Plan:
+    """The plan of a batch of Binance frames whose trades only move the watermark (:meth:`MemoryCandles.fold_frames`):
+    one plan of the other frames, with an item per run of trade frames at the run's newest event time."""
+    if not pieces:
+        return Plan()
+    kind = np.concatenate([f.kind for f in pieces]) if len(pieces) > 1 else pieces[0].kind
+    trade = kind == TRADE
+    others: list[Entry] = []
+    for f in pieces:
+        rows = np.flatnonzero(f.kind != TRADE)
+        if rows.size:
+            others.extend(f.entries_at(rows))
+    plan = p.plan(others, (0, 0))  # one plan for the batch's other frames, in order
+    items = plan.items
+    if not trade.any():
+        return plan
+    times = np.concatenate([f.event_ms for f in pieces]) if len(pieces) > 1 else pieces[0].event_ms
+    cuts = np.flatnonzero(trade[1:] != trade[:-1]) + 1
+    starts = np.concatenate(([0], cuts))
+    ends = np.concatenate((cuts, [len(trade)]))
+    tops = np.maximum.reduceat(times, starts)
+    is_run = trade[starts]
+    last = ends[is_run] - 1  # the last row of each trade run: its id names the run's item
+    ms = np.concatenate([f.ms for f in pieces])[last].tolist() if len(pieces) > 1 else pieces[0].ms[last].tolist()
+    seq = np.concatenate([f.seq for f in pieces])[last].tolist() if len(pieces) > 1 else pieces[0].seq[last].tolist()
+    runs = [
+        Item((f"{a}-{b}".encode(), {}), [], [], top * 1_000_000)
+        for a, b, top in zip(ms, seq, tops[is_run].tolist(), strict=True)
+    ]
+    out: list[Item] = []
+    aligned = len(items) == len(others)  # no dead letter and no merged item: one item per other frame
+    i = r = at = 0
+    for a, b, run in zip(starts.tolist(), ends.tolist(), is_run.tolist(), strict=True):
+        if run:
+            out.append(runs[r])
+            r += 1
+        elif aligned:
+            out.extend(items[i : i + b - a])
+            i += b - a
+        else:
+            for entry_id, _ in others[at : at + b - a]:  # its items (a dead letter has none)
+                if i < len(items) and items[i].entry[0] == entry_id:
+                    out.append(items[i])
+                    i += 1
+            at += b - a
+    assert i == len(items)
+    plan.items = out
+    return plan

@@ -1,4 +1,5 @@
-"""``python -m benchmarks.replay_speed [--quick]``: replay frames/s, archive -> candles -> MACD-V.
+"""``python -m benchmarks.replay_speed [--quick] [--exchange E] [--rounds N] [--replays]``: replay frames/s,
+archive -> candles -> MACD-V.
 
 Private servers only: a PostgreSQL (the archive), a Redis holding the raw streams, and a Redis the replay
 folds into. Two inputs, each archived by the archiver and then trimmed from the streams but for the newest
@@ -19,11 +20,15 @@ indicator processor. Rates are frames per wall second, per CPU second of this pr
 (``time.process_time``), and per CPU second of this process and the PostgreSQL and Redis servers together
 (``/proc``): the machine's two cores are shared, so the CPU figures are the ones to compare. The README's
 *Replay* figures come from here.
+
+The clients and the event loop are the ``tickfold replay`` command's: ``log.connect`` (hiredis packing, pipelines
+read in one loop; the target without a per-reply timeout) under uvloop. ``--exchange`` measures one input,
+``--rounds`` sets the rounds (default 3), ``--replays`` measures only the whole replays (not each stage).
 """
 
 from __future__ import annotations
 
-import asyncio
+import argparse
 import gc
 import os
 import statistics
@@ -34,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import redis.asyncio as aioredis
+import uvloop
 
 from migrations.runner import migrate
 from processors.archiver import GROUP as ARCHIVE
@@ -214,40 +220,57 @@ def _replays(
     ]
 
 
-async def measure(dsn: str, source_url: str, target_url: str, quick: bool, servers: list[int]) -> list[str]:
+async def measure(
+    dsn: str,
+    source_url: str,
+    target_url: str,
+    quick: bool,
+    servers: list[int],
+    *,
+    exchanges: tuple[str, ...] = ("binance", "coinbase"),
+    rounds: int = RUNS,
+    stages: bool = True,
+) -> list[str]:
     from benchmarks.ingest_fold import frames as binance_frames
     from tests.synthetic import synthetic_day
 
     await migrate(dsn)
-    source = aioredis.Redis.from_url(source_url)
-    target = aioredis.Redis.from_url(target_url)
     lines: list[str] = []
-    try:
+    async with log.connect(source_url) as source, log.connect(target_url, reply_timeout=None) as target:
         copies = 20 if quick else 200
         inputs = [
-            ("binance", f"Binance: the recorded session x{copies} (1m klines + aggTrades)", binance_frames(copies)),
+            ("binance", f"Binance: the recorded session x{copies} (1m klines + aggTrades)", binance_frames),
             ("coinbase", "Coinbase: the synthetic day (market_trades -> 1m trade candles, roll-ups to 1d)",
-             synthetic_day(every_ms=20_000 if quick else 5_000)),
+             lambda _: synthetic_day(every_ms=20_000 if quick else 5_000)),
         ]  # fmt: skip
         windows = {
             "binance": (1_617_000_000_000, 1_620_000_000_000),
             "coinbase": (DAY_START_MS, DAY_START_MS + 86_400_000),
         }
         for exchange_id, name, data in inputs:
-            lines.append(f"{name}: {await _archive_and_trim(source, dsn, exchange_id, data)}")
+            if exchange_id not in exchanges:
+                continue
+            lines.append(f"{name}: {await _archive_and_trim(source, dsn, exchange_id, data(copies))}")
             figures = [
-                *_stages(source, dsn, exchange_id),
+                *(_stages(source, dsn, exchange_id) if stages else []),
                 *_replays(source, target, dsn, exchange_id, windows[exchange_id]),
             ]
-            lines.extend(f"  {line}" for line in await _interleaved(RUNS, figures, servers))
-        return lines
-    finally:
-        await source.aclose()
-        await target.aclose()
+            lines.extend(f"  {line}" for line in await _interleaved(rounds, figures, servers))
+    return lines
 
 
-def main() -> int:
-    quick = "--quick" in sys.argv[1:]
+def _args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.replay_speed")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the data")
+    parser.add_argument("--exchange", choices=("binance", "coinbase"), help="measure this input only")
+    parser.add_argument("--rounds", type=int, default=RUNS, help="interleaved rounds (default %(default)s)")
+    parser.add_argument("--replays", action="store_true", help="only the whole replays, not each stage")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(sys.argv[1:] if argv is None else argv)
+    exchanges = (args.exchange,) if args.exchange else ("binance", "coinbase")
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp).chmod(0o755)  # as root, PostgreSQL runs as an unprivileged user who must reach it
@@ -257,7 +280,17 @@ def main() -> int:
         try:
             postmaster = int((Path(tmp) / "pg" / "postmaster.pid").read_text().split()[0])
             servers = [postmaster, source.pid, target.pid]
-            for line in asyncio.run(measure(pg.dsn, source.url, target.url, quick, servers)):
+            work = measure(
+                pg.dsn,
+                source.url,
+                target.url,
+                args.quick,
+                servers,
+                exchanges=exchanges,
+                rounds=args.rounds,
+                stages=not args.replays,
+            )
+            for line in uvloop.run(work):  # as `tickfold replay` runs
                 print(line)
         finally:
             target.stop()

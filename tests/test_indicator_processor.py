@@ -282,7 +282,8 @@ async def test_states_written_before_the_input_was_kept_are_seeded_from_the_cand
     assert inputs
     await client.delete(*inputs)
     async for key in client.scan_iter("indstate:coinbase:*"):
-        state = _STATE_DECODER.decode(await client.get(key))
+        raw: Any = await client.get(key)
+        state = _STATE_DECODER.decode(raw)
         assert state.tracked
         await client.set(key, msgspec.msgpack.encode(list(msgspec.structs.astuple(state))[:4]))  # the old layout
     await log.append_frames(client, "coinbase", [(f, 0) for f in second])

@@ -7,6 +7,12 @@ status other than ``TRADING`` (``BREAK``, ``HALT``, ...), a Coinbase product tha
 disabled / cancel-only / view-only / in auction (:class:`NotTradable`), and a Coinbase alias, which
 names its target's book (add the target). Nothing is written for a refused symbol.
 
+An accepted market is remembered for ``LISTING_MAX_AGE_S`` (60 s) per exchange REST API, in the
+process: further adds of markets that listing accepts (many users adding the same symbols through
+the API) cost no request (Binance's exchangeInfo weighs 20 of its 6,000 a minute). Anything the
+remembered listing would refuse — an unknown name, a market that does not trade — is asked again,
+so a refusal is always the exchange's current answer.
+
 An accepted add appends ``symbol:added`` (tier ``manual``, the user, the reason) to the control stream
 and registers the user as a holder exactly as a Tier 2 position does (:func:`projections.scope.hold`):
 a symbol in Tier 1 (``pool:{exchange}``) stays in the shared keys only (never stored twice), one
@@ -18,7 +24,9 @@ holds a position in the symbol.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
@@ -54,11 +62,48 @@ def _norm(text: str) -> str:
     return text.strip().upper().replace("/", "-")
 
 
-async def check_market(rest: RestClient, exchange_id: str, text: str) -> Checked:
-    """``text`` (native or canonical) as a tradable market of the exchange, from its REST metadata."""
+LISTING_MAX_AGE_S = 60.0
+
+
+@dataclass
+class Listings:
+    """Markets accepted recently, per (exchange, REST base URL): name -> (when, the answer)."""
+
+    max_age_s: float = LISTING_MAX_AGE_S
+    clock: Callable[[], float] = time.monotonic
+    accepted: dict[tuple[str, str, str], tuple[float, Checked]] = field(default_factory=dict)
+
+    def get(self, rest: RestClient, exchange_id: str, wanted: str) -> Checked | None:
+        hit = self.accepted.get((exchange_id, rest.base_url, wanted))
+        return hit[1] if hit is not None and self.clock() - hit[0] <= self.max_age_s else None
+
+    def put(self, rest: RestClient, exchange_id: str, wanted: str, checked: Checked) -> None:
+        now = self.clock()
+        if len(self.accepted) > 10_000:  # (bounded: drop what is too old to be used)
+            self.accepted = {k: v for k, v in self.accepted.items() if now - v[0] <= self.max_age_s}
+        self.accepted[(exchange_id, rest.base_url, wanted)] = (now, checked)
+
+
+LISTINGS = Listings()
+
+
+async def check_market(
+    rest: RestClient, exchange_id: str, text: str, *, listings: Listings | None = LISTINGS
+) -> Checked:
+    """``text`` (native or canonical) as a tradable market of the exchange, from its REST metadata (an
+    accepted market remembered in ``listings`` for its ``max_age_s``; ``None``: always ask)."""
     wanted = _norm(text)
     if not wanted:
         raise UnknownSymbol(f"{exchange_id}: no symbol given")
+    if listings is not None and (known := listings.get(rest, exchange_id, wanted)) is not None:
+        return known
+    checked = await _ask(rest, exchange_id, text, wanted)
+    if listings is not None:
+        listings.put(rest, exchange_id, wanted, checked)
+    return checked
+
+
+async def _ask(rest: RestClient, exchange_id: str, text: str, wanted: str) -> Checked:
     if isinstance(rest, BinanceRestClient):
         info = await rest.exchange_info()
         for s in info.symbols:

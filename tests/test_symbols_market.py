@@ -29,6 +29,7 @@ from migrations.runner import migrate
 from streams import keys
 from streams.rest import BinanceRestClient, CoinbaseRestClient
 from streams.simulator import Simulator
+from streams.symbols import UnknownSymbol
 from tests.realdata import COINBASE_AT
 from tests.support import drain, ingest
 from tests.test_tiers import EXCHANGE_INFO, PRODUCTS, invented_volumes, rest_documents
@@ -239,6 +240,35 @@ async def test_binance_manual_add_by_canonical_name_and_the_manual_holds(
     assert 0 < (await client.zscore(keys.holders("binance", "ETH-BTC"), "u3") or 0)
     removed = await manual.remove_manual(client, "binance", "ETHBTC", "u3")
     assert removed.symbol == "ETH-BTC" and removed.tier == "manual"
+
+
+async def test_accepted_markets_are_remembered_for_a_minute_and_refusals_are_asked_again(sim: Simulator) -> None:
+    now = [0.0]
+    listings = manual.Listings(max_age_s=60.0, clock=lambda: now[0])
+    async with BinanceRestClient(sim.urls["binance"].rest_url) as bn:
+        asked = 0
+        real = bn.exchange_info
+
+        async def counted(symbol: str | None = None) -> Any:
+            nonlocal asked
+            asked += 1
+            return await real(symbol)
+
+        bn.exchange_info = counted  # type: ignore[method-assign]
+        first = await manual.check_market(bn, "binance", "ETHUSDT", listings=listings)
+        assert await manual.check_market(bn, "binance", "ethusdt", listings=listings) == first
+        assert asked == 1  # the second add of a market the listing accepted: no request
+        for _ in range(2):  # refusals: the exchange's current answer, every time
+            with pytest.raises(UnknownSymbol):
+                await manual.check_market(bn, "binance", "NOPEUSDT", listings=listings)
+            with pytest.raises(manual.NotTradable):
+                await manual.check_market(bn, "binance", "BCCUSDT", listings=listings)
+        assert asked == 5
+        now[0] = 60.5  # older than a minute: asked again
+        assert await manual.check_market(bn, "binance", "ETHUSDT", listings=listings) == first
+        assert asked == 6
+        await manual.check_market(bn, "binance", "ETHUSDT", listings=None)  # no listings: always asked
+        assert asked == 7
 
 
 async def test_a_manual_add_and_a_position_of_one_user_keep_the_hold_until_both_are_gone(

@@ -16,33 +16,72 @@ import redis.asyncio as aioredis
 
 from control import universe as uv
 from control.commands import now_ns, parse_entry
+from control.desired import position
 from projections import tiers
 from streams import keys
 from streams.adapters.factory import ExchangeRow
-from streams.log import translated
+from streams.log import WatchError, translated
 from streams.rest import BinanceRestClient, CoinbaseRestClient
 from tickfold.errors import TickfoldError
 
 _PAGE = 1000
 
 
+CHECKPOINT_AFTER = 500  # control entries folded past the checkpoint before it is moved forward
+
+
 async def read_universe(client: aioredis.Redis, *, upto: str = "+") -> uv.Universe:
-    """The universe: a fresh fold of the control stream's universe events up to ``upto`` (inclusive;
-    default: all), other entries ignored."""
-    events: list[uv.UniverseEvent] = []
-    start = "-"
+    """The universe: the fold of the control stream's universe events up to ``upto`` (inclusive; default:
+    all), other entries ignored. It starts from the checkpoint ``checkpoint:universe`` (the fold up to an
+    entry that is still in the stream) and moves it forward once ``CHECKPOINT_AFTER`` more entries were
+    folded, so a read costs the entries since the checkpoint, not the whole stream (heartbeats alone add
+    ~5,800 entries a day per exchange)."""
+    with translated("reading the universe checkpoint"):
+        raw: Any = await client.get(keys.UNIVERSE_CHECKPOINT)
+    saved = uv.decode_checkpoint(raw) if raw is not None else None
+    universe, start = uv.Universe(), "-"
+    if saved is not None and (upto == "+" or position(saved[0]) <= position(upto)):
+        with translated("reading the control stream"):
+            there: Any = await client.xrange(keys.CONTROL_STREAM, min=saved[0], max=saved[0], count=1)
+        if there:  # (a stream deleted and written again since: its checkpoint does not apply)
+            universe, start = saved[1], "(" + saved[0]
+    folded, last = 0, None
     while True:
         with translated("reading the control stream"):
             page: Any = await client.xrange(keys.CONTROL_STREAM, min=start, max=upto, count=_PAGE)
         for _entry_id, fields in page:
-            if b"event" not in fields:
+            raw_event = fields.get(b"event")
+            if raw_event is None or b'"symbol:' not in raw_event:  # (most entries: skipped undecoded)
                 continue
             parsed = parse_entry(fields)
             if isinstance(parsed, uv.SymbolAdded | uv.SymbolRemoved):
-                events.append(parsed)
+                uv.apply(universe, parsed)
+        folded += len(page)
+        if page:
+            last = bytes(page[-1][0]).decode()
         if len(page) < _PAGE:
-            return uv.fold(events)
+            break
         start = "(" + bytes(page[-1][0]).decode()
+    if folded >= CHECKPOINT_AFTER and last is not None:
+        await _move_checkpoint(client, universe, last)
+    return universe
+
+
+async def _move_checkpoint(client: aioredis.Redis, universe: uv.Universe, at: str) -> None:
+    """Store the universe as of ``at`` unless a checkpoint at or after it is there (readers race)."""
+    with translated("moving the universe checkpoint"):
+        async with client.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(keys.UNIVERSE_CHECKPOINT)
+                raw: Any = await pipe.get(keys.UNIVERSE_CHECKPOINT)
+                saved = uv.decode_checkpoint(raw) if raw is not None else None
+                if saved is not None and position(saved[0]) >= position(at):
+                    return
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.set(keys.UNIVERSE_CHECKPOINT, uv.encode_checkpoint(universe, at))
+                await pipe.execute()
+            except WatchError:
+                return  # another reader moved it meanwhile: theirs stands
 
 
 RestClient = BinanceRestClient | CoinbaseRestClient

@@ -95,6 +95,38 @@ def fold(events: Iterable[UniverseEvent], universe: Universe | None = None) -> U
     return universe
 
 
+CHECKPOINT_VERSION: Final = 1
+
+
+class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """The universe as of control-stream entry ``position`` (the fold of every entry up to it)."""
+
+    version: int = CHECKPOINT_VERSION
+    position: str
+    symbols: dict[str, dict[str, dict[str, dict[str, str]]]]  # exchange -> symbol -> tier -> {user: reason}
+
+
+_CHECKPOINT_ENCODER: Final = msgspec.msgpack.Encoder()
+_CHECKPOINT_DECODER: Final = msgspec.msgpack.Decoder(Checkpoint)
+
+
+def encode_checkpoint(universe: Universe, position: str) -> bytes:
+    symbols = {ex: {s: m.tiers for s, m in members.items()} for ex, members in universe.symbols.items()}
+    return _CHECKPOINT_ENCODER.encode(Checkpoint(position=position, symbols=symbols))
+
+
+def decode_checkpoint(raw: bytes) -> tuple[str, Universe] | None:
+    """(position, universe), or None for a checkpoint this code can't read (another version): refold."""
+    try:
+        cp = _CHECKPOINT_DECODER.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    if cp.version != CHECKPOINT_VERSION:
+        return None
+    symbols = {ex: {s: Membership(tiers) for s, tiers in members.items()} for ex, members in cp.symbols.items()}
+    return cp.position, Universe(symbols)
+
+
 class TierEntry(msgspec.Struct, frozen=True, kw_only=True):
     tier: str
     user: str

@@ -44,6 +44,7 @@ from tickfold.errors import KeyFormatError
 
 CONTROL_STREAM = "control"
 CONTROL_CHANNEL = "channel:control"
+UNIVERSE_CHECKPOINT = "checkpoint:universe"  # the symbol universe as of a control entry (control.tier1)
 
 _EXCHANGE_RE = re.compile(r"^[a-z0-9_]+$")
 _TIMEFRAME_RE = re.compile(r"^[0-9]+[smhdwM]$")

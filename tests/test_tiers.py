@@ -260,3 +260,59 @@ async def test_symbols_json_shows_tiers_and_reasons(
     assert by["BTC-USD"]["tiers"][0]["reason"].startswith("rank 1 by 24h quote volume")
     assert by["BTC-USD"]["tiers"][1]["reason"] == "opened"
     assert by["SOL-USD"]["tiers"][0]["reason"].startswith("rank 3 ")
+
+
+@pytest.mark.redis
+async def test_the_universe_read_from_its_checkpoint_equals_a_fold_of_the_whole_stream(
+    client: aioredis.Redis,
+) -> None:
+    """``read_universe`` starts from ``checkpoint:universe`` and moves it forward; the oracle is a plain fold
+    of every universe event of the stream. Heartbeats (most of a real control stream) are interleaved."""
+    import random
+
+    from control import events as ev
+
+    rnd = random.Random(5)
+    symbols = [f"S{i}-USD" for i in range(12)]
+
+    async def append(n: int) -> None:
+        pipe = client.pipeline(transaction=False)
+        for i in range(n):
+            if rnd.random() < 0.8:
+                beat = ev.Heartbeat(exchange="coinbase", at_ns=i, frames=i)
+                pipe.xadd(keys.CONTROL_STREAM, {"event": ev.encode(beat)})
+                continue
+            kind = uv.SymbolAdded if rnd.random() < 0.6 else uv.SymbolRemoved
+            event = kind(exchange="coinbase", at_ns=i, symbol=rnd.choice(symbols), tier=rnd.choice(uv.TIERS),
+                         user=rnd.choice(["", "u1", "u2"]), reason=f"r{i}")  # fmt: skip
+            pipe.xadd(keys.CONTROL_STREAM, {"event": uv.encode(event)})
+        await pipe.execute()
+
+    async def oracle(upto: str = "+") -> uv.Universe:
+        entries: Any = await client.xrange(keys.CONTROL_STREAM, max=upto)
+        events = [uv.decode(f[b"event"]) for _, f in entries if b"symbol:" in f[b"event"]]
+        return uv.fold(events)
+
+    await append(3 * t1.CHECKPOINT_AFTER)
+    assert await client.get(keys.UNIVERSE_CHECKPOINT) is None
+    assert await t1.read_universe(client) == await oracle()
+    saved = uv.decode_checkpoint(await client.get(keys.UNIVERSE_CHECKPOINT) or b"")
+    assert saved is not None
+    newest: Any = await client.xrevrange(keys.CONTROL_STREAM, count=1)
+    assert saved[0] == newest[0][0].decode()  # moved to the newest entry read
+    await append(t1.CHECKPOINT_AFTER // 2)
+    assert await t1.read_universe(client) == await oracle()
+    assert uv.decode_checkpoint(await client.get(keys.UNIVERSE_CHECKPOINT) or b"") == saved  # few entries since
+    early: Any = await client.xrange(keys.CONTROL_STREAM, count=2 * t1.CHECKPOINT_AFTER)
+    middle = early[-1][0].decode()  # before the checkpoint: folded from the start
+    assert await t1.read_universe(client, upto=middle) == await oracle(middle)
+    # the read starts at the checkpoint: the entries before it deleted (as a trim would) change nothing
+    before = await t1.read_universe(client)
+    older: Any = await client.xrange(keys.CONTROL_STREAM, max="(" + saved[0])
+    await client.xdel(keys.CONTROL_STREAM, *[eid for eid, _ in older])
+    assert await oracle() != before
+    assert await t1.read_universe(client) == before
+    # a stream written again from scratch: its old checkpoint does not apply
+    await client.delete(keys.CONTROL_STREAM)
+    await append(50)
+    assert await t1.read_universe(client) == await oracle()

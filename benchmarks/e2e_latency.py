@@ -18,12 +18,21 @@ then names the wall instant the simulator made the frame to within 1/SPEED ms:
 watermark first (closes by another rule are counted and left out); a roll-up closes with its last 1m
 candle and carries that frame's event time; an alert is timed from the frame that closed its candle.
 Only frames made inside the measuring window count (after the first alert, which ends the warm-up).
+
+Stages, 1m closes: the adapter's receive stamp, the raw entry's id (Redis's clock), the closes:{ex}
+entry's id (the candle commit), the close on pub/sub; for the candles that raised an alert, the same and
+the alerts:{ex} entry's id (the indicator commit) and the alert on pub/sub. Beside them, what the
+machine gives any process while the pipeline runs (a probe child doing nothing else): how late a 1 ms
+sleep wakes, a PING round trip, and ``len(HOPS)`` PINGs in a row (the waits of the path, see ``HOPS``,
+with no work and no batching); the share of the window some task waited for a CPU (PSI); each
+process's share of a core, Redis's from its INFO.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -31,13 +40,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import redis
 import uvloop
 
-from benchmarks.adapter_ingest import Conn, count_raw_frames, cpu_seconds, pct, raw_streams, start_child, wait_for
+from benchmarks.adapter_ingest import (
+    Conn,
+    count_raw_frames,
+    cpu_seconds,
+    pct,
+    raw_streams,
+    start_child,
+    wait_for,
+)
 from benchmarks.harness import Context, Figure, Target
 from projections import store
 from projections.candles import BY_BASE, BY_EXCHANGE
@@ -54,6 +72,26 @@ QUICK_TRADES_PER_S = 5_000  # a smoke run's: it must pass on a busy machine too
 SPEED = 1200  # simulator seconds per wall second: a 1m candle closes every 50 ms of wall time
 KLINE_TICK_S = 0.02  # the simulator folds and sends klines this often (wall time): ~1,000 kline frames/s
 CLOSE_GRACE_MS = 120_000  # simulator ms (100 ms wall): every 1m candle closes by its x:true kline first
+# The waits in a row between a closing kline leaving the simulator and its alert reaching a subscriber,
+# each a round trip to Redis or a process woken by one (none of them overlaps the one before):
+HOPS = (
+    "simulator -> adapter (WebSocket)",
+    "adapter: XADD",
+    "candle runner: fenced read (WATCH + lease MGET)",
+    "candle runner: fenced read (MULTI XREADGROUP EXEC)",
+    "candle commit: WATCH + position, watermark, due set",
+    "candle commit: placement (Scope.load)",
+    "candle commit: the series' buckets and roll-up bases",
+    "candle commit: MULTI ... EXEC (+ XADD closes, PUBLISH)",
+    "indicator runner: woken by XREAD BLOCK on closes",
+    "indicator runner: fenced read (WATCH + lease MGET)",
+    "indicator runner: fenced read (MULTI XREADGROUP EXEC)",
+    "indicator commit: WATCH + lease, states",
+    "indicator commit: placement (Scope.load)",
+    "indicator commit: alert ids (ZMSCORE)",
+    "indicator commit: MULTI ... EXEC (+ XADD alerts, PUBLISH)",
+    "subscriber: woken by the PUBLISH",
+)
 
 
 # ----------------------------------------------------------------------------------- child processes
@@ -90,6 +128,53 @@ def _adapter_main(conn: Conn, redis_url: str, ws_url: str, symbols: list[str]) -
             conn.send(adapter.sink.appended)
 
     uvloop.run(main())
+
+
+def _probe_main(conn: Conn, url: str) -> None:
+    """The machine's floor while the pipeline runs, from a process doing nothing else: the oversleep of a
+    1 ms sleep (how late the scheduler wakes a ready process) and a PING round trip to Redis (two such
+    wake-ups, Redis's and ours). Every hop of the pipeline pays at least this, several times over."""
+    client = redis.Redis.from_url(url)
+    late: list[float] = []
+    rtt: list[float] = []
+    while not conn.poll():
+        t = time.perf_counter()
+        time.sleep(0.001)
+        late.append((time.perf_counter() - t - 0.001) * 1e3)
+        t = time.perf_counter()
+        client.ping()
+        rtt.append((time.perf_counter() - t) * 1e3)
+    conn.recv()
+    client.close()
+    conn.send((late, rtt))
+
+
+def _cpu_pressure_s() -> float:
+    """Seconds so far during which some runnable task waited for a CPU (/proc/pressure/cpu; 0 without PSI)."""
+    try:
+        some = Path("/proc/pressure/cpu").read_text().split("\n", 1)[0]
+    except OSError:
+        return 0.0
+    return int(some.rsplit("total=", 1)[1]) / 1e6
+
+
+def _tree_cpu_seconds(pid: int | None) -> float:
+    """CPU seconds of a process and of its live descendants (``tickfold process`` may run children)."""
+    total, todo = 0.0, [] if pid is None else [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += cpu_seconds(p)
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def _redis_cpu_seconds(client: redis.Redis) -> float:
+    info: Any = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 class Subscriber:
@@ -135,8 +220,11 @@ class Run:
     left_out: int  # closes by another rule than the kline's x:true (or a roll-up's base), and corrections
     unmatched_alerts: int  # alerts whose candle's close message was not seen (pub/sub is at-most-once)
     stages: dict[str, tuple[float, float]]  # (median, p99) ms from the frame's making to each stage (1m closes)
+    alert_stages: dict[str, tuple[float, float]]  # the same for the 1m candles that raised an alert, to the alert
     behind_s: float  # how long after the window its last closes arrived (-1: not within the catch-up time)
     cpu: dict[str, float]  # share of one core each process used during the window
+    floor: dict[str, tuple[float, float]]  # (median, p99) ms of the probe's 1 ms sleep oversleep and PING
+    pressure: float  # share of the window during which some runnable task waited for a CPU
 
 
 Series = tuple[str, str, int]  # (symbol, timeframe, start)
@@ -144,10 +232,13 @@ Series = tuple[str, str, int]  # (symbol, timeframe, start)
 
 def _stamps(client: redis.Redis, since_ns: int) -> dict[str, dict[Series, float]]:
     """Where each closing kline was seen on its way, in wall ns: the adapter's receive stamp and the raw
-    entry's id (Redis's clock, ms) per 1m series bucket; the closes:{ex} entry id (the candle commit)."""
+    entry's id (Redis's clock, ms) per 1m series bucket; the closes:{ex} entry id (the candle commit);
+    the alerts:{ex} entry id of the first alert on that candle (the indicator commit)."""
     symbols = bundled(EXCHANGE)
     out: dict[str, dict[Series, float]] = {"adapter receive": {}, "raw entry": {}, "candle commit": {}}
     out["close on pub/sub"] = {}  # filled from the subscriber's messages
+    out["alert commit"] = {}  # only the candles that raised an alert (from here on)
+    out["alert on pub/sub"] = {}
     since = str(since_ns // 1_000_000)  # entries appended from then on (ids are Redis's ms)
     for stream in raw_streams(client, EXCHANGE):
         for eid, fields in _all_entries(client, stream, since):
@@ -160,6 +251,11 @@ def _stamps(client: redis.Redis, since_ns: int) -> dict[str, dict[Series, float]
     for eid, fields in _all_entries(client, keys.closes_stream(EXCHANGE), since):
         c = store.decode_closed(fields[b"event"]).candle
         out["candle commit"].setdefault((c.symbol, c.timeframe, c.start), parse_id(eid)[0] * 1e6)
+    from processors.indicators import decode_alert
+
+    for eid, fields in _all_entries(client, keys.alerts_stream(EXCHANGE), since):
+        a = decode_alert(fields[b"alert"])
+        out["alert commit"].setdefault((a.symbol, a.timeframe, a.start), parse_id(eid)[0] * 1e6)
     return out
 
 
@@ -175,20 +271,43 @@ def _all_entries(client: redis.Redis, stream: str, since: str) -> list[tuple[byt
 
 
 def _stages(
-    stamps: dict[str, dict[Series, float]], origin: dict[Series, float], start: int, end: int
+    stamps: dict[str, dict[Series, float]],
+    origin: dict[Series, float],
+    start: int,
+    end: int,
+    only: set[Series] | None = None,
 ) -> dict[str, tuple[float, float]]:
     out = {}
     for stage, seen in stamps.items():
         delays = [
-            (seen[s] - made) / 1e6 for s, made in origin.items() if s[1] == "1m" and start <= made < end and s in seen
+            (seen[s] - made) / 1e6
+            for s, made in origin.items()
+            if s[1] == "1m" and start <= made < end and s in seen and (only is None or s in only)
         ]
         out[stage] = (statistics.median(delays), _p99(delays)) if delays else (float("nan"), float("nan"))
     return out
 
 
-def _across(runs: list[Run], stage: str, which: int) -> float:
+def _across(runs: list[Run], stage: str, which: int, alerting: bool = False) -> float:
     """The median over the runs of a stage's median (``which`` 0) or p99 (1)."""
-    return statistics.median(r.stages[stage][which] for r in runs)
+    return statistics.median((r.alert_stages if alerting else r.stages)[stage][which] for r in runs)
+
+
+def _across_floor(runs: list[Run], what: str, which: int) -> float:
+    return statistics.median(r.floor[what][which] for r in runs)
+
+
+def _chain(rtt: list[float], hops: int, samples: int = 20_000) -> tuple[float, float]:
+    """(median, p99) of ``hops`` round trips in a row, each drawn from the probe's PINGs (seeded): what the
+    path's waits alone cost on this machine now, with no work done and no batching."""
+    if not rtt:
+        return float("nan"), float("nan")
+    rnd = random.Random(9)
+    return _median_p99([sum(rnd.choices(rtt, k=hops)) for _ in range(samples)])
+
+
+def _median_p99(values: list[float]) -> tuple[float, float]:
+    return (statistics.median(values), _p99(values)) if values else (float("nan"), float("nan"))
 
 
 def _p99(values: list[float]) -> float:
@@ -266,11 +385,19 @@ def _run_once(url: str, trades_per_s: int, window: float, catch_up: float) -> Ru
             raise RuntimeError(f"tickfold process exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
         time.sleep(0.5)
         pids = {"simulator": sim.process.pid, "adapter": adapter.process.pid, "tickfold process": process.pid}
-        cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        probe = start_child(_probe_main, url)
+        cpu0 = {name: _tree_cpu_seconds(pid) for name, pid in pids.items()}
+        cpu0["redis"], pressure0 = _redis_cpu_seconds(client), _cpu_pressure_s()
         n0, start = count_raw_frames(client, EXCHANGE), time.time_ns()
         time.sleep(window)
         n1, end = count_raw_frames(client, EXCHANGE), time.time_ns()
-        cpu = {name: (cpu_seconds(pid) - cpu0[name]) / ((end - start) / 1e9) for name, pid in pids.items()}
+        seconds = (end - start) / 1e9
+        pressure = (_cpu_pressure_s() - pressure0) / seconds
+        cpu = {name: (_tree_cpu_seconds(pid) - cpu0[name]) / seconds for name, pid in pids.items()}
+        cpu["redis"] = (_redis_cpu_seconds(client) - cpu0["redis"]) / seconds
+        late, rtt = probe.stop()
+        floor = {"1 ms sleep, late by": _median_p99(late), "PING": _median_p99(rtt)}
+        floor[f"{len(HOPS)} PINGs in a row"] = _chain(rtt, len(HOPS))
         behind = _catch_up(subscriber, lambda: wall(_newest_close_ns(subscriber)) >= end, catch_up)
         stamps = _stamps(client, start)
     finally:  # the simulator first: its feed would hold up the adapter's close handshake
@@ -282,6 +409,8 @@ def _run_once(url: str, trades_per_s: int, window: float, catch_up: float) -> Ru
         messages = subscriber.stop()
         client.flushdb()
         client.close()
+    from processors.indicators import decode_alert  # (here: the spawned children need none of numba)
+
     alerts_channel = keys.alerts_channel(EXCHANGE).encode()
     origin: dict[tuple[str, str, int], float] = {}  # (symbol, timeframe, start) -> wall ns its closing frame was made
     closes, left_out, alert_messages = [], 0, []
@@ -299,8 +428,12 @@ def _run_once(url: str, trades_per_s: int, window: float, catch_up: float) -> Ru
         stamps["close on pub/sub"].setdefault((c.symbol, c.timeframe, c.start), arrival)
         if start <= made < end:
             closes.append((arrival - made) / 1e6)
-    stages = _stages(stamps, origin, start, end)
-    from processors.indicators import decode_alert  # (here: the spawned children need none of numba)
+    for data, arrival in alert_messages:
+        a = decode_alert(data)
+        stamps["alert on pub/sub"].setdefault((a.symbol, a.timeframe, a.start), arrival)
+    alerting = set(stamps["alert commit"])
+    stages = _stages({k: v for k, v in stamps.items() if not k.startswith("alert")}, origin, start, end)
+    alert_stages = _stages(stamps, origin, start, end, only=alerting)
 
     alerts, unmatched = [], 0
     for data, arrival in alert_messages:
@@ -313,7 +446,9 @@ def _run_once(url: str, trades_per_s: int, window: float, catch_up: float) -> Ru
     if not closes or not alerts:
         raise RuntimeError(f"no closes ({len(closes)}) or alerts ({len(alerts)}) inside the window")
     load = (n1 - n0) / ((end - start) / 1e9)
-    return Run(sorted(closes), sorted(alerts), load, left_out, unmatched, stages, behind, cpu)
+    return Run(
+        sorted(closes), sorted(alerts), load, left_out, unmatched, stages, alert_stages, behind, cpu, floor, pressure
+    )
 
 
 def run(ctx: Context) -> list[Figure]:
@@ -331,8 +466,16 @@ def run(ctx: Context) -> list[Figure]:
         f"{sum(r.unmatched_alerts for r in runs)} alerts whose close message was missed; 1m closes, median / p99 ms "
         "from the frame's making to: "
         + ", ".join(f"{k} {_across(runs, k, 0):.1f} / {_across(runs, k, 1):.1f}" for k in runs[0].stages)
+        + "; the 1m candles that raised an alert: "
+        + ", ".join(
+            f"{k} {_across(runs, k, 0, True):.1f} / {_across(runs, k, 1, True):.1f}" for k in runs[0].alert_stages
+        )
         + "; share of a core used in the window: "
         + ", ".join(f"{k} {statistics.median(r.cpu[k] for r in runs):.0%}" for k in runs[0].cpu)
+        + f" (of {os.cpu_count()} cores); some task waited for a CPU "
+        + f"{statistics.median(r.pressure for r in runs):.0%} of the time (PSI); the machine's floor, from a probe "
+        + "process doing nothing else, median / p99 ms: "
+        + ", ".join(f"{k} {_across_floor(runs, k, 0):.2f} / {_across_floor(runs, k, 1):.2f}" for k in runs[0].floor)
         + "; the window's last closes arrived "
         + ", ".join(f"{r.behind_s:.2f} s" if r.behind_s >= 0 else f"not within {catch_up:g} s" for r in runs)
         + " after it ended (seconds there: the pipeline fell behind the load)"

@@ -346,9 +346,11 @@ class CandleProcessor:
         closes: list[CandleClosed] = []
         grace_ns = self.close_grace_ms * 1_000_000
         pending: list[tuple[int, str, int]] = []  # (end + grace in ns, series key, start): may close here
+        queued: set[tuple[str, int]] = set()  # the buckets in ``pending``, once each (a bucket's deadline is its own)
         for key, start in due:  # roll-ups close at the end of the batch, see processors/candle_rollups.py
             if (c := books[key].candles.get(start)) is not None and not c.closed and c.source != ROLLUP:
                 heapq.heappush(pending, (bucket_end(c.timeframe, start) * 1_000_000 + grace_ns, key, start))
+                queued.add((key, start))
         mark = before  # the partition's watermark before this batch
         for item in plan.items:
             touched: list[tuple[str, int]] = []
@@ -361,13 +363,19 @@ class CandleProcessor:
                 touched.append((key, candle.start))
             for tf in self.trade_timeframes:
                 touched.extend(self._apply_trades(item, tf, books, states, plan.dead, closes))
-            for key, start in touched:
+            for bucket in touched:
+                if bucket in queued:
+                    continue  # queued already: a second entry would pop right after it and find it closed
+                key, start = bucket
                 c = books[key].candles.get(start)
                 if c is not None and not c.closed:
                     heapq.heappush(pending, (bucket_end(c.timeframe, start) * 1_000_000 + grace_ns, key, start))
-            mark = max(mark, item.event_ns)
+                    queued.add(bucket)
+            if item.event_ns > mark:
+                mark = item.event_ns
             while pending and pending[0][0] <= mark:
                 _, key, start = heapq.heappop(pending)
+                queued.discard((key, start))
                 c = books[key].candles.get(start)
                 if c is not None and not c.closed:
                     for event in close_due([c], mark, self.close_grace_ms):

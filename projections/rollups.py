@@ -24,8 +24,9 @@ watermark close is not undone) and a change to a closed bucket is a correction e
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
-from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
+from decimal import Clamped, Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded, Subnormal, Underflow
 
 import msgspec
 
@@ -35,6 +36,8 @@ from projections.watermark import DAY_MS, TIMEFRAMES, bucket_end, bucket_start, 
 SOURCE = "rollup"
 # Exact arithmetic: any rounding would raise instead of silently changing a sum.
 _EXACT = Context(prec=60, traps=[Inexact, InvalidOperation, Overflow])
+_UNROUNDED = Context(prec=60, traps=[Clamped, Inexact, InvalidOperation, Overflow, Rounded, Subnormal, Underflow])
+_ZERO = Decimal(0)
 
 
 class Rollup(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,6 +53,7 @@ class Rollup(msgspec.Struct, frozen=True, kw_only=True):
         return self.count == self.expected
 
 
+@functools.lru_cache(maxsize=256)
 def nests(base: str, timeframe: str) -> bool:
     """Whether every ``base`` bucket lies inside one ``timeframe`` bucket (so ``timeframe`` can be rolled up)."""
     b, t = fixed_duration_ms(base), fixed_duration_ms(timeframe)
@@ -111,6 +115,15 @@ def _places(s: str) -> int:
 
 
 def _sum(values: list[str]) -> str:
+    if values and not any("_" in v for v in values):
+        try:  # no rounding at all: each sum's exponent is its terms' smallest (and 0's), what _places reads
+            total = _ZERO
+            for v in values:
+                total = _UNROUNDED.add(total, Decimal(v))
+            if total.is_finite():
+                return f"{total:f}"  # it has max(_places(v)) places already, as the quantize below gives it
+        except ArithmeticError:
+            pass  # rounded (maybe exactly), or worse: the code below decides, as it always did
     total = Decimal(0)
     for v in values:
         total = _EXACT.add(total, Decimal(v))

@@ -27,7 +27,7 @@ from processors import candle_rollups as rollup
 from processors.candles import CandleProcessor, DeadLetter, Item, Plan
 from projections.candles import Candle, CandleBook, CandleClosed
 from projections.trades import TradeBucket
-from projections.watermark import bucket_end
+from projections.watermark import bucket_end, fixed_duration_ms
 from streams import keys
 from streams.archive_columns import TRADE, Frames
 from streams.log import Entry, parse_id
@@ -60,7 +60,7 @@ class MemoryCandles:
         closes what comes due at a watermark item, keeping each candle's values, and pops its pending candles
         in deadline order, so one item at the run's maximum closes the same candles, in the same order, as
         the run's items one by one. Only the other frames are built and decoded (``plan``), the batch's at
-        once; a run's item carries the id of its last entry (its fields are not built: nothing reads them)."""
+        once; a run's item carries no entry (nothing reads a watermark item's)."""
         p = self.processor
         pieces: list[Frames] = []
         count = skipped = 0
@@ -137,12 +137,16 @@ class MemoryCandles:
             end = bucket_end(keys.parse_candles(tgt)[2], start)
             source_tf = keys.parse_candles(src)[2]
             base = self.series.get(src, {})
-            parts: list[Candle] = []
-            at = start
-            while at < end:  # the base buckets of [start, end), oldest first (not a scan of the whole series)
-                if (c := base.get(at)) is not None:
-                    parts.append(c)
-                at = bucket_end(source_tf, at)
+            step = fixed_duration_ms(source_tf)
+            parts: list[Candle]
+            if step is not None:  # the base buckets of [start, end), oldest first (not a scan of the whole series)
+                parts = [c for at in range(start, end, step) if (c := base.get(at)) is not None]
+            else:
+                parts, at = [], start
+                while at < end:
+                    if (c := base.get(at)) is not None:
+                        parts.append(c)
+                    at = bucket_end(source_tf, at)
             stored = self.series.get(tgt, {}).get(start)
             out[(src, tgt, start)] = (parts, [stored] if stored is not None else [])
         return out
@@ -192,6 +196,9 @@ def _merge(plan: Plan, part: Plan) -> None:
         plan.filled.setdefault(key, set()).update(starts)
 
 
+_RUN: Entry = (b"", {})  # the entry of a trade run's item: none (only a trade candle's dead letter reads one)
+
+
 def _plan_columns(p: CandleProcessor, pieces: list[Frames]) -> Plan:
     """The plan of a batch of Binance frames whose trades only move the watermark (:meth:`MemoryCandles.fold_frames`):
     one plan of the other frames, with an item per run of trade frames at the run's newest event time."""
@@ -214,13 +221,7 @@ def _plan_columns(p: CandleProcessor, pieces: list[Frames]) -> Plan:
     ends = np.concatenate((cuts, [len(trade)]))
     tops = np.maximum.reduceat(times, starts)
     is_run = trade[starts]
-    last = ends[is_run] - 1  # the last row of each trade run: its id names the run's item
-    ms = np.concatenate([f.ms for f in pieces])[last].tolist() if len(pieces) > 1 else pieces[0].ms[last].tolist()
-    seq = np.concatenate([f.seq for f in pieces])[last].tolist() if len(pieces) > 1 else pieces[0].seq[last].tolist()
-    runs = [
-        Item((f"{a}-{b}".encode(), {}), [], [], top * 1_000_000)
-        for a, b, top in zip(ms, seq, tops[is_run].tolist(), strict=True)
-    ]
+    runs = [Item(_RUN, [], [], top * 1_000_000) for top in tops[is_run].tolist()]
     out: list[Item] = []
     aligned = len(items) == len(others)  # no dead letter and no merged item: one item per other frame
     i = r = at = 0

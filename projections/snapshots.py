@@ -142,7 +142,7 @@ def trades_of(exchange_id: str, frame: Frame, symbols: SymbolMap) -> list[Trade]
 def event_ns(frame: Frame) -> int:
     """The exchange event time of a frame (ns), 0 when it has none (a REST frame: it reports the past).
     Moves the partition's watermark."""
-    if isinstance(frame, BinanceKlineEvent | BinanceAggTrade | BinanceTrade):
+    if isinstance(frame, (BinanceKlineEvent, BinanceAggTrade, BinanceTrade)):  # (a tuple: faster than a union)
         return frame.event_time * 1_000_000
     if isinstance(frame, CoinbaseFrame):
         return frame.timestamp_ns

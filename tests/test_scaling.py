@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from projections.trades import Trade, fold_trades
-from streams import log
+from streams import keys, log
 from streams.partitions import partition_of
 from tests.support import all_candles, drain, entries_read, pending
 from tests.synthetic import DAY_START_MS, PRODUCTS, synthetic_day
@@ -97,6 +97,7 @@ async def test_workers_joining_and_leaving_mid_stream(day: list[bytes], client: 
     await _progress(client, len(day) // 10)
     joined = [_spawn(redis_url, "--batch-size", "20") for _ in range(2)]
     await _progress(client, len(day) // 3)
+    await _registered(client, 3)  # (a SIGTERM before a process has started is no clean leave)
     joined[0].send_signal(signal.SIGTERM)  # one leaves cleanly
     assert joined[0].wait(timeout=30) == 0
     await _progress(client, len(day) // 2)
@@ -134,6 +135,15 @@ async def _progress(client: aioredis.Redis, at_least: int) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"the processors did not reach {at_least} entries")
+
+
+async def _registered(client: aioredis.Redis, n: int) -> None:
+    """Wait until ``n`` instances of the candle group have joined (each registers in ``workers:...``)."""
+    for _ in range(1500):
+        if await client.zcard(keys.workers("candles", "coinbase")) >= n:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{n} processors did not join")
 
 
 @st.composite

@@ -41,6 +41,7 @@ from tickfold import (
     commands_status,
     commands_symbols,
 )
+from tickfold.apart import run_apart
 from tickfold.errors import TickfoldError
 from tickfold.runtime import Servers, servers
 from tickfold.settings import Settings
@@ -165,24 +166,42 @@ async def _process(srv: Servers, settings: Settings, exchanges: Sequence[str], *
         backfill_history=settings.backfill_history,
     )
     gap_stats: GapWatchStats | None = None
-    async with (
-        log.connect(srv.redis_url) as client,
-        connection_state.alongside(client, srv.database_url, settings, until_idle=until_idle, stop=stop) as cs,
-        archiver_alongside(
-            client, srv.database_url, exchanges, commands_archive.enabled(settings), until_idle=until_idle, stop=stop
-        ) as archived,
-    ):
-        if not rows:
-            results = await run_processors(client, settings, exchanges, until_idle=until_idle, stop=stop)
-        elif until_idle:  # fold first, then the control stream's events once: the same result every run
-            results = await run_processors(client, settings, exchanges, until_idle=True, stop=stop)
-            refold = functools.partial(run_processors, client, settings, exchanges, until_idle=True, stop=stop)
-            gap_stats = await run_gapwatch(client, rows, gap_config, until_idle=True, stop=stop, fold=refold)
-        else:
-            results, gap_stats = await asyncio.gather(
-                run_processors(client, settings, exchanges, until_idle=False, stop=stop),
-                run_gapwatch(client, rows, gap_config, until_idle=False, stop=stop),
-            )
+    # Live, the indicator processors run in a process of their own (tickfold/apart.py: an alert is not held
+    # up behind candle batches); draining (--until-idle), in this one, after the candles.
+    apart = settings.indicators and not until_idle
+    here = msgspec.structs.replace(settings, indicators=False) if apart else settings
+    indicators = asyncio.create_task(run_apart(srv.redis_url, settings, exchanges, stop)) if apart else None
+    try:
+        async with (
+            log.connect(srv.redis_url) as client,
+            connection_state.alongside(client, srv.database_url, settings, until_idle=until_idle, stop=stop) as cs,
+            archiver_alongside(
+                client,
+                srv.database_url,
+                exchanges,
+                commands_archive.enabled(settings),
+                until_idle=until_idle,
+                stop=stop,
+            ) as archived,
+        ):
+            if not rows:
+                results = await run_processors(client, here, exchanges, until_idle=until_idle, stop=stop)
+            elif until_idle:  # fold first, then the control stream's events once: the same result every run
+                results = await run_processors(client, here, exchanges, until_idle=True, stop=stop)
+                refold = functools.partial(run_processors, client, here, exchanges, until_idle=True, stop=stop)
+                gap_stats = await run_gapwatch(client, rows, gap_config, until_idle=True, stop=stop, fold=refold)
+            else:
+                results, gap_stats = await asyncio.gather(
+                    run_processors(client, here, exchanges, until_idle=False, stop=stop),
+                    run_gapwatch(client, rows, gap_config, until_idle=False, stop=stop),
+                )
+    finally:
+        code = 0
+        if indicators is not None:  # (this process failing: the child finishes its batch and leaves too)
+            stop.set()
+            code = await indicators
+    if code:
+        raise TickfoldError(f"the indicator processor (a process of its own) exited with code {code}")
     for exchange_id, stats in results.items():
         t = stats.totals
         out.print(
@@ -213,10 +232,12 @@ async def run_processors(
     until_idle: bool,
     stop: asyncio.Event | None = None,
     indicator_stats: dict[str, RunStats] | None = None,
+    candles: bool = True,
 ) -> dict[str, RunStats]:
-    """Run the candle processor (and, unless ``settings.indicators`` is off, the indicator processor) of
-    each exchange; returns the candle runners' stats, and fills ``indicator_stats`` when given.
-    With ``until_idle`` the candle closes are drained first, then the indicators."""
+    """Run the candle processor (unless ``candles`` is False) and, unless ``settings.indicators`` is off,
+    the indicator processor of each exchange; returns the candle runners' stats, and fills
+    ``indicator_stats`` when given. With ``until_idle`` the candle closes are drained first, then the
+    indicators."""
     config = RunnerConfig(
         consumer=settings.consumer_name(),
         batch_size=settings.batch_size,
@@ -243,7 +264,8 @@ async def run_processors(
                 refresh_symbols=functools.partial(load_symbol_map, client, ex),
             )
 
-        runners[ex] = Runner(client, ex, GROUP, partitions, make, config)
+        if candles:
+            runners[ex] = Runner(client, ex, GROUP, partitions, make, config)
         if settings.indicators:
 
             def make_indicators(p: int, ex: str = ex) -> IndicatorProcessor:

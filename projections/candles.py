@@ -77,11 +77,12 @@ def apply_snapshot(current: Candle | None, update: Candle) -> tuple[Candle, Cand
             new = msgspec.structs.replace(current, closed=True, closed_by=update.closed_by)
             return new, CandleClosed(candle=new)
         return current, None
-    new = msgspec.structs.replace(
-        update,
-        closed=current.closed or update.closed,
-        closed_by=update.closed_by if update.closed else current.closed_by,
-    )
+    closed = current.closed or update.closed
+    closed_by = update.closed_by if update.closed else current.closed_by
+    if closed == update.closed and closed_by == update.closed_by:
+        new = update  # (what the replace would give: the same values)
+    else:
+        new = msgspec.structs.replace(update, closed=closed, closed_by=closed_by)
     if new == current:
         return current, None
     if current.closed:
@@ -124,8 +125,9 @@ class CandleBook:
                     events.append(CandleClosed(candle=closed))
             elif self.latest is not None and update.start < self.latest and not update.closed:
                 update = msgspec.structs.replace(update, closed=True, closed_by=BY_NEWER)
-        new, event = apply_snapshot(self.candles.get(update.start), update)
-        if new is not self.candles.get(update.start):
+        current = self.candles.get(update.start)
+        new, event = apply_snapshot(current, update)
+        if new is not current:
             self._put(new)
         if event is not None:
             events.append(event)

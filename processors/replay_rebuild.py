@@ -41,7 +41,8 @@ from processors.candles import GROUP as CANDLES
 from processors.candles import PROJECTION
 from processors.indicators import GROUP as INDICATORS
 from processors.indicators import KIND, IndicatorProcessor
-from processors.leases import Fence
+from processors.lease_keeper import LeaseKeeper
+from processors.leases import Fence, LeaseLost, release_leases, take_lease
 from processors.replay import Fold, ReplayStats, candle_processor, indicator_processor, run
 from processors.replay_source import Sources, id_text, plan
 from projections import store
@@ -53,8 +54,6 @@ from tickfold.errors import TickfoldError
 from tickfold.settings import Settings
 
 What = Literal["candles", "indicators", "all"]
-_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 class RebuildRefused(TickfoldError):
@@ -112,41 +111,64 @@ async def _delete(client: aioredis.Redis, patterns: list[str], extra: list[str])
 async def leases(client: aioredis.Redis, exchange_id: str, partitions: int, what: What, ttl_ms: int) -> AsyncIterator[
     tuple[dict[int, Fence], Fence]
 ]:  # fmt: skip
-    """Hold the leases a rebuild of ``what`` needs (module docstring), renewed until the block ends."""
+    """Hold the leases a rebuild of ``what`` needs (module docstring), renewed until the block ends by a
+    :class:`~processors.lease_keeper.LeaseKeeper` (a thread: a long batch or numba compiling does not
+    stop it). Should one be lost anyway (Redis unreachable for a TTL), the block is cancelled and
+    LeaseLost raised (a renewal failing for ``call_timeout_s``: StoreUnavailable)."""
     token = f"rebuild/{secrets.token_hex(8)}".encode()
-    candle_keys = [keys.lease(CANDLES, exchange_id, p) for p in range(partitions)] if what != "indicators" else []
-    wanted = [*candle_keys, keys.lease(INDICATORS, exchange_id, 0)]
-    held: list[str] = []
+    wanted = [(CANDLES, p) for p in range(partitions)] if what != "indicators" else []
+    wanted.append((INDICATORS, 0))
+    held: list[tuple[str, str]] = []  # (lease key, fence key)
     try:
-        for key in wanted:
-            with log.translated(f"taking {key}"):
-                if not await client.set(key, token, nx=True, px=ttl_ms):
-                    holder: Any = await client.get(key)
+        for group, p in wanted:
+            lease, fence = keys.lease(group, exchange_id, p), keys.fence(group, exchange_id, p)
+            with log.translated(f"taking {lease}"):
+                if not await take_lease(client, lease, fence, token, ttl_ms):
+                    holder: Any = await client.get(lease)
                     who = holder.decode(errors="replace") if holder else "another instance"
                     raise RebuildRefused(
-                        f"{key} is held by {who}: a processor is running on {exchange_id}; stop it first "
+                        f"{lease} is held by {who}: a processor is running on {exchange_id}; stop it first "
                         "(a rebuild never folds beside a live processor)"
                     )
-            held.append(key)
+            held.append((lease, fence))
+        body = asyncio.current_task()
+        assert body is not None
+        why: list[BaseException] = []
 
-        async def renew() -> None:
-            while True:
-                await asyncio.sleep(ttl_ms / 3000)
-                for key in held:
-                    await client.eval(_RENEW, 1, key, token, ttl_ms)
+        def interrupt(exc: BaseException) -> None:
+            if not why:
+                why.append(exc)
+                body.cancel()
 
-        renewing = asyncio.create_task(renew())
-        try:
-            fences = {p: Fence(k, token) for p, k in enumerate(candle_keys)}
-            yield fences, Fence(wanted[-1], token)
-        finally:
-            renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
+        def lost(lease_keys: list[str]) -> None:
+            interrupt(LeaseLost(f"{lease_keys[0]} was lost during the rebuild (not renewed for a TTL, or taken)"))
+
+        keeper = LeaseKeeper(client, token, ttl_ms, lambda: {lease: lease for lease, _ in held}, lost,
+                             name=f"rebuild leases {exchange_id}")  # fmt: skip
+        async with keeper:
+
+            def failed(task: asyncio.Task[None]) -> None:
+                if not task.cancelled() and (exc := task.exception()) is not None:
+                    interrupt(exc)
+
+            failing = asyncio.create_task(keeper.failure())
+            failing.add_done_callback(failed)
+            try:
+                pairs = zip(wanted, held, strict=True)
+                yield (
+                    {p: Fence(fence, token) for (group, p), (_, fence) in pairs if group == CANDLES},
+                    Fence(held[-1][1], token),
+                )
+            except asyncio.CancelledError:
+                if why and body.uncancel() == 0:
+                    raise why[0] from None
+                raise
+            finally:
+                failing.cancel()
     finally:
-        for key in held:
+        for lease, fence in held:
             with contextlib.suppress(TickfoldError):
-                await client.eval(_RELEASE, 1, key, token)
+                await release_leases(client, token, lease, fence)
 
 
 async def _dead_letters(client: aioredis.Redis, exchange_id: str) -> tuple[set[tuple[bytes, bytes]], bytes]:

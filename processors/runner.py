@@ -15,6 +15,13 @@ Consumers that left nothing pending and have been idle longer than the TTL are r
 pending, whoever holds it, so several instances started together all exit when the work is done.
 Otherwise it runs until ``stop`` is set, finishes the batch in hand, gives its leases back and
 returns. Only transport errors are retried (capped backoff); real bugs propagate.
+
+The leases are renewed by a keeper thread (:mod:`processors.lease_keeper`), so a batch may last longer
+than the TTL (numba compiling, a huge batch, a slow Redis) and keep its partition; taking and giving
+back partitions stay in the batch loop, between batches. A lease the keeper finds lost stops its
+partition: the batch of it in hand is cancelled (its commit is fenced anyway) and left pending for the
+next owner. A keeper that gets no renewal answered for ``call_timeout_s`` stops the runner with
+StoreUnavailable.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 
-from processors.leases import Fence, LeaseLost, Membership
+from processors.leases import Fence, LeaseLost, Membership, Tag
 from streams import keys
 from streams.log import Entry, WatchError, ensure_group, parse_id, translated, watch_then
 from streams.trim import trim
@@ -54,6 +61,7 @@ class RunStats:
     totals: BatchResult = field(default_factory=BatchResult)
     claimed: int = 0
     partitions_taken: int = 0
+    partitions_lost: int = 0  # leases found gone (by a renewal, a fenced read or a commit), not given back
 
     def add(self, r: BatchResult) -> None:
         self.batches += 1
@@ -134,6 +142,8 @@ class Runner:
         self.handlers = [make_handler(p) for p in range(partitions)]
         self.membership = Membership(client, group, exchange_id, config.consumer, partitions, config.lease_ttl_ms)
         self.stats = RunStats()
+        self._folding: dict[int, asyncio.Task[Any]] = {}  # partition -> the task folding a batch of it
+        self._revoked: set[int] = set()  # partitions whose batch _revoke cancelled (until it ends)
 
     def use(self, client: aioredis.Redis) -> None:
         """Talk to Redis through ``client`` from now on (e.g. one without a per-reply timeout: every call
@@ -147,9 +157,26 @@ class Runner:
 
     async def run(self, *, until_idle: bool = False, stop: asyncio.Event | None = None) -> RunStats:
         stop = stop or asyncio.Event()
-        cfg = self.config
         for h in self.handlers:
             await self._retrying(functools.partial(ensure_group, self.client, h.stream, h.group))
+        keeper = self.membership.keeper(self._revoke, give_up_s=self.config.call_timeout_s)
+        try:
+            async with keeper, asyncio.TaskGroup() as tg:  # the batch loop, and the keeper failing
+                work = tg.create_task(self._loop(until_idle, stop))
+                failing = tg.create_task(keeper.failure())
+                work.add_done_callback(lambda _: failing.cancel())
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
+        finally:  # (the keeper has stopped: nothing renews what is given back)
+            with contextlib.suppress(StoreUnavailable, TimeoutError):
+                async with asyncio.timeout(self.config.call_timeout_s):
+                    await self.membership.leave()
+        return self.stats
+
+    async def _loop(self, until_idle: bool, stop: asyncio.Event) -> None:
+        """Balance (between batches only: a partition is given back with no batch of it in hand), read,
+        handle, until ``stop`` or idle. The keeper renews the leases meanwhile, whatever a batch lasts."""
+        cfg = self.config
         renew_every = cfg.lease_ttl_ms / 3000
         next_balance = 0.0
         next_trim = time.monotonic() + cfg.trim_every_s
@@ -157,10 +184,10 @@ class Runner:
         try:
             while not stop.is_set():
                 if time.monotonic() >= next_balance:
-                    gained, lost = await self._retrying(self.membership.balance)
+                    gained, given = await self._retrying(self.membership.balance)
                     next_balance = time.monotonic() + renew_every
-                    if lost:
-                        log.info("%s: partitions %s moved to other instances", self.exchange_id, lost)
+                    if given:
+                        log.info("%s: partitions %s given back to other instances", self.exchange_id, given)
                     for p in gained:
                         self.stats.partitions_taken += 1
                         await self._recover(p)
@@ -190,10 +217,20 @@ class Runner:
             if ahead is not None:  # failing: what it took stays pending (claimed after the lease TTL)
                 ahead.cancel()
                 ahead.add_done_callback(lambda t: t.cancelled() or t.exception())
-            with contextlib.suppress(StoreUnavailable, TimeoutError):
-                async with asyncio.timeout(self.config.call_timeout_s):
-                    await self.membership.leave()
-        return self.stats
+
+    def _revoke(self, lost: list[Tag]) -> None:
+        """The keeper found these leases gone (or could not renew them for a TTL): stop their work. A batch
+        of one in hand is cancelled (its commit is fenced anyway); its entries stay pending for the next
+        owner. Called in this runner's loop."""
+        for p, take in lost:
+            if not self.membership.drop(p, take):
+                continue  # given back or taken again since that renewal was sent
+            self.stats.partitions_lost += 1
+            log.warning("%s p%d: lease lost (found by its renewal); stopping its work", self.exchange_id, p)
+            folding = self._folding.get(p)
+            if folding is not None and p not in self._revoked:
+                self._revoked.add(p)
+                folding.cancel()
 
     @staticmethod
     def _before(*deadlines: float) -> bool:
@@ -259,10 +296,13 @@ class Runner:
                 try:
                     async with self.client.pipeline(transaction=True) as pipe:
                         (tokens,) = await watch_then(pipe, leases, ("MGET", *leases))
-                        mine = [p for p, token in zip(held, tokens, strict=True) if token == self.membership.token]
-                        for p in set(held) - set(mine):
+                        token = self.membership.token
+                        ours = [p for p, held_by in zip(held, tokens, strict=True) if held_by == token]
+                        for p in set(held) - set(ours):
                             log.warning("%s p%d: lease lost; no longer reading it", self.exchange_id, p)
-                            self.membership.held.discard(p)
+                            if self.membership.drop(p):
+                                self.stats.partitions_lost += 1
+                        mine = [p for p in ours if p in self.membership.held]  # (not revoked meanwhile)
                         if not mine:
                             return {}
                         pipe.multi()  # type: ignore[no-untyped-call]
@@ -295,15 +335,29 @@ class Runner:
             raise group.exceptions[0] from None
 
     async def _handle(self, partition: int, entries: Sequence[Entry]) -> None:
+        if partition not in self.membership.held:
+            return  # lost since it was read: the entries stay pending, for the next owner to claim
         fence = self.membership.fence(partition)
+        task = asyncio.current_task()
+        assert task is not None
+        self._folding[partition] = task
         try:
             result = await self._retrying(
                 functools.partial(self.handlers[partition].handle, self.client, entries, fence)
             )
         except LeaseLost:
             log.warning("%s p%d: lease lost; the batch is left to the new owner", self.exchange_id, partition)
-            self.membership.held.discard(partition)
+            if self.membership.drop(partition):
+                self.stats.partitions_lost += 1
             return
+        except asyncio.CancelledError:
+            if partition not in self._revoked or task.uncancel() > 0:
+                raise  # (not only _revoke's cancel)
+            log.warning("%s p%d: the batch in hand is left to the new owner", self.exchange_id, partition)
+            return
+        finally:
+            del self._folding[partition]
+            self._revoked.discard(partition)
         self.stats.add(result)
 
     async def _recover(self, partition: int) -> None:
@@ -321,7 +375,8 @@ class Runner:
             reply = await self._retrying(claim)
             if reply == b"lost":
                 log.warning("%s p%d: lease lost while claiming", self.exchange_id, partition)
-                self.membership.held.discard(partition)
+                if self.membership.drop(partition):
+                    self.stats.partitions_lost += 1
                 return
             cursor, claimed = reply[0], [(eid, _fields(f)) for eid, f in reply[1] if f]
             if claimed:
@@ -369,7 +424,8 @@ class Runner:
         try:
             await self._retrying(commit)
         except LeaseLost:
-            self.membership.held.discard(partition)
+            if self.membership.drop(partition):
+                self.stats.partitions_lost += 1
             return
         log.warning("%s: %d entries dead-lettered after too many deliveries", h.stream, len(entries))
         self.stats.totals.dead += len(entries)

@@ -23,6 +23,7 @@ Streams and bookkeeping (DESIGN.md):
     proj:{name}:{exchange_id}:p{n}:open       open candles of that partition (series|start, scored by end ms)
     tradestate:{exchange_id}:{symbol}:{timeframe}   exact state of trade-built buckets (sorted set by start)
     lease:{group}:{exchange_id}:p{n}          which consumer owns a partition (token, with a TTL)
+    fence:{group}:{exchange_id}:p{n}          who took that lease last (token, no TTL): what commits WATCH
     workers:{group}:{exchange_id}             live consumers of a group (sorted set, score = expiry ms)
     markets:{exchange_id}           native symbol -> market (base, quote, status), from exchange metadata
     pool:{exchange_id}              the shared symbol pool (Tier 1); empty: every symbol is shared
@@ -162,6 +163,12 @@ def projection_watermark(projection: str, exchange_id: str, partition: int) -> s
 
 def lease(group: str, exchange_id: str, partition: int) -> str:
     return f"lease:{_part('group', group)}:{exchange_part(exchange_id)}:{_partition(partition)}"
+
+
+def fence(group: str, exchange_id: str, partition: int) -> str:
+    """``fence:{group}:{exchange_id}:p{n}``: the token of the instance that took the partition's lease last
+    (no TTL): commits WATCH it, so only a take changes it, never a renewal (:mod:`processors.leases`)."""
+    return f"fence:{_part('group', group)}:{exchange_part(exchange_id)}:{_partition(partition)}"
 
 
 def workers(group: str, exchange_id: str) -> str:

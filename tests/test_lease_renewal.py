@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from control.exchange_lease import ExchangeLease
 from processors.leases import Fence, LeaseLost
 from processors.replay_rebuild import leases
 from processors.runner import BatchResult, Runner, RunnerConfig, RunStats
@@ -249,3 +250,13 @@ async def test_a_rebuild_holds_its_leases_through_a_stall_and_stops_when_one_is_
             await client.set(keys.lease("candles", EX, 1), b"thief")  # (taken: no renewal finds it ours)
             await asyncio.sleep(30)
     assert await client.get(keys.lease("candles", EX, 1)) == b"thief"
+
+
+async def test_an_exchange_lease_is_renewed_between_the_slots_steps(client: aioredis.Redis) -> None:
+    lease = ExchangeLease(client, EX, TTL_MS, "serve-a")
+    assert await lease.keep()
+    await asyncio.sleep(4 * TTL_MS / 1000)  # a step longer than the TTL (an adapter stopping)
+    assert await client.get(keys.exchange_lease(EX)) == lease.token and not lease.lapsed()
+    assert await lease.keep()
+    await lease.release()
+    assert await client.get(keys.exchange_lease(EX)) is None

@@ -262,6 +262,11 @@ async def test_symbols_json_shows_tiers_and_reasons(
     assert by["SOL-USD"]["tiers"][0]["reason"].startswith("rank 3 ")
 
 
+async def _checkpoint(client: aioredis.Redis) -> bytes:
+    raw: Any = await client.get(keys.UNIVERSE_CHECKPOINT)
+    return bytes(raw or b"")
+
+
 @pytest.mark.redis
 async def test_the_universe_read_from_its_checkpoint_equals_a_fold_of_the_whole_stream(
     client: aioredis.Redis,
@@ -296,13 +301,13 @@ async def test_the_universe_read_from_its_checkpoint_equals_a_fold_of_the_whole_
     await append(3 * t1.CHECKPOINT_AFTER)
     assert await client.get(keys.UNIVERSE_CHECKPOINT) is None
     assert await t1.read_universe(client) == await oracle()
-    saved = uv.decode_checkpoint(await client.get(keys.UNIVERSE_CHECKPOINT) or b"")
+    saved = uv.decode_checkpoint(await _checkpoint(client))
     assert saved is not None
     newest: Any = await client.xrevrange(keys.CONTROL_STREAM, count=1)
     assert saved[0] == newest[0][0].decode()  # moved to the newest entry read
     await append(t1.CHECKPOINT_AFTER // 2)
     assert await t1.read_universe(client) == await oracle()
-    assert uv.decode_checkpoint(await client.get(keys.UNIVERSE_CHECKPOINT) or b"") == saved  # few entries since
+    assert uv.decode_checkpoint(await _checkpoint(client)) == saved  # few entries since
     early: Any = await client.xrange(keys.CONTROL_STREAM, count=2 * t1.CHECKPOINT_AFTER)
     middle = early[-1][0].decode()  # before the checkpoint: folded from the start
     assert await t1.read_universe(client, upto=middle) == await oracle(middle)

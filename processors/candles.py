@@ -4,8 +4,8 @@ One processor folds one partition ``frames:{ex}:p{n}`` (every frame of a symbol 
 partition, and the partition has one owner: see processors/runner.py). One batch is one atomic step
 (STYLE habit 2)::
 
-    WATCH proj:candles:{ex}:p{n}:last_id lease:candles:{ex}:p{n}
-    GET lease... == our token?               else LeaseLost: another instance owns the partition now
+    WATCH proj:candles:{ex}:p{n}:last_id fence:candles:{ex}:p{n}
+    GET fence... == our token?               else LeaseLost: another instance owns the partition now
     decode -> fold (pure, event time)        entries with id <= last_id are redeliveries: skipped
     MULTI                                    (a change to a watched key makes EXEC fail: nothing written)
       ZREM/ZADD candles:{ex}:{symbol}:{tf}   the changed buckets

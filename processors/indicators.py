@@ -70,6 +70,9 @@ log = logging.getLogger(__name__)
 GROUP = "indicators"
 KIND = "macdv"
 _MAX_CONFLICT_RETRIES = 20
+# The input is trimmed to the window when a close's start is a multiple of this many minutes (every ~32
+# closes of a 1m..15m series), not on every close: reads take the newest ``window`` anyway.
+_TRIM_EVERY = 32
 _ENCODER = msgspec.json.Encoder()
 _POINT = msgspec.json.Decoder(Point)
 _ALERT = msgspec.json.Decoder(Alert)
@@ -344,7 +347,7 @@ class IndicatorProcessor:
                         pipe.delete(input_key)
                     if bars:
                         pipe.zadd(input_key, {_STATE.encode(b): b.start for b in bars[-self.window :]})
-                        if not whole:
+                        if not whole and any(b.start // 60_000 % _TRIM_EVERY == 0 for b in bars):
                             pipe.zremrangebyrank(input_key, 0, -(self.window + 1))
                 alerts_stream = keys.alerts_stream(self.exchange_id)
                 for alert in raised:

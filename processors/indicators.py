@@ -298,7 +298,7 @@ class IndicatorProcessor:
                 writes: list[tuple[str, int, list[Point]]] = []  # (indicator key, since, points)
                 fresh: dict[str, Alert] = {}  # by id: a transition seen by two runs is raised once
                 new_states: dict[str, bytes] = {}
-                inputs: dict[str, tuple[bool, list[Bar]]] = {}  # input key -> (rewritten whole?, bars)
+                inputs: dict[str, tuple[str, list[Bar]]] = {}  # input key -> (how: whole/replace/append, bars)
                 for (symbol, tf), state_key in zip(order, state_keys, strict=True):
                     series = (symbol, tf)
                     state = states[series]
@@ -322,10 +322,12 @@ class IndicatorProcessor:
                     if state is not None:
                         new_states[state_key] = _STATE.encode(state)
                     input_key = keys.indicator_input(self.exchange_id, symbol, tf)
-                    if series in base:  # read: written whole, as the last run left it
-                        inputs[input_key] = (True, _as_of(base[series], runs[series], len(runs[series]) - 1))
-                    else:  # stepped: the next closed candles, appended
-                        inputs[input_key] = (False, [Bar.of(e.candle) for e in changed[series] if e.candle.closed])
+                    if seeded[series]:  # seeded from the candles: written whole, as the last run left it
+                        inputs[input_key] = ("whole", _as_of(base[series], runs[series], len(runs[series]) - 1))
+                    else:  # the buckets this batch closed, at their last value (a recompute may have replaced some)
+                        final = {e.candle.start: Bar.of(e.candle) for e in changed[series] if e.candle.closed}
+                        how = "replace" if series in base else "append"  # (stepped: only newer buckets)
+                        inputs[input_key] = (how, [final[start] for start in sorted(final)])
                 raised: list[Alert] = []
                 if fresh:
                     known: Any = await pipe.zmscore(self.ids_key, list(fresh))
@@ -342,12 +344,15 @@ class IndicatorProcessor:
                     scope.queue_expiry(pipe, name, targets, expiry)
                 if new_states:
                     pipe.mset(new_states)
-                for input_key, (whole, bars) in inputs.items():
-                    if whole:
+                for input_key, (how, bars) in inputs.items():
+                    if how == "whole":
                         pipe.delete(input_key)
+                    elif how == "replace":
+                        for b in bars:
+                            pipe.zremrangebyscore(input_key, b.start, b.start)
                     if bars:
                         pipe.zadd(input_key, {_STATE.encode(b): b.start for b in bars[-self.window :]})
-                        if not whole and any(b.start // 60_000 % _TRIM_EVERY == 0 for b in bars):
+                        if how != "whole" and any(b.start // 60_000 % _TRIM_EVERY == 0 for b in bars):
                             pipe.zremrangebyrank(input_key, 0, -(self.window + 1))
                 alerts_stream = keys.alerts_stream(self.exchange_id)
                 for alert in raised:

@@ -45,6 +45,7 @@ from processors.leases import Fence
 from processors.memory_fold import MemoryCandles
 from processors.replay_source import Sources, frames
 from projections import store
+from projections.candles import Candle
 from projections.watermark import duration_ms
 from streams import keys, log
 from streams.archive_columns import Frames
@@ -144,6 +145,11 @@ class Fold:
     async def finish(self) -> None:
         """Called once the last batch was fed (the live path has written everything by then)."""
 
+    def written(self) -> dict[str, list[Candle]] | None:
+        """The series written to the target, as it keeps them, when the fold holds them (else None: read
+        them back)."""
+        return None
+
     async def drain_indicators(self) -> None:
         """Fold every close not yet read by the indicators group, as the live indicator processor does."""
         if self.indicators is None or self.indicator_fence is None:
@@ -168,6 +174,7 @@ class MemoryFold(Fold):
 
     history: int = 5000
     memory: dict[int, MemoryCandles] = field(default_factory=dict)
+    series: dict[str, list[Candle]] = field(default_factory=dict)  # what finish wrote
 
     async def feed(self, partition: int, chunk: list[Frames]) -> None:
         fold = self.memory.get(partition)
@@ -185,6 +192,7 @@ class MemoryFold(Fold):
         for partition, fold in sorted(self.memory.items()):
             for key, series in fold.candles().items():
                 store.queue_series(pipe, key, series, history=self.history, stored=())
+                self.series[key] = series[-self.history :]  # what the target keeps of it
             closes_stream = keys.closes_stream(fold.processor.exchange_id)
             for event in fold.closes:
                 pipe.xadd(closes_stream, {"event": store.encode(event)})
@@ -202,6 +210,9 @@ class MemoryFold(Fold):
                     await pipe.execute()
                 pipe, writes = self.client.pipeline(transaction=False), 0
         await self.drain_indicators()
+
+    def written(self) -> dict[str, list[Candle]] | None:
+        return self.series
 
 
 GC_THRESHOLD = 200_000  # allocations between young collections during an in-memory fold (Python's default: 700)

@@ -16,6 +16,8 @@ replay target. The outputs:
 from __future__ import annotations
 
 import csv
+from bisect import bisect_left
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,26 +87,47 @@ async def collect(
     *,
     symbols: frozenset[str] | None = None,
     timeframes: tuple[str, ...] | None = None,
+    candles: Mapping[str, Sequence[Candle]] | None = None,
+    indicators: bool = True,
 ) -> ReplayResult:
-    """The candles, MACD-V points and alerts of a target in ``[start_ms, end_ms)`` (module docstring)."""
+    """The candles, MACD-V points and alerts of a target in ``[start_ms, end_ms)`` (module docstring).
+
+    ``candles``: the series the target was just written from (``candles:`` key -> candles, oldest
+    first, as the target keeps them), taken instead of read back; ``indicators=False``: no indicator
+    processor ran, so there are no points or alerts to read."""
     result = ReplayResult(exchange_id, start_ms, end_ms)
 
     def wanted(symbol: str, timeframe: str) -> bool:
         return (symbols is None or symbol in symbols) and (timeframes is None or timeframe in timeframes)
 
-    series = [keys.parse_candles(k) for k in await store.list_series(client, exchange_id)]
-    series = sorted((s for s in series if wanted(s[1], s[2])), key=lambda s: (s[1], s[2]))
+    names = await store.list_series(client, exchange_id) if candles is None else list(candles)
+    named = {keys.parse_candles(k): k for k in names}
+    series = sorted((s for s in named if wanted(s[1], s[2])), key=lambda s: (s[1], s[2]))
     pipe = client.pipeline(transaction=False)
     for _, symbol, tf in series:
-        pipe.zrange(keys.candles(exchange_id, symbol, tf), start_ms, end_ms - 1, byscore=True)
-        pipe.zrange(keys.indicator(exchange_id, symbol, tf, KIND), start_ms, end_ms - 1, byscore=True)
+        if candles is None:
+            pipe.zrange(keys.candles(exchange_id, symbol, tf), start_ms, end_ms - 1, byscore=True)
+        if indicators:
+            pipe.zrange(keys.indicator(exchange_id, symbol, tf, KIND), start_ms, end_ms - 1, byscore=True)
     with log.translated(f"reading the replayed projections of {exchange_id}"):
-        replies: Any = await pipe.execute() if series else []
-    for (_, symbol, tf), candles, points in zip(series, replies[::2], replies[1::2], strict=True):
-        result.candles.extend(store.decode_candle(raw) for raw in candles)
-        for raw in points:
-            point = decode_point(raw)
-            result.points[(symbol, tf, point.start)] = point
+        replies: Any = await pipe.execute() if series and (candles is None or indicators) else []
+    at = 0
+    for name in series:
+        _, symbol, tf = name
+        if candles is None:
+            result.candles.extend(store.decode_candle(raw) for raw in replies[at])
+            at += 1
+        else:
+            kept = candles[named[name]]
+            starts = [c.start for c in kept]
+            result.candles.extend(kept[bisect_left(starts, start_ms) : bisect_left(starts, end_ms)])
+        if indicators:
+            for raw in replies[at]:
+                point = decode_point(raw)
+                result.points[(symbol, tf, point.start)] = point
+            at += 1
+    if not indicators:
+        return result
     for _, fields in await log.entries(client, keys.alerts_stream(exchange_id)):
         alert = decode_alert(fields[b"alert"])
         if start_ms <= alert.start < end_ms and wanted(alert.symbol, alert.timeframe):

@@ -183,6 +183,7 @@ async def test_an_in_memory_replay_equals_the_live_run(redis_url: str) -> None:
     """The fast path of ``tickfold replay --in-memory``: candles, MACD-V points (bit for bit) and alerts
     (same ids) of sub-ranges equal those of the live run, as the replay through Redis is checked to."""
     from processors.replay import ReplayOptions
+    from processors.replay_export import collect
     from tests.replay_support import RANGES, SETTINGS, expected, live_run
     from tests.synthetic import DAY_START_MS, PRODUCTS
     from tickfold.replay import replay_into
@@ -197,6 +198,9 @@ async def test_an_in_memory_replay_equals_the_live_run(redis_url: str) -> None:
             await target.flushdb()
             options = ReplayOptions(start_ms=lo, end_ms=hi, timeframes=timeframes, in_memory=True)
             result, stats = await replay_into(client, target, SETTINGS, "coinbase", options)
+            # the candles come from the fold's memory, not read back: the same as the target holds
+            held = await collect(target, "coinbase", lo, hi, timeframes=timeframes)
+            assert result.candles == held.candles and len(held.candles) > 0
             assert {(c.symbol, c.timeframe, c.start): c for c in result.candles} == candles
             assert result.points == points
             assert sorted(result.alerts, key=lambda a: a.id) == sorted(alerts, key=lambda a: a.id)

@@ -166,7 +166,14 @@ async def replay_into(
     with log.translated("releasing the replay target"):  # a namespace is left as a plain snapshot
         await target.delete(*[f.key for f in (*fences.values(), indicator_fence)])
     result = await collect(
-        target, exchange_id, options.start_ms, options.end_ms, symbols=options.symbols, timeframes=options.timeframes
+        target,
+        exchange_id,
+        options.start_ms,
+        options.end_ms,
+        symbols=options.symbols,
+        timeframes=options.timeframes,
+        candles=fold.written(),  # the fast path holds them: not read back
+        indicators=indicators is not None,
     )
     if not result.candles:
         if stats.first_event_ms is not None and stats.last_event_ms is not None:

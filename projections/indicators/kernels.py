@@ -127,6 +127,7 @@ def _rma_next(prev: float, n: float, x: float) -> float:
 #   against ``/`` too, on random bit patterns and on dividends built to sit next to a midpoint.)
 QUOTIENT_MIN = 2.0**-900
 QUOTIENT_MAX_N = 2.0**40
+DOUBLE_MAX = 1.7976931348623157e308  # the largest finite double
 
 
 @_step
@@ -151,6 +152,45 @@ def _quotient(s: float, hi: float, lo: float) -> float:
     return _fma(s, hi, s * lo)
 
 
+# The RMA's total without ``s`` in the correction. In the batch loops ``s`` is an RMA's total
+# ``RN(RN(p * (n - 1)) + x)`` (``_rma_total``), and ``RN(s * lo)`` above puts a multiply between the
+# total and the FMA on the loop-carried chain (``p`` -> mul -> add -> mul -> FMA: 13 cycles on Zen 4).
+# When ``p >= 0`` and ``x >= 0`` the correction may be ``c = RN(p * RN((n - 1) * lo) + RN(x * lo))``
+# instead (one FMA from ``p`` and ``x``, beside the total's mul and add, not after them), and
+# ``RN(s * hi + c)`` is still ``RN(s / n)``, bit for bit, for ``2**-900 <= s < inf``:
+#
+# * Both sums have non-negative terms, so each of their roundings is a relative error of at most
+#   ``u`` of the whole sum: ``s = (A + x)(1 + t)`` and ``c = lo (A + x)(1 + t')`` with ``A = p (n - 1)``,
+#   ``|t| <= 2u + u**2`` and ``|t'| <= 3u + 3u**2``, so ``c = s * lo * (1 + d)`` with ``|d| < 6u``.
+#   (Underflow in ``A``, ``x * lo`` or the FMA adds at most ``4 * 2**-1075`` in all.)
+# * With ``|s * lo| <= u (1 + u) |Q|``, the FMA's exact sum is within ``u**2 (1 + u) |Q| + 6u**2 (1 + u) |Q|
+#   < 2**-102 |Q|`` of ``Q = s / n`` (plus ``2**-1072``, far below ``2**-1036 <= 2**-57 |Q| / n``), and
+#   ``2**-102 + 2**-57 / n < 2**-55 / n`` for ``n <= 2**40``: the distance bound at ``_quotient``
+#   holds, and so does its conclusion. ``lo = 0`` (``n`` a power of two) gives ``c = 0``, as before.
+# * The result is then ``RN(s / n) > 0``, so a loop that takes only ``x >= 0`` keeps ``p >= 0``.
+
+
+@_step
+def _reciprocal_carry(n: float, lo: float) -> float:
+    """``RN((n - 1) * lo)`` for :func:`_rma_quotient` (``lo`` from ``_reciprocal(n)``)."""
+    return (n - 1.0) * lo
+
+
+@_step
+def _rma_quotient_exact(total: float, smallest: float) -> bool:
+    """Whether :func:`_rma_quotient` gives ``total / n``, given ``prev >= 0`` (which it keeps) and ``x >= 0``
+    or NaN (a NaN total fails). Two compares: the total of non-negative terms needs no ``abs``."""
+    return smallest <= total <= DOUBLE_MAX
+
+
+@_step
+def _rma_quotient(prev: float, x: float, total: float, hi: float, lo: float, carry: float) -> float:
+    """``_rma_total(prev, n, x) / n``, bit for bit, when ``prev >= 0``, ``x >= 0`` and
+    ``_rma_quotient_exact(total, smallest)`` (``total`` is that sum; ``hi, lo, smallest = _reciprocal(n)``,
+    ``carry = _reciprocal_carry(n, lo)``)."""
+    return _fma(total, hi, _fma(prev, carry, x * lo))
+
+
 @_step
 def _tr(prev_close: float, high: float, low: float) -> float:
     greatest = high - low
@@ -164,16 +204,34 @@ def _tr(prev_close: float, high: float, low: float) -> float:
 
 
 @_step
+def _tr_ordered(prev_close: float, high: float, low: float) -> float:
+    """:func:`_tr`, bit for bit, when ``high >= low`` (so neither is NaN): ``max(high, prev) - min(low, prev)``,
+    three operations instead of seven. With ``prev >= high`` both give ``prev - low`` (a rounded difference
+    grows with its first operand and shrinks with its second, so it is the largest of the three), with
+    ``prev <= low`` both give ``high - prev`` (``abs(prev - high)``: rounding is symmetric), between them
+    ``high - low``; a zero is ``+0`` in both. A NaN ``prev`` gives ``high - low`` in both; infinite
+    operands give inf or NaN, which no caller's total passes. The result is ``>= 0`` or NaN."""
+    top = prev_close if prev_close > high else high
+    bottom = prev_close if prev_close < low else low
+    return top - bottom
+
+
+@_step
 def _rsi(gain: float, loss: float) -> float:
     total = gain + loss
     return 0.0 if total == 0.0 else 100.0 * (gain / total)
 
 
 @_step
+def _macdv_ratio(diff: float, atr: float) -> float:
+    return (diff / atr) * 100.0
+
+
+@_step
 def _macdv_line(diff: float, atr: float) -> float:
     if atr == 0.0 and not math.isnan(diff):
         return 0.0  # no range at all, so no momentum (and no 0 / 0)
-    return (diff / atr) * 100.0  # NaN while either part is warming up
+    return _macdv_ratio(diff, atr)  # NaN while either part is warming up
 
 
 # ------------------------------------------------------------------------------------ the steps
@@ -480,15 +538,21 @@ def atr_feed(state: F64, high: F64, low: F64, close: F64) -> F64:
         i += 1
     prev, v, n = state[o + TR_PREV], state[r + RMA_VAL], state[r + RMA_N]
     hi, lo, smallest = _reciprocal(n)
+    carry = _reciprocal_carry(n, lo)
     while i < m:  # as in macdv_feed: exact reciprocal products while they apply, else one division
         h, lw, c, os = high[i:], low[i:], close[i:], out[i:]
-        done = c.shape[0]
+        done = c.shape[0] if v >= 0.0 else 0
         for j in range(done):
-            total = _rma_total(v, n, _tr(prev, h[j], lw[j]))
-            if not _quotient_exact(total, smallest):
+            hj, lj = h[j], lw[j]
+            if not hj >= lj:
                 done = j
                 break
-            v = _quotient(total, hi, lo)
+            tr = _tr_ordered(prev, hj, lj)
+            total = _rma_total(v, n, tr)
+            if not _rma_quotient_exact(total, smallest):
+                done = j
+                break
+            v = _rma_quotient(v, tr, total, hi, lo, carry)
             prev = c[j]
             os[j] = v
         i += done
@@ -574,23 +638,33 @@ def macdv_feed(state: F64, high: F64, low: F64, close: F64) -> tuple[F64, F64, F
     prev, atr, na = state[MACDV_ATR + TR_PREV], state[a + RMA_VAL], state[a + RMA_N]
     sig, kg = state[MACDV_SIGNAL + EMA_VAL], state[MACDV_SIGNAL + EMA_K]
     hi, lo, smallest = _reciprocal(na)
+    carry = _reciprocal_carry(na, lo)
     while i < m:
         # Candles i.. while the ATR's total divides exactly by the reciprocal (all of them, for
         # prices): a loop that leaves on the rare dividend keeps the division out of it (a branch
         # inside would be turned into computing both and selecting). Sliced, so indices count from 0.
+        # It takes candles with ``high >= low`` (true range ``>= 0``: ``_tr_ordered``), needs ``atr >= 0``
+        # on entry and keeps it (``_rma_quotient``); in it ``atr > 0``, so the line is the plain ratio
+        # (``_macdv_line``'s zero case can't arise).
         h, lw, c = high[i:], low[i:], close[i:]
         ol, og, oh = line[i:], signal[i:], hist[i:]
-        done = c.shape[0]
+        done = c.shape[0] if atr >= 0.0 else 0
         for j in range(done):
-            total = _rma_total(atr, na, _tr(prev, h[j], lw[j]))
-            if not _quotient_exact(total, smallest):
+            hj, lj = h[j], lw[j]
+            if not hj >= lj:  # a malformed candle (or NaN): the step's own true range, below
                 done = j
                 break
-            atr = _quotient(total, hi, lo)
+            tr = _tr_ordered(prev, hj, lj)
+            total = _rma_total(atr, na, tr)
+            if not _rma_quotient_exact(total, smallest):
+                done = j
+                break
+            atr = _rma_quotient(atr, tr, total, hi, lo, carry)
             prev = c[j]
             fast = _ema_next(fast, kf, prev)
             slow = _ema_next(slow, ks, prev)
-            v, sig = _macdv_tail(fast, slow, atr, sig, kg)
+            v = _macdv_ratio(fast - slow, atr)
+            sig = _ema_next(sig, kg, v)
             ol[j], og[j], oh[j] = v, sig, v - sig
         i += done
         if i < m:  # a total of zero (a flat market), tiny, inf or NaN: the division itself

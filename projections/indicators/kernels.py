@@ -7,7 +7,10 @@ arrays, so a batch result *is* the sequence of incremental results, bit for bit,
 resumed incrementally (or the other way round) from the state it leaves behind.
 
 Arithmetic follows TA-Lib's C code operation by operation (same sums, same order, no FMA), so the
-outputs are bit-identical to TA-Lib's where TA-Lib has the indicator:
+outputs agree with TA-Lib's to the last bits where TA-Lib has the indicator. (Not always *in* the last
+bits: the installed TA-Lib 0.8.2 build doesn't keep its source's operation order everywhere. On 1M
+random-walk candles the true range is bit-identical, EMA(12) all but 4 points, ATR(26) only ~22 %
+of points, all within 2e-15 relative.)
 
 * SMA: running sum, ``out = total / n`` then ``total -= oldest``.
 * EMA: ``k = 2 / (n + 1)``, seeded with the sum of the first ``n`` values ``/ n``, then
@@ -25,6 +28,11 @@ reciprocal and rounds once (an FMA), which gives the correctly rounded quotient,
 gives, for every dividend it is used on (the proof is at ``_quotient``; any other dividend takes the
 division itself). The results and the states are the same to the bit; only the loop-carried chain
 gets shorter (a division's latency is ~4x a multiply's, and the ATR's chain bounded the MACD-V loop).
+The ATR and MACD-V loops go one step further (``_rma_quotient``, proof there): the reciprocal's
+correction term is computed from the previous ATR and the true range instead of from their total, so
+the chain is multiply, add, FMA (10 cycles on Zen 4; 13 with the correction after the total, ~19 with
+the division); and a candle with ``high >= low`` takes its true range in three operations
+(``_tr_ordered``, the same bits as ``_tr``). A candle either doesn't fit takes the step's arithmetic.
 
 All jitted code lives in this one module on purpose: numba's on-disk cache (``cache=True``) keys a
 function on its own file only, so a step edited in another module would leave stale cached callers.

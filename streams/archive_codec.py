@@ -1,20 +1,34 @@
 """The archive's block format: consecutive stream entries, encoded column-wise, compressed with zstd.
 
-A block holds entries of one stream in id order. Encoded (msgpack, then zstd level 3), format 2:
+A block holds entries of one stream in id order. Format 3, written now, is a msgpack array of two zstd
+frames (level 3):
 
-* ``ms`` / ``seq``: the entry ids, as little-endian uint64 arrays (``ms`` as deltas from the previous
-  entry's, modulo 2**64);
-* ``schemas``: the distinct lists of field names, in order of first use; ``schema_of``: each entry's
-  (uint32 array);
-* ``lengths`` / ``values``: the field values column by column (all ``frame`` values of schema 0, then all
-  its ``recv_ns`` values, ...), concatenated, with their lengths (uint32 array);
-* ``kinds`` / ``event_ms``: for raw frame streams, the decoded columns of :mod:`streams.archive_columns`
-  (uint8; int64 deltas), so a replay needs no JSON for what they tell; empty for other streams.
+* ``head``: msgpack of the block's columns and of the values of its entries that are *not* Binance trade
+  frames:
+
+  * ``ms`` / ``seq``: the entry ids, as little-endian uint64 arrays (``ms`` as deltas from the previous
+    entry's, modulo 2**64);
+  * ``schemas``: the distinct lists of field names, in order of first use; ``schema_of``: each entry's
+    (uint32 array);
+  * ``kinds`` / ``event_ms``: for raw frame streams, the decoded columns of
+    :mod:`streams.archive_columns` (uint8; int64 deltas), so a replay needs no JSON for what they tell;
+    empty for other streams;
+  * ``lengths``: the length of every value (uint32 array), in the order the values are stored: the
+    entries that are not ``TRADE`` first, then the ``TRADE`` ones; within each, field by field per schema
+    (all ``frame`` values of schema 0, then all its ``recv_ns`` values, ...);
+  * ``values``: the first part's values, concatenated.
+
+* ``trades``: the ``TRADE`` entries' values, concatenated (empty when there are none).
 
 Grouping values by field puts similar bytes together: on the recorded sessions, blocks of 1,000 entries
-take 34-78 bytes per entry against 229-618 raw (README, *Archive*). Decoding gives back every field
-name and value byte for byte, in the original order. Format 1 (the same with msgpack integer lists and
-no decoded columns) is still read: its columns are computed frame by frame when a replay asks.
+take 34-78 bytes per entry against 229-618 raw (README, *Archive*). Keeping the trade frames' bytes in a
+frame of their own lets a replay that reads them only for their event time (no Binance trade candles:
+the ``event_ms`` column is enough) leave them compressed: on a Binance feed they are ~94 % of the frames
+and of the bytes. Decoding gives back every field name and value byte for byte, in the original order.
+
+Formats 1 and 2 are still read. Format 2 is one zstd frame of the same columns with every value in one
+column-wise run (no split); format 1 has msgpack integer lists and no decoded columns (computed frame by
+frame when a replay asks).
 """
 
 from __future__ import annotations
@@ -24,12 +38,13 @@ from itertools import accumulate
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 import zstandard
 
-from streams.archive_columns import U64, Frames, Index, columns, exchange_of, split_ids
+from streams.archive_columns import TRADE, U64, Frames, Index, columns, exchange_of, split_ids
 from streams.log import Entry
 
-FORMAT = 2
+FORMAT = 3
 LEVEL = 3
 
 
@@ -52,8 +67,27 @@ class _Block2(msgspec.Struct, array_like=True, frozen=True, tag=2):
     event_ms: bytes = b""  # int64 deltas (modulo 2**64)
 
 
+class _Head3(msgspec.Struct, array_like=True, frozen=True):
+    ms: bytes  # uint64 deltas
+    seq: bytes  # uint64
+    schemas: list[list[bytes]]
+    schema_of: bytes  # uint32
+    kinds: bytes  # uint8; empty: no decoded columns (every entry in the first part)
+    event_ms: bytes  # int64 deltas (modulo 2**64)
+    lengths: bytes  # uint32: the first part's values', then the trades'
+    values: bytes  # the first part's values
+
+
+class _Block3(msgspec.Struct, array_like=True, frozen=True, tag=3):
+    head: bytes  # zstd(msgpack(_Head3))
+    trades: bytes  # zstd(the TRADE entries' values); b"" when there are none
+
+
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(_Block1 | _Block2)
+_OUTER = msgspec.msgpack.Decoder(_Block3)
+_HEAD = msgspec.msgpack.Decoder(_Head3)
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # a zstd frame's first bytes: formats 1 and 2 are one frame
 _COMPRESSOR = zstandard.ZstdCompressor(level=LEVEL)
 _DECOMPRESSOR = zstandard.ZstdDecompressor()
 _LE = {"u8": "<u8", "i8": "<i8", "u4": "<u4"}
@@ -65,8 +99,46 @@ def raw_size(entries: Sequence[Entry]) -> int:
 
 
 def encode_block(entries: Sequence[Entry], *, stream: str | None = None) -> bytes:
-    """The compressed block of ``entries`` (ids increasing, as in their stream). With the ``stream`` key of
-    a raw frame stream (``frames:binance:p3``) the block carries the decoded columns too."""
+    """The compressed block of ``entries`` (ids increasing, as in their stream), format 3. With the ``stream``
+    key of a raw frame stream (``frames:binance:p3``) the block carries the decoded columns too, and the
+    trade frames' values apart."""
+    ms, seq = split_ids(entries)
+    kinds, event_ms = b"", b""
+    exchange_id = None if stream is None else exchange_of(stream)
+    trade = [False] * len(entries)
+    if exchange_id is not None:
+        k, t = columns(exchange_id, entries)
+        kinds, event_ms = k.tobytes(), _deltas(t.view(np.uint64)).tobytes()
+        trade = (k == TRADE).tolist()
+    schemas: dict[tuple[bytes, ...], int] = {}
+    schema_of: list[int] = []
+    runs: dict[tuple[bool, int, int], list[bytes]] = {}  # (trade?, schema, field) -> values
+    for (_, fields), apart in zip(entries, trade, strict=True):
+        s = schemas.setdefault(tuple(fields), len(schemas))
+        schema_of.append(s)
+        for j, value in enumerate(fields.values()):
+            runs.setdefault((apart, s, j), []).append(value)
+    order = sorted(runs)  # the first part's runs (False) before the trades'
+    head = _Head3(
+        ms=_deltas(ms).tobytes(),
+        seq=seq.astype(_LE["u8"]).tobytes(),
+        schemas=[list(names) for names in schemas],
+        schema_of=np.array(schema_of, _LE["u4"]).tobytes(),
+        kinds=kinds,
+        event_ms=event_ms,
+        lengths=np.array([len(v) for key in order for v in runs[key]], _LE["u4"]).tobytes(),
+        values=b"".join(v for key in order if not key[0] for v in runs[key]),
+    )
+    apart_values = b"".join(v for key in order if key[0] for v in runs[key])
+    block = _Block3(
+        head=_COMPRESSOR.compress(_ENCODER.encode(head)),
+        trades=_COMPRESSOR.compress(apart_values) if apart_values else b"",
+    )
+    return _ENCODER.encode(block)
+
+
+def encode_block_v2(entries: Sequence[Entry], *, stream: str | None = None) -> bytes:
+    """A format 2 block, as archives written before format 3 hold: for tests."""
     schemas: dict[tuple[bytes, ...], int] = {}
     schema_of: list[int] = []
     columns_of: dict[tuple[int, int], list[bytes]] = {}
@@ -109,79 +181,135 @@ def _undelta(raw: bytes) -> U64:
     return np.cumsum(np.frombuffer(raw, _LE["u8"]), dtype=np.uint64)
 
 
-def _decode(payload: bytes) -> _Block1 | _Block2:
+_Block = _Block1 | _Block2 | tuple[_Block3, _Head3]
+
+
+def _decode(payload: bytes) -> _Block:
+    """A block of any format; format 3 as its outer array and its decoded head (the trades still compressed)."""
     try:
-        block: _Block1 | _Block2 = _DECODER.decode(_DECOMPRESSOR.decompress(payload))
-    except msgspec.ValidationError as exc:
-        raise ValueError(f"archive block of an unknown format (this version reads 1 and 2): {exc}") from None
-    return block
+        if payload[:4] == _ZSTD_MAGIC:
+            block: _Block1 | _Block2 = _DECODER.decode(_DECOMPRESSOR.decompress(payload))
+            return block
+        outer = _OUTER.decode(payload)
+        return outer, _HEAD.decode(_DECOMPRESSOR.decompress(outer.head))
+    except (msgspec.ValidationError, msgspec.DecodeError, zstandard.ZstdError) as exc:
+        raise ValueError(f"archive block of an unknown format (this version reads 1, 2 and 3): {exc}") from None
 
 
 def decode_block(payload: bytes) -> list[Entry]:
     """The entries of a block, exactly as they were encoded."""
     block = _decode(payload)
-    if isinstance(block, _Block2):
-        return BlockEntries(block).build(None)
-    ids = [f"{ms}-{seq}".encode() for ms, seq in zip(accumulate(block.ids[::2]), block.ids[1::2], strict=True)]
-    return _entries(ids, block.schemas, block.schema_of, block.lengths, block.values)
+    if isinstance(block, _Block1):
+        ids = [f"{ms}-{seq}".encode() for ms, seq in zip(accumulate(block.ids[::2]), block.ids[1::2], strict=True)]
+        return _entries(ids, block.schemas, block.schema_of, block.lengths, block.values)
+    return _block_entries(block).build(None)
 
 
 def decode_frames(payload: bytes, stream: str) -> Frames:
     """A block as :class:`~streams.archive_columns.Frames` of ``stream``: its decoded columns as stored,
-    or (a block without them) computed frame by frame."""
+    or (a block without them) computed frame by frame. The entries are built when asked for, and a format 3
+    block's trade frames decompressed only then."""
     block = _decode(payload)
-    if isinstance(block, _Block2):
-        ms = _undelta(block.ms)
-        seq = np.frombuffer(block.seq, _LE["u8"]).astype(np.uint64)
-        n = len(ms)
-        if len(block.kinds) == n and len(block.event_ms) == 8 * n:
-            kinds = np.frombuffer(block.kinds, np.uint8)
-            times = _undelta(block.event_ms).view(np.int64)
-            return Frames(ms, seq, kinds, times, BlockEntries(block), np.arange(n, dtype=np.intp))
+    if not isinstance(block, _Block1):
+        kinds_raw, times_raw = (
+            (block[1].kinds, block[1].event_ms) if isinstance(block, tuple) else (block.kinds, block.event_ms)
+        )
+        source = _block_entries(block)
+        n = len(source.ms)
+        if len(kinds_raw) == n and len(times_raw) == 8 * n:
+            kinds = np.frombuffer(kinds_raw, np.uint8)
+            times = _undelta(times_raw).view(np.int64)
+            return Frames(source.ms, source.seq, kinds, times, source, np.arange(n, dtype=np.intp))
+        return Frames.of_entries(exchange_of(stream), source.build(None))
     return Frames.of_entries(exchange_of(stream), decode_block(payload))
 
 
-class BlockEntries:
-    """The entries of a format 2 block, built on demand (:class:`~streams.archive_columns.EntrySource`)."""
+def _block_entries(block: _Block2 | tuple[_Block3, _Head3]) -> BlockEntries:
+    if isinstance(block, _Block2):
+        return BlockEntries(block.ms, block.seq, block.schemas, block.schema_of, block.lengths, block.values)
+    outer, head = block
+    apart = None
+    if outer.trades:
+        apart = np.frombuffer(head.kinds, np.uint8) == TRADE
+    return BlockEntries(
+        head.ms, head.seq, head.schemas, head.schema_of, head.lengths, head.values, apart=apart, trades=outer.trades
+    )
 
-    def __init__(self, block: _Block2) -> None:
-        self.ms = _undelta(block.ms)
-        self.seq = np.frombuffer(block.seq, _LE["u8"])
-        self.schemas = block.schemas
-        self.values = block.values
-        schema_of = np.frombuffer(block.schema_of, _LE["u4"]).astype(np.intp)
-        lengths = np.frombuffer(block.lengths, _LE["u4"]).astype(np.int64)
-        self.ends = np.cumsum(lengths)
-        self.starts = self.ends - lengths
+
+class BlockEntries:
+    """The entries of a format 2 or 3 block, built on demand (:class:`~streams.archive_columns.EntrySource`).
+
+    The values are stored by *group*, then field: a group is a schema (format 2), or a schema within the
+    entries that are not trade frames, then within the trade frames (format 3, ``apart`` marks the trade
+    rows). An entry's value of field ``j`` is value number ``first + j * stride``, where ``first`` is the
+    group's base plus the entry's rank in its group and ``stride`` the group's size. The trade frames'
+    values (``trades``, compressed) follow the others' and are decompressed the first time a trade row is
+    built."""
+
+    def __init__(
+        self,
+        ms: bytes,
+        seq: bytes,
+        schemas: list[list[bytes]],
+        schema_of: bytes,
+        lengths: bytes,
+        values: bytes,
+        *,
+        apart: npt.NDArray[np.bool_] | None = None,
+        trades: bytes = b"",
+    ) -> None:
+        self.ms = _undelta(ms)
+        self.seq = np.frombuffer(seq, _LE["u8"]).astype(np.uint64)
+        self.schemas = schemas
+        self.values = values
+        self._trades = trades  # compressed until a trade row is built
+        self.apart = apart
+        sizes = np.frombuffer(lengths, _LE["u4"]).astype(np.int64)
+        self.ends = np.cumsum(sizes)
+        self.starts = self.ends - sizes
         n = len(self.ms)
-        if len(self.schemas) == 1:
+        width = len(schemas)
+        if (width <= 1 and apart is None) or not n:
             self.schema_of = np.zeros(n, np.intp)
             self.first = np.arange(n, dtype=np.intp)  # value index of each entry's first field
             self.stride = np.full(n, n, np.intp)  # and the distance between its fields
             return
-        self.schema_of = schema_of
-        counts = np.bincount(schema_of, minlength=len(self.schemas))
-        widths = np.array([len(names) for names in self.schemas], np.intp)
+        self.schema_of = np.frombuffer(schema_of, _LE["u4"]).astype(np.intp)
+        group_of = self.schema_of if apart is None else self.schema_of + width * apart
+        groups = width if apart is None else 2 * width
+        counts = np.bincount(group_of, minlength=groups)
+        widths = np.array([len(names) for names in schemas] * (groups // width), np.intp)
         bases = np.concatenate(([0], np.cumsum(counts * widths)[:-1])).astype(np.intp)
-        rank = np.empty(n, np.intp)
-        for s in range(len(self.schemas)):
-            members = np.flatnonzero(schema_of == s)
-            rank[members] = np.arange(len(members))
-        self.first = bases[schema_of] + rank
-        self.stride = counts[schema_of].astype(np.intp)
+        if groups == 2 and apart is not None:  # one schema, trades apart: a row's rank within its part
+            ones = np.cumsum(apart, dtype=np.intp)
+            rank = np.where(apart, ones - 1, np.arange(n, dtype=np.intp) - ones)
+        else:
+            order = np.argsort(group_of, kind="stable")
+            group_starts = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.intp)
+            rank = np.empty(n, np.intp)
+            rank[order] = np.arange(n, dtype=np.intp) - group_starts[group_of[order]]
+        self.first = bases[group_of] + rank
+        self.stride = counts[group_of].astype(np.intp)
+
+    def _values_for(self, rows: Index) -> bytes:
+        """The values ``rows`` need: the first part's, or (a trade row among them) all of them."""
+        if self._trades and self.apart is not None and self.apart[rows].any():
+            self.values += _DECOMPRESSOR.decompress(self._trades)
+            self._trades = b""
+        return self.values
 
     def build(self, index: Index | None) -> list[Entry]:
         rows = np.arange(len(self.ms), dtype=np.intp) if index is None else index
         ids = [f"{a}-{b}".encode() for a, b in zip(self.ms[rows].tolist(), self.seq[rows].tolist(), strict=True)]
-        values, starts, ends = self.values, self.starts, self.ends
+        values, starts, ends = self._values_for(rows), self.starts, self.ends
         if len(self.schemas) == 1:
             names = self.schemas[0]
             if not names:
                 return [(eid, {}) for eid in ids]
-            n = len(self.ms)
+            first, stride = self.first[rows], self.stride[rows]
             cuts = [
-                [values[a:b] for a, b in zip(starts[rows + j * n].tolist(), ends[rows + j * n].tolist(), strict=True)]
-                for j in range(len(names))
+                [values[a:b] for a, b in zip(starts[at].tolist(), ends[at].tolist(), strict=True)]
+                for at in (first + j * stride for j in range(len(names)))
             ]
             if len(names) == 2:  # frame + recv_ns: a literal is twice as fast as dict(zip(...))
                 k0, k1 = names

@@ -10,7 +10,7 @@ the partition's watermark to the run's newest time, and nothing else). :class:`F
   takes as time only), :data:`OTHER` for every other entry;
 * ``event_ms``: :func:`event_ms_of` of the entry (what a replay cuts and paces by).
 
-The archive stores these columns beside the raw frames (:mod:`streams.archive_codec`, format 2), so a
+The archive stores these columns beside the raw frames (:mod:`streams.archive_codec`, formats 2 and 3), so a
 replay reads them without parsing JSON; for stream entries and older blocks they are computed here, frame
 by frame (:func:`columns`). The entries themselves (``frame``, ``recv_ns``, byte for byte) are built only
 when asked for (:meth:`Frames.entries`), from the block's values or from the entries read.

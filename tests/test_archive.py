@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
+import numpy as np
 import pytest
 import redis.asyncio as aioredis
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,7 +36,8 @@ from processors.candles import CandleProcessor
 from processors.runner import Runner, RunnerConfig
 from streams import archive_store, keys, log
 from streams.archive import archived_position, archived_streams, read_archived
-from streams.archive_codec import decode_block, encode_block
+from streams.archive_codec import decode_block, decode_frames, encode_block, encode_block_v1, encode_block_v2
+from streams.archive_columns import TRADE
 from streams.archive_store import ArchiveMissing
 from streams.symbols import bundled
 from streams.trim import trim
@@ -116,6 +120,87 @@ def test_any_entries_come_back_exactly(rows: list[tuple[int, int, dict[bytes, by
         ms += delta
         entries.append((f"{ms}-{seq}".encode(), fields))
     assert decode_block(encode_block(entries)) == entries
+
+
+_TRADE_FRAME = b'{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":%d,"s":"BTCUSDT","a":%d,"p":"1.5","q":"2"}}'
+_KLINE_FRAME = b'{"stream":"btcusdt@kline_1m","data":{"e":"kline","E":%d,"s":"BTCUSDT","k":{"t":0}}}'
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),
+            st.sampled_from(["trade", "kline", "broken", "no frame", "extra field"]),
+            st.integers(1, 2**40),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    st.randoms(use_true_random=False),
+)
+@pytest.mark.unit
+def test_raw_frame_blocks_keep_trades_apart_and_give_back_every_entry(
+    rows: list[tuple[int, str, int]], rng: random.Random
+) -> None:
+    """Format 3: the trade frames' values in a part of their own, every entry (any rows of it) exactly."""
+    ms, entries = 10**12, []
+    for i, (delta, kind, t) in enumerate(rows):
+        ms += delta
+        frame = {"trade": _TRADE_FRAME % (t, i), "kline": _KLINE_FRAME % t, "broken": b'{"stream":"x@aggTrade"'}.get(
+            kind, b"{}"
+        )
+        fields = {b"recv_ns": b"%d" % t} if kind == "no frame" else {b"frame": frame, b"recv_ns": b"%d" % t}
+        if kind == "extra field":
+            fields[b"why"] = b"a second schema"
+        entries.append((f"{ms}-{i}".encode(), fields))
+    payload = encode_block(entries, stream="frames:binance:p1")
+    assert decode_block(payload) == entries
+    frames = decode_frames(payload, "frames:binance:p1")
+    assert frames.entries() == entries
+    assert [k == TRADE for k in frames.kind.tolist()] == [kind == "trade" for _, kind, _ in rows]
+    picked = np.array(sorted(rng.sample(range(len(entries)), rng.randint(0, len(entries)))), np.intp)
+    fresh = decode_frames(payload, "frames:binance:p1")
+    assert fresh.entries_at(picked) == [entries[i] for i in picked.tolist()]
+
+
+@pytest.mark.unit
+def test_a_replay_without_trade_candles_leaves_the_trade_frames_compressed() -> None:
+    """The other frames are built without the trades' part: broken there, they still come back, and only a
+    trade row needs it."""
+    entries: list[log.Entry] = []
+    for i in range(200):
+        frame = _KLINE_FRAME % (1000 + i) if i % 10 == 0 else _TRADE_FRAME % (1000 + i, i)
+        entries.append((f"{5000 + i}-0".encode(), {b"frame": frame, b"recv_ns": b"1"}))
+    outer = msgspec.msgpack.decode(encode_block(entries, stream="frames:binance:p0"))
+    assert outer[0] == 3 and len(outer[2]) > 0  # tag, head, trades
+    outer[2] = b"not zstd at all"
+    broken = msgspec.msgpack.encode(outer)
+    frames = decode_frames(broken, "frames:binance:p0")
+    others = np.flatnonzero(frames.kind != TRADE)
+    assert others.tolist() == list(range(0, 200, 10))
+    assert frames.entries_at(others) == entries[::10]
+    with pytest.raises(zstandard.ZstdError):
+        frames.entries_at(np.array([1], np.intp))
+
+
+@pytest.mark.unit
+def test_blocks_of_the_earlier_formats_are_still_read() -> None:
+    entries: list[log.Entry] = [
+        (
+            b"%d-0" % (7000 + i),
+            {b"frame": _TRADE_FRAME % (7000 + i, i) if i % 3 else _KLINE_FRAME % i, b"recv_ns": b"9"},
+        )
+        for i in range(50)
+    ] + [(b"8000-0", {b"frame": b"{}", b"recv_ns": b"9", b"extra": b"x"})]
+    new = decode_frames(encode_block(entries, stream="frames:binance:p2"), "frames:binance:p2")
+    for old in (encode_block_v2(entries, stream="frames:binance:p2"), encode_block_v1(entries)):
+        assert decode_block(old) == entries
+        frames = decode_frames(old, "frames:binance:p2")
+        assert frames.entries() == entries
+        assert (frames.kind == new.kind).all() and (frames.event_ms == new.event_ms).all()
+    with pytest.raises(ValueError, match="unknown format"):
+        decode_block(msgspec.msgpack.encode([9, b"", b""]))
 
 
 # ------------------------------------------------------------------------------ archive == stream

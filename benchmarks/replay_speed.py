@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -43,15 +44,15 @@ import uvloop
 
 from migrations.runner import migrate
 from processors.archiver import GROUP as ARCHIVE
-from processors.archiver import ArchiverConfig, run_archiver
+from processors.archiver import run_archiver
 from processors.memory_fold import MemoryCandles
 from processors.replay import ReplayOptions, candle_processor, few_collections
 from processors.replay_source import frames, plan
-from processors.runner import RunnerConfig
 from streams import archive, keys, log
 from streams.archive_columns import Frames
 from streams.symbols import load_symbol_map
 from streams.trim import trim
+from tickfold.commands_archive import archiver_config
 from tickfold.embedded import start_postgres, start_redis
 from tickfold.replay import MEMORY_BATCH, replay_into
 from tickfold.settings import Settings
@@ -114,7 +115,8 @@ async def _interleaved(rounds: int, figures: list[tuple[str, Work]], servers: li
 
 async def _archive_and_trim(source: aioredis.Redis, dsn: str, exchange_id: str, frames: list[bytes]) -> str:
     await log.append_frames(source, exchange_id, [(f, 0) for f in frames], partitions=4)
-    archiver = ArchiverConfig(runner=RunnerConfig(consumer="bench", block_ms=50, lease_ttl_ms=1000))
+    config = archiver_config(Settings.load({}))  # as `tickfold archive --until-idle` archives
+    archiver = replace(config, runner=replace(config.runner, consumer="bench", block_ms=50, lease_ttl_ms=1000))
     await run_archiver(source, dsn, [exchange_id], archiver, until_idle=True)
     kept = 0
     for p in range(4):

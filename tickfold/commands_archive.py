@@ -33,7 +33,7 @@ def _say(text: str) -> None:
     err.print(f"[dim]{text}[/dim]")
 
 
-READ_AT_MOST = 1000  # entries per stream per read (one Lua call reads every held stream: keep it short)
+READ_AT_MOST = 5000  # entries per stream per read: a catching-up archiver (or one --until-idle) fills a block a read
 
 
 def archiver_config(settings: Settings) -> ArchiverConfig:

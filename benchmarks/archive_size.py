@@ -4,7 +4,8 @@ For each input (the recorded Binance and Coinbase sessions, a synthetic Coinbase
 bytes; one row per frame (``bytea`` + primary key) on disk; and the archiver's zstd blocks of 1, 10,
 100, 1,000 and 5,000 frames (``streams.archive_store.write_blocks``, with the decoded columns a replay
 reads), as payload and on disk (tables, TOAST and indexes, less the empty tables); and what the columns
-cost (the payload of format 1 blocks, which have none). The figures in the README's *Archive* section come
+cost (the payload of format 1 blocks, which have none) and what keeping the Binance trade frames apart costs
+(the payload of format 2 blocks, one zstd frame). The figures in the README's *Archive* section come
 from here.
 """
 
@@ -21,7 +22,7 @@ import asyncpg
 
 from migrations.runner import migrate
 from streams import archive_store, recorded
-from streams.archive_codec import encode_block_v1, raw_size
+from streams.archive_codec import encode_block_v1, encode_block_v2, raw_size
 from streams.log import Entry
 from tickfold.embedded import start_postgres
 
@@ -103,8 +104,10 @@ async def measure(dsn: str) -> list[str]:
                 )
             for size in (1000, 5000):
                 plain = sum(len(encode_block_v1(entries[i : i + size])) for i in range(0, n, size))
+                one = sum(len(encode_block_v2(entries[i : i + size], stream=stream)) for i in range(0, n, size))
                 lines.append(
-                    f"  blocks of {size:5} without the decoded columns (format 1): {plain / n:7.1f} B/frame payload"
+                    f"  blocks of {size:5} without the decoded columns (format 1): {plain / n:7.1f} B/frame payload;"
+                    f" with them in one zstd frame (format 2): {one / n:7.1f}"
                 )
     finally:
         await conn.close()

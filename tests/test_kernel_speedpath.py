@@ -174,6 +174,7 @@ def _series(scale: float, seed: int = 11) -> tuple[F64, F64, F64]:
     high[150], low[150] = low[150], high[150]  # high < low
     high[151:160], low[151:160] = low[151:160].copy(), high[151:160].copy()
     close[250] = math.nan  # the next candle's true range is high - low
+    high[252], low[252] = low[252], high[252]  # ... which is < 0 here
     high[400] = math.nan  # NaN ATR from here on
     return high, low, close
 
@@ -227,3 +228,51 @@ def test_long_random_series_batch_equals_incremental() -> None:
     lo = np.minimum(o, c) * (1.0 - np.abs(rng.normal(0.0, 1e-3, n)))
     cuts = sorted(rng.choice(np.arange(1, n), 7, replace=False).tolist())
     _batch_equals_incremental(h, lo, c, ind.macdv_state(), cuts)
+
+
+def test_macdv_batch_equals_incremental_with_swapped_columns() -> None:
+    """High and low swapped on every candle: the general true range's loop takes them, RUN at a time."""
+    h, lo, c = _series(1.0, seed=4)
+    _batch_equals_incremental(lo, h, c, ind.macdv_state(), [77, 300])
+    _batch_equals_incremental(lo, h, c, ind.macdv_state(), [])
+
+
+def _trap() -> tuple[float, float]:
+    """``(atr, low)``: with a NaN previous close and ``high = 0`` the true range is ``-low``, which cancels
+    all but ``2**-k`` of ``RN(atr * 25)``, and the reciprocal's correction from the parts then gives the
+    wrong ``total / 26`` (its error bound assumes terms of one sign)."""
+    hi, lo, _ = kernels._reciprocal(26.0)
+    carry = kernels._reciprocal_carry(26.0, lo)
+    rng = np.random.default_rng(1)
+    for _ in range(100_000):
+        atr = float(rng.uniform(0.1, 10.0))
+        low = atr * 25.0 * (1.0 - 2.0 ** -int(rng.integers(30, 53)))
+        total = kernels._rma_total(atr, 26.0, -low)
+        if total > 0.0 and kernels._rma_quotient(atr, -low, total, hi, lo, carry) != total / 26.0:
+            return atr, low
+    raise AssertionError("no candle found that the correction from the parts gets wrong")
+
+
+@pytest.mark.parametrize("feed", ["macdv", "atr"])
+def test_negative_true_range_cancelling_the_total_takes_the_division(feed: str) -> None:
+    """The loops must not take such a candle (they check ``tr >= 0``); the state is set to the trap's."""
+    h, lo, c = (a[100:240].copy() for a in _series(1.0, seed=6))  # no NaN: the line shows the ATR
+    warm = tuple(a[:240].copy() for a in _series(1.0, seed=7))
+    atr, low = _trap()
+    h[0], lo[0] = 0.0, low
+    if feed == "macdv":
+        state = ind.macdv_state(12, 26, 9, 26)
+        ind.macdv_feed(state, *warm)
+        state[kernels.MACDV_ATR + kernels.TR_PREV] = math.nan
+        state[kernels.MACDV_ATR + kernels.TR_SIZE + kernels.RMA_VAL] = atr
+        _batch_equals_incremental(h[:1], lo[:1], c[:1], state, [])  # the states right after it
+        _batch_equals_incremental(h, lo, c, state, [50])
+    else:
+        state = ind.atr_state(26)
+        ind.atr_feed(state, *warm)
+        state[kernels.HEADER + kernels.TR_PREV] = math.nan
+        state[kernels.HEADER + kernels.TR_SIZE + kernels.RMA_VAL] = atr
+        inc_state, fed = state.copy(), state.copy()
+        incremental = np.array([ind.atr_update(inc_state, *bar) for bar in zip(h, lo, c, strict=True)])
+        batch = np.concatenate([ind.atr_feed(fed, h[:50], lo[:50], c[:50]), ind.atr_feed(fed, h[50:], lo[50:], c[50:])])
+        assert np.array_equal(bits(batch), bits(incremental)) and np.array_equal(bits(fed), bits(inc_state))

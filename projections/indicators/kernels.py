@@ -32,7 +32,9 @@ The ATR and MACD-V loops go one step further (``_rma_quotient``, proof there): t
 correction term is computed from the previous ATR and the true range instead of from their total, so
 the chain is multiply, add, FMA (10 cycles on Zen 4; 13 with the correction after the total, ~19 with
 the division); and a candle with ``high >= low`` takes its true range in three operations
-(``_tr_ordered``, the same bits as ``_tr``). A candle either doesn't fit takes the step's arithmetic.
+(``_tr_ordered``, the same bits as ``_tr``). After a candle with ``high < low`` (swapped columns, say)
+a second loop takes up to ``RUN`` candles with ``_tr`` itself; a total neither may divide (zero, tiny,
+inf, NaN, or of a negative true range) takes the step's arithmetic, division included.
 
 All jitted code lives in this one module on purpose: numba's on-disk cache (``cache=True``) keys a
 function on its own file only, so a step edited in another module would leave stale cached callers.
@@ -133,6 +135,7 @@ def _rma_next(prev: float, n: float, x: float) -> float:
 # * ``2**-104 < 2**-55 / n``: ``V`` and ``Q`` lie strictly between the same two midpoints, and
 #   ``RN(V) = RN(Q)``, the quotient the division returns. (tests/test_kernels_quotient.py checks it
 #   against ``/`` too, on random bit patterns and on dividends built to sit next to a midpoint.)
+RUN = 256  # candles a batch loop takes with the general true range after a malformed candle
 QUOTIENT_MIN = 2.0**-900
 QUOTIENT_MAX_N = 2.0**40
 DOUBLE_MAX = 1.7976931348623157e308  # the largest finite double
@@ -564,6 +567,21 @@ def atr_feed(state: F64, high: F64, low: F64, close: F64) -> F64:
             prev = c[j]
             os[j] = v
         i += done
+        if i < m and not high[i] >= low[i]:  # as in macdv_feed: RUN candles with the general true range
+            h, lw, c, os = high[i : i + RUN], low[i : i + RUN], close[i : i + RUN], out[i : i + RUN]
+            done = c.shape[0] if v >= 0.0 else 0
+            for j in range(done):
+                tr = _tr(prev, h[j], lw[j])
+                total = _rma_total(v, n, tr)
+                if not (tr >= 0.0 and _rma_quotient_exact(total, smallest)):
+                    done = j
+                    break
+                v = _rma_quotient(v, tr, total, hi, lo, carry)
+                prev = c[j]
+                os[j] = v
+            i += done
+            if done:
+                continue
         if i < m:
             v = _rma_next(v, n, _tr(prev, high[i], low[i]))
             prev = close[i]
@@ -631,6 +649,20 @@ def _macdv_tail(fast: float, slow: float, atr: float, sig: float, kg: float) -> 
     return v, _ema_next(sig, kg, v)
 
 
+@_step
+def _macdv_taken(
+    atr: float, tr: float, total: float, hi: float, lo: float, carry: float,
+    close: float, fast: float, kf: float, slow: float, ks: float, sig: float, kg: float,
+) -> tuple[float, float, float, float, float]:  # fmt: skip
+    """``(atr, fast, slow, line, signal)`` after a candle whose ATR total ``_rma_quotient`` divides (so
+    ``atr > 0`` after it, and the line is the plain ratio): ``_macdv_step``'s arithmetic."""
+    atr = _rma_quotient(atr, tr, total, hi, lo, carry)
+    fast = _ema_next(fast, kf, close)
+    slow = _ema_next(slow, ks, close)
+    v = _macdv_ratio(fast - slow, atr)
+    return atr, fast, slow, v, _ema_next(sig, kg, v)
+
+
 @_njit
 def macdv_feed(state: F64, high: F64, low: F64, close: F64) -> tuple[F64, F64, F64]:
     m = close.shape[0]
@@ -659,7 +691,7 @@ def macdv_feed(state: F64, high: F64, low: F64, close: F64) -> tuple[F64, F64, F
         done = c.shape[0] if atr >= 0.0 else 0
         for j in range(done):
             hj, lj = h[j], lw[j]
-            if not hj >= lj:  # a malformed candle (or NaN): the step's own true range, below
+            if not hj >= lj:  # a malformed candle (or NaN): the loop below, or the step's arithmetic
                 done = j
                 break
             tr = _tr_ordered(prev, hj, lj)
@@ -667,14 +699,28 @@ def macdv_feed(state: F64, high: F64, low: F64, close: F64) -> tuple[F64, F64, F
             if not _rma_quotient_exact(total, smallest):
                 done = j
                 break
-            atr = _rma_quotient(atr, tr, total, hi, lo, carry)
             prev = c[j]
-            fast = _ema_next(fast, kf, prev)
-            slow = _ema_next(slow, ks, prev)
-            v = _macdv_ratio(fast - slow, atr)
-            sig = _ema_next(sig, kg, v)
+            atr, fast, slow, v, sig = _macdv_taken(atr, tr, total, hi, lo, carry, prev, fast, kf, slow, ks, sig, kg)
             ol[j], og[j], oh[j] = v, sig, v - sig
         i += done
+        if i < m and not high[i] >= low[i]:
+            # high < low (swapped columns, say): up to RUN candles with the step's own true range, which
+            # is >= 0 unless the previous close is NaN, and still the reciprocal; then the loop above.
+            h, lw, c = high[i : i + RUN], low[i : i + RUN], close[i : i + RUN]
+            ol, og, oh = line[i : i + RUN], signal[i : i + RUN], hist[i : i + RUN]
+            done = c.shape[0] if atr >= 0.0 else 0
+            for j in range(done):
+                tr = _tr(prev, h[j], lw[j])
+                total = _rma_total(atr, na, tr)
+                if not (tr >= 0.0 and _rma_quotient_exact(total, smallest)):
+                    done = j
+                    break
+                prev = c[j]
+                atr, fast, slow, v, sig = _macdv_taken(atr, tr, total, hi, lo, carry, prev, fast, kf, slow, ks, sig, kg)
+                ol[j], og[j], oh[j] = v, sig, v - sig
+            i += done
+            if done:
+                continue
         if i < m:  # a total of zero (a flat market), tiny, inf or NaN: the division itself
             atr = _rma_next(atr, na, _tr(prev, high[i], low[i]))
             prev = close[i]

@@ -48,8 +48,8 @@ from projections.gaps import REST_SOURCE
 from projections.rollups import SOURCE as ROLLUP
 from projections.scope import Scope
 from projections.snapshots import COINBASE_CANDLE_TIMEFRAME, event_ns, snapshots, trades_of
-from projections.trades import Trade, TradeBucket, apply_trade, to_candle
-from projections.watermark import bucket_end, bucket_start, close_due, duration_ms
+from projections.trades import Trade, TradeBucket, apply_trades, to_candle
+from projections.watermark import bucket_end, bucket_start, close_due, duration_ms, fixed_duration_ms
 from streams import keys
 from streams.frames import (
     RestCandlesFrame,
@@ -85,10 +85,47 @@ class Item:
     updates: list[tuple[Candle, bool]]
     trades: list[Trade]
     event_ns: int
+    _runs: dict[str, dict[tuple[str, str, int], list[Trade]]] | None = None  # memo of :meth:`runs`
 
     @property
     def watermark_only(self) -> bool:
         return not self.updates and not self.trades
+
+    def runs(self, tf: str) -> dict[tuple[str, str, int], list[Trade]]:
+        """The entry's trades by (exchange, symbol, ``tf`` bucket start), each run in the entry's order, the
+        runs in the order of their first trade (made once: the batch's reads and its fold both ask). A run
+        may be ``trades`` itself: read it, never change it."""
+        if self._runs is None:
+            self._runs = {}
+        found = self._runs.get(tf)
+        if found is None:
+            found = self._runs[tf] = trade_runs(self.trades, tf)
+        return found
+
+
+def trade_runs(trades: list[Trade], tf: str) -> dict[tuple[str, str, int], list[Trade]]:
+    """``trades`` by (exchange, symbol, ``tf`` bucket start): see :meth:`Item.runs`."""
+    fixed = fixed_duration_ms(tf)
+    if fixed is not None and tf != "1w" and trades:  # most often all of one symbol and bucket: one run
+        first = trades[0]
+        exchange, symbol, start = first.exchange, first.symbol, first.time_ms - first.time_ms % fixed
+        end = start + fixed
+        for t in trades:
+            if not (start <= t.time_ms < end and t.symbol == symbol and t.exchange == exchange):
+                break
+        else:
+            return {(exchange, symbol, start): trades}
+    runs: dict[tuple[str, str, int], list[Trade]] = {}
+    for t in trades:
+        ms = t.time_ms
+        # bucket_start(tf, ms), inlined for the timeframes whose buckets are multiples of their length
+        start = ms - ms % fixed if fixed is not None and tf != "1w" else bucket_start(tf, ms)
+        run = runs.get((t.exchange, t.symbol, start))
+        if run is None:
+            runs[(t.exchange, t.symbol, start)] = [t]
+        else:
+            run.append(t)
+    return runs
 
 
 @dataclass
@@ -146,6 +183,7 @@ class CandleProcessor:
         self.watermark_key = keys.projection_watermark(PROJECTION, exchange_id, partition)
         self.open_key = keys.open_candles(PROJECTION, exchange_id, partition)
         self._committed: tuple[bytes | None, int] = (None, 0)  # (position, watermark) of our last commit
+        self._keys: dict[tuple[str, str, str], tuple[str, str]] = {}  # (exchange, symbol, tf) -> trade keys
 
     @property
     def times_only(self) -> bool:
@@ -293,17 +331,19 @@ class CandleProcessor:
         of roll-up timeframes (for the roll-up prefetch). Pure."""
         wanted: dict[str, set[int]] = defaultdict(set)
         rest: dict[tuple[str, int], Candle] = {}
-        for candle, _ in (u for i in plan.items for u in i.updates):
+        for candle, _ in (u for i in plan.items if i.updates for u in i.updates):
             key = keys.candles(candle.exchange, candle.symbol, candle.timeframe)
             wanted[key].add(candle.start)
             if candle.source == REST_SOURCE and candle.timeframe in self._targets:
                 rest[(key, candle.start)] = candle
         state_wanted: set[tuple[str, int]] = set()
         for tf in self.trade_timeframes:
-            for t in (t for i in plan.items for t in i.trades):
-                start = bucket_start(tf, t.time_ms)
-                wanted[keys.candles(t.exchange, t.symbol, tf)].add(start)
-                state_wanted.add((keys.trade_state(t.exchange, t.symbol, tf), start))
+            for item in plan.items:
+                if item.trades:
+                    for exchange, symbol, start in item.runs(tf):
+                        skey, ckey = self._trade_keys(exchange, symbol, tf)
+                        wanted[ckey].add(start)
+                        state_wanted.add((skey, start))
         for key, start in due:
             wanted[key].add(start)
         return wanted, state_wanted, rest
@@ -342,11 +382,19 @@ class CandleProcessor:
         before: int,
     ) -> list[CandleClosed]:
         """Apply the batch entry by entry: its candle snapshots, its trades, then the watermark it moves
-        and the open candles that closes. Per entry, so batch boundaries never change the outcome."""
+        and the open candles that closes. Per entry, so batch boundaries never change the outcome.
+
+        A trade candle is built from its bucket when something reads it, not after every entry: an open
+        bucket's candle (or none) takes a new trade candle without an event, and the last of several such
+        snapshots leaves the same candle as all of them one by one (event time never goes back in a
+        bucket), so the candle is built before its close is checked, before another snapshot of its series
+        is applied, and at the end (``deferred``); a bucket whose candle is closed is built at once (it
+        makes a correction event, in its place)."""
         closes: list[CandleClosed] = []
         grace_ns = self.close_grace_ms * 1_000_000
         pending: list[tuple[int, str, int]] = []  # (end + grace in ns, series key, start): may close here
         queued: set[tuple[str, int]] = set()  # the buckets in ``pending``, once each (a bucket's deadline is its own)
+        deferred: dict[str, dict[int, tuple[str, str, str]]] = {}  # series key -> start -> (state key, symbol, tf)
         for key, start in due:  # roll-ups close at the end of the batch, see processors/candle_rollups.py
             if (c := books[key].candles.get(start)) is not None and not c.closed and c.source != ROLLUP:
                 heapq.heappush(pending, (bucket_end(c.timeframe, start) * 1_000_000 + grace_ns, key, start))
@@ -359,10 +407,12 @@ class CandleProcessor:
                 if candle.source == REST_SOURCE and candle.timeframe in self._targets:
                     plan.rest_rollups[(key, candle.start)] = candle  # settled with the roll-ups (candle_rollups.py)
                     continue
+                if key in deferred:  # its trade candles first, as they came
+                    self._build(deferred, key, None, books, states, closes)
                 closes.extend(books[key].apply(candle, close_older=close_older))
                 touched.append((key, candle.start))
             for tf in self.trade_timeframes:
-                touched.extend(self._apply_trades(item, tf, books, states, plan.dead, closes))
+                touched.extend(self._apply_trades(item, tf, books, states, plan.dead, closes, deferred))
             for bucket in touched:
                 if bucket in queued:
                     continue  # queued already: a second entry would pop right after it and find it closed
@@ -371,17 +421,55 @@ class CandleProcessor:
                 if c is not None and not c.closed:
                     heapq.heappush(pending, (bucket_end(c.timeframe, start) * 1_000_000 + grace_ns, key, start))
                     queued.add(bucket)
+                elif c is None and key in deferred and start in deferred[key]:  # an open candle once built
+                    heapq.heappush(
+                        pending, (bucket_end(deferred[key][start][2], start) * 1_000_000 + grace_ns, key, start)
+                    )
+                    queued.add(bucket)
             if item.event_ns > mark:
                 mark = item.event_ns
             while pending and pending[0][0] <= mark:
                 _, key, start = heapq.heappop(pending)
                 queued.discard((key, start))
+                if key in deferred and start in deferred[key]:
+                    self._build(deferred, key, start, books, states, closes)
                 c = books[key].candles.get(start)
                 if c is not None and not c.closed:
                     for event in close_due([c], mark, self.close_grace_ms):
                         books[key].put(event.candle)
                         closes.append(event)
+        for key in list(deferred):
+            self._build(deferred, key, None, books, states, closes)
         return closes
+
+    def _build(
+        self,
+        deferred: dict[str, dict[int, tuple[str, str, str]]],
+        key: str,
+        start: int | None,
+        books: dict[str, CandleBook],
+        states: dict[tuple[str, int], TradeBucket | None],
+        closes: list[CandleClosed],
+    ) -> None:
+        """Apply the deferred trade candle of ``key`` at ``start`` (None: all of ``key``'s) to its book."""
+        waiting = deferred[key]
+        for at in list(waiting) if start is None else [start]:
+            skey, symbol, tf = waiting.pop(at)
+            bucket = states[(skey, at)]
+            assert bucket is not None
+            closes.extend(books[key].apply(to_candle(bucket, exchange=self.exchange_id, symbol=symbol, timeframe=tf)))
+        if not waiting:
+            del deferred[key]
+
+    def _trade_keys(self, exchange: str, symbol: str, tf: str) -> tuple[str, str]:
+        """(trade state key, series key) of a symbol's ``tf`` trade candles (made once per symbol)."""
+        found = self._keys.get((exchange, symbol, tf))
+        if found is None:
+            found = self._keys[(exchange, symbol, tf)] = (
+                keys.trade_state(exchange, symbol, tf),
+                keys.candles(exchange, symbol, tf),
+            )
+        return found
 
     def _apply_trades(
         self,
@@ -391,30 +479,41 @@ class CandleProcessor:
         states: dict[tuple[str, int], TradeBucket | None],
         dead: list[DeadLetter],
         closes: list[CandleClosed],
+        deferred: dict[str, dict[int, tuple[str, str, str]]],
     ) -> list[tuple[str, int]]:
+        """Fold an entry's trades into their ``tf`` buckets: each bucket's trades as one run, in the entry's
+        order (:func:`projections.trades.apply_trades`: as one by one). Whether a bucket takes trades is
+        decided by the bucket alone (its kept state, its candle), so folding bucket by bucket decides as
+        trade by trade; the dead letter names the entry's first trade set aside."""
         touched: dict[tuple[str, int], tuple[str, str]] = {}
         late = False
-        for t in item.trades:
-            start = bucket_start(tf, t.time_ms)
-            skey = keys.trade_state(t.exchange, t.symbol, tf)
-            ckey = keys.candles(t.exchange, t.symbol, tf)
-            if states.get((skey, start)) is None and start in books[ckey].candles:
+        fixed = fixed_duration_ms(tf)
+        for (exchange, symbol, start), run in item.runs(tf).items():
+            skey, ckey = self._trade_keys(exchange, symbol, tf)
+            state = states.get((skey, start))
+            if state is None and start in books[ckey].candles:
                 # the bucket's exact state (needed to tell a new trade from a repeat) is no longer kept
-                if not late:  # the frame's other trades are folded; this one is set aside, visibly
+                if not late:  # the frame's other trades are folded; these are set aside, visibly
                     why = (
-                        f"trade {t.trade_id} for {tf} bucket {start} is older than the last {self.state_window} buckets"
+                        f"trade {run[0].trade_id} for {tf} bucket {start} is older than the last "
+                        f"{self.state_window} buckets"
                     )
                     dead.append(DeadLetter(item.entry[0], item.entry[1], why))
                 late = True
                 continue
-            states[(skey, start)] = apply_trade(states.get((skey, start)), t, duration_ms(tf, start))
-            touched[(skey, start)] = (ckey, t.symbol)
+            states[(skey, start)] = apply_trades(state, run, fixed if fixed is not None else duration_ms(tf, start))
+            touched[(skey, start)] = (ckey, symbol)
         out: list[tuple[str, int]] = []
-        for (skey, start), (ckey, symbol) in sorted(touched.items()):
-            bucket = states[(skey, start)]
-            assert bucket is not None
-            built = to_candle(bucket, exchange=self.exchange_id, symbol=symbol, timeframe=tf)
-            closes.extend(books[ckey].apply(built))
+        for (skey, start), (ckey, symbol) in sorted(touched.items()) if len(touched) > 1 else touched.items():
+            c = books[ckey].candles.get(start)
+            if c is not None and c.closed:  # a correction: now, in its place among the events
+                bucket = states[(skey, start)]
+                assert bucket is not None
+                closes.extend(
+                    books[ckey].apply(to_candle(bucket, exchange=self.exchange_id, symbol=symbol, timeframe=tf))
+                )
+            else:  # no event: built when read (see fold)
+                deferred.setdefault(ckey, {})[start] = (skey, symbol, tf)
             out.append((ckey, start))
         return out
 

@@ -19,17 +19,18 @@ only the watermark when no trade candles are configured) as one item at the run'
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from processors import candle_rollups as rollup
 from processors.candles import CandleProcessor, DeadLetter, Item, Plan
+from processors.superseded import superseded
 from projections.candles import Candle, CandleBook, CandleClosed
 from projections.trades import TradeBucket
 from projections.watermark import bucket_end, fixed_duration_ms
 from streams import keys
-from streams.archive_columns import TRADE, Frames
+from streams.archive_columns import KLINE, TRADE, Frames
 from streams.log import Entry, parse_id
 
 
@@ -75,7 +76,7 @@ class MemoryCandles:
             skipped += skip
             if skip < n:
                 pieces.append(frames.take(slice(skip, None)) if skip else frames)
-        plan = _plan_columns(p, pieces) if p.times_only else Plan()
+        plan = _plan_columns(p, pieces, self._closed, self.watermark) if p.times_only else Plan()
         if not p.times_only:
             for frames in pieces:
                 _merge(plan, p.plan(frames.entries(), (0, 0)))
@@ -108,6 +109,10 @@ class MemoryCandles:
     def candles(self) -> dict[str, list[Candle]]:
         """Every series, oldest bucket first."""
         return {key: [c for _, c in sorted(series.items())] for key, series in self.series.items() if series}
+
+    def _closed(self, key: str, start: int) -> bool:
+        candle = self.series.get(key, {}).get(start)
+        return candle is not None and candle.closed
 
     # ------------------------------------------------------------------ what the Redis commands would do
 
@@ -199,23 +204,37 @@ def _merge(plan: Plan, part: Plan) -> None:
 _RUN: Entry = (b"", {})  # the entry of a trade run's item: none (only a trade candle's dead letter reads one)
 
 
-def _plan_columns(p: CandleProcessor, pieces: list[Frames]) -> Plan:
+def _plan_columns(
+    p: CandleProcessor, pieces: list[Frames], closed: Callable[[str, int], bool], watermark_ns: int
+) -> Plan:
     """The plan of a batch of Binance frames whose trades only move the watermark (:meth:`MemoryCandles.fold_frames`):
-    one plan of the other frames, with an item per run of trade frames at the run's newest event time."""
+    one plan of the other frames, with an item per run of trade frames at the run's newest event time. A kline
+    snapshot a later one of its bucket supersedes (:mod:`processors.superseded`; ``closed``: whether a bucket
+    was closed before the batch, ``watermark_ns``: the partition's watermark then) is folded as a trade frame
+    is, for its event time only."""
     if not pieces:
         return Plan()
     kind = np.concatenate([f.kind for f in pieces]) if len(pieces) > 1 else pieces[0].kind
-    trade = kind == TRADE
+    times = np.concatenate([f.event_ms for f in pieces]) if len(pieces) > 1 else pieces[0].event_ms
     others: list[Entry] = []
     for f in pieces:
         rows = np.flatnonzero(f.kind != TRADE)
         if rows.size:
             others.extend(f.entries_at(rows))
+    placed = np.flatnonzero(kind != TRADE)  # each other frame's row in the batch
+    if (kind[placed] == KLINE).any():
+        floor = -(-watermark_ns // 1_000_000)  # (rounded up: an upper bound)
+        marks = np.maximum(np.maximum.accumulate(times), floor)[placed]
+        dropped = superseded(p, others, kind[placed].tolist(), marks.tolist(), closed)
+        if dropped:
+            kind = kind.copy()
+            kind[placed[sorted(dropped)]] = TRADE
+            others = [e for n, e in enumerate(others) if n not in dropped]
+    trade = kind == TRADE
     plan = p.plan(others, (0, 0))  # one plan for the batch's other frames, in order
     items = plan.items
     if not trade.any():
         return plan
-    times = np.concatenate([f.event_ms for f in pieces]) if len(pieces) > 1 else pieces[0].event_ms
     cuts = np.flatnonzero(trade[1:] != trade[:-1]) + 1
     starts = np.concatenate(([0], cuts))
     ends = np.concatenate((cuts, [len(trade)]))

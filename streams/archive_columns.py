@@ -7,7 +7,9 @@ the partition's watermark to the run's newest time, and nothing else). :class:`F
 * ``ms`` / ``seq``: the entry id;
 * ``kind``: :data:`TRADE` for a Binance combined-stream ``aggTrade`` / ``trade`` frame whose event time
   :func:`streams.frames.binance_trade_event_time` reads (exactly the frames the candle processor's plan
-  takes as time only), :data:`OTHER` for every other entry;
+  takes as time only); :data:`KLINE` for a Binance kline frame that decodes and is not final (a replay
+  may find it superseded by a later snapshot of its bucket, :mod:`processors.superseded`); :data:`OTHER`
+  for every other entry;
 * ``event_ms``: :func:`event_ms_of` of the entry (what a replay cuts and paces by).
 
 The archive stores these columns beside the raw frames (:mod:`streams.archive_codec`, formats 2 and 3), so a
@@ -24,11 +26,13 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from streams.frames import DECODERS, binance_trade_event_time, event_ms
+from streams.frames import DECODERS, BinanceKlineEvent, binance_trade_event_time, decode_frame, event_ms
 from streams.log import Entry
+from tickfold.errors import FrameDecodeError
 
 OTHER = 0  # decode it
 TRADE = 1  # a Binance trade frame: its event time is all a fold without trade candles needs
+KLINE = 2  # a Binance kline frame that decodes, not final (decode it, unless a later one supersedes it)
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -58,10 +62,20 @@ def classify(exchange_id: str, fields: dict[bytes, bytes]) -> tuple[int, int]:
     raw = fields.get(b"frame")
     if raw is None:
         return OTHER, 0
-    if exchange_id == "binance" and (ms := binance_trade_event_time(raw)) is not None:
-        if _I64_MIN <= ms <= _I64_MAX:
-            return TRADE, ms
-        return OTHER, min(max(ms, _I64_MIN), _I64_MAX)
+    if exchange_id == "binance":
+        if (ms := binance_trade_event_time(raw)) is not None:
+            if _I64_MIN <= ms <= _I64_MAX:
+                return TRADE, ms
+            return OTHER, min(max(ms, _I64_MIN), _I64_MAX)
+        try:
+            frame = decode_frame(exchange_id, raw)
+        except (FrameDecodeError, ValueError):
+            return OTHER, 0  # (what event_ms gives a frame that does not decode)
+        if isinstance(frame, BinanceKlineEvent):  # event_ms's time, from this decode
+            ms = frame.event_time
+            if not frame.kline.closed and _I64_MIN <= ms <= _I64_MAX:
+                return KLINE, ms
+            return OTHER, min(max(ms, _I64_MIN), _I64_MAX)
     return OTHER, min(max(event_ms(exchange_id, raw), _I64_MIN), _I64_MAX)
 
 

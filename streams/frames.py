@@ -450,8 +450,6 @@ _MINUTE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}")
 _MINUTES: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM" -> epoch ns, as _utc_second_ns gives it for ":00"
 _SECONDS: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch ns, as _utc_second_ns gives it
 _CACHED: Final = 4096  # entries kept per cache (cleared when full: the times of a stream move forward)
-# fraction digits -> ns per unit of the last digit
-_SCALE: Final = (10**9, 10**8, 10**7, 10**6, 10**5, 10**4, 10**3, 10**2, 10, 1)
 
 
 def _second_ns(second: str) -> int:
@@ -495,9 +493,7 @@ def parse_rfc3339_ns(text: str) -> int:
             base = _SECONDS.get(second)
             if base is None:
                 base = _second_ns(second)
-            if digits.isascii():
-                return base + int(digits) * _SCALE[len(digits)]
-            return base + int(digits.ljust(9, "0"))  # other Unicode digits: as int() reads (or refuses) them
+            return base + int(digits.ljust(9, "0"))
     head, dot, rest = text.partition(".")
     if not dot:
         return int(datetime.fromisoformat(text).timestamp()) * 1_000_000_000

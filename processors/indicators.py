@@ -37,7 +37,7 @@ import itertools
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -232,16 +232,19 @@ class IndicatorProcessor:
         last = ordered[-1].candle.start
         return pts, saved.point, SeriesState(last, dumps(state), None if math.isnan(prev) else prev, pts[-1], True)
 
-    async def handle(self, client: aioredis.Redis, entries: Sequence[Entry], fence: Fence) -> BatchResult:
-        changed: dict[tuple[str, str], list[CandleClosed]] = {}  # (symbol, timeframe) -> its closes, in order
-        dead: list[tuple[Entry, str]] = []
+    def decode(self, entries: Sequence[Entry]) -> tuple[dict[tuple[str, str], list[CandleClosed]], list[Dead]]:
+        """A batch's close events by series (:func:`by_series`), and the entries that are not close events."""
+        events: list[CandleClosed] = []
+        dead: list[Dead] = []
         for entry in entries:
             try:
-                event = store.decode_closed(entry[1][b"event"])
+                events.append(store.decode_closed(entry[1][b"event"]))
             except (KeyError, msgspec.DecodeError) as exc:
                 dead.append((entry, f"not a candle-close event: {exc}"))
-                continue
-            changed.setdefault((event.candle.symbol, event.candle.timeframe), []).append(event)
+        return by_series(events), dead
+
+    async def handle(self, client: aioredis.Redis, entries: Sequence[Entry], fence: Fence) -> BatchResult:
+        changed, dead = self.decode(entries)
         for _ in range(_MAX_CONFLICT_RETRIES):
             try:
                 raised = await self._commit(client, entries, fence, changed, dead)
@@ -252,18 +255,71 @@ class IndicatorProcessor:
             raise ProjectionConflict(f"{self.ids_key} kept changing during {_MAX_CONFLICT_RETRIES} attempts")
         return BatchResult(processed=len(entries), dead=len(dead), events=len(raised))
 
+    def state_keys(self, changed: dict[tuple[str, str], list[CandleClosed]]) -> tuple[list[Series], list[str]]:
+        """The batch's series in order, and their state keys."""
+        order = sorted(changed)
+        return order, [keys.indicator_state(self.exchange_id, symbol, tf, KIND) for symbol, tf in order]
+
+    def prepare(self, changed: dict[tuple[str, str], list[CandleClosed]], saved: Sequence[bytes | None]) -> Prepared:
+        """What the batch folds from (the states read, ``saved``, in ``state_keys`` order): each series' runs,
+        its first run stepped when it can be, and the series whose input must be read (``todo``)."""
+        order, state_keys = self.state_keys(changed)
+        states = {series: _decode_state(raw) for series, raw in zip(order, saved, strict=True)}
+        runs = {series: _runs(changed[series]) for series in order}
+        first = {series: self._step(states[series], runs[series][0]) for series in order}
+        seeded = {series: self._seeded(states[series]) for series in order}
+        # series whose input is read: a first run that can't step, several runs, or an input to seed
+        todo = [s for s in order if first[s] is None or len(runs[s]) > 1 or seeded[s]]
+        return Prepared(changed, order, state_keys, states, runs, first, seeded, todo)
+
+    def fold(self, b: Prepared, base: dict[Series, list[Bar]]) -> Folded:
+        """The batch's points (from each series' earliest close on), candidate alerts by id, new states and
+        input changes, from what :meth:`prepare` gave and the input read for its ``todo`` series (``base``:
+        the newest ``window`` bars, or the stored closed candles of a seeded series). Pure."""
+        out = Folded()
+        for (symbol, tf), state_key in zip(b.order, b.state_keys, strict=True):
+            series = (symbol, tf)
+            state = b.states[series]
+            runs = b.runs[series]
+            since = min(e.candle.start for e in b.changed[series])
+            by_start: dict[int, Point] = {}
+            for i, run in enumerate(runs):
+                result = b.first[series] if i == 0 else self._step(state, run)
+                if result is None:  # the candles as this run's closes left them (module docstring)
+                    candles = _as_of(base[series], runs, i)[-self.window :]
+                    result = self._recompute(candles, min(e.candle.start for e in run))
+                pts, before, after = result
+                run_since = min(e.candle.start for e in run)
+                for prev, cur in itertools.pairwise([before, *pts]):
+                    if prev is not None and cur is not None and cur.start >= run_since:
+                        for alert in alerts(self.exchange_id, symbol, tf, prev, cur):
+                            out.fresh.setdefault(alert.id, alert)
+                by_start.update((pt.start, pt) for pt in pts if pt is not None and pt.start >= run_since)
+                state = after
+            key = keys.indicator(self.exchange_id, symbol, tf, KIND)
+            out.writes.append((key, since, [by_start[start] for start in sorted(by_start)]))
+            if state is not None:
+                out.states[state_key] = _STATE.encode(state)
+            input_key = keys.indicator_input(self.exchange_id, symbol, tf)
+            if b.seeded[series]:  # seeded from the candles: written whole, as the last run left it
+                out.inputs[input_key] = ("whole", _as_of(base[series], runs, len(runs) - 1))
+            else:  # the buckets this batch closed, at their last value (a recompute may have replaced some)
+                final = {e.candle.start: Bar.of(e.candle) for e in b.changed[series] if e.candle.closed}
+                how = "replace" if series in base else "append"  # (stepped: only newer buckets)
+                out.inputs[input_key] = (how, [final[start] for start in sorted(final)])
+        return out
+
     async def _commit(
         self,
         client: aioredis.Redis,
         entries: Sequence[Entry],
         fence: Fence,
         changed: dict[tuple[str, str], list[CandleClosed]],
-        dead: list[tuple[Entry, str]],
+        dead: list[Dead],
     ) -> list[Alert]:
         with translated(f"committing indicators of {self.exchange_id}"):
             async with client.pipeline(transaction=True) as pipe:
-                order = sorted(changed)
-                state_keys = [keys.indicator_state(self.exchange_id, symbol, tf, KIND) for symbol, tf in order]
+                order, state_keys = self.state_keys(changed)
                 read: Any = await watch_then(  # one round trip: WATCH, the lease, the states
                     pipe,
                     (fence.key, self.ids_key, keys.placement(self.exchange_id)),
@@ -271,70 +327,33 @@ class IndicatorProcessor:
                     *([("MGET", *state_keys)] if state_keys else []),
                 )
                 fence.verify(read[0])
-                saved = read[1] if state_keys else []
                 scope = await Scope.load(client, self.exchange_id, {symbol for symbol, _ in order})
-                states = {series: _decode_state(raw) for series, raw in zip(order, saved, strict=True)}
-                runs = {series: _runs(changed[series]) for series in order}
-                first = {series: self._step(states[series], runs[series][0]) for series in order}
-                seeded = {series: self._seeded(states[series]) for series in order}
-                # series whose input is read: a first run that can't step, several runs, or an input to seed
-                todo = [s for s in order if first[s] is None or len(runs[s]) > 1 or seeded[s]]
+                batch = self.prepare(changed, read[1] if state_keys else [])
                 reader = client.pipeline(transaction=False)
-                for symbol, tf in todo:
-                    if seeded[(symbol, tf)]:
+                for symbol, tf in batch.todo:
+                    if batch.seeded[(symbol, tf)]:
                         series_key = scope.read_key(keys.candles(self.exchange_id, symbol, tf))
                         reader.zrange(series_key, -(self.window + 1), -1)
                     else:
                         reader.zrange(keys.indicator_input(self.exchange_id, symbol, tf), -self.window, -1)
-                replies: Any = await reader.execute() if todo else []
+                replies: Any = await reader.execute() if batch.todo else []
                 base = {
                     series: (
                         [Bar.of(c) for c in map(store.decode_candle, members) if c.closed]
-                        if seeded[series]
+                        if batch.seeded[series]
                         else [_BAR_DECODER.decode(m) for m in members]
                     )
-                    for series, members in zip(todo, replies, strict=True)
+                    for series, members in zip(batch.todo, replies, strict=True)
                 }
-                writes: list[tuple[str, int, list[Point]]] = []  # (indicator key, since, points)
-                fresh: dict[str, Alert] = {}  # by id: a transition seen by two runs is raised once
-                new_states: dict[str, bytes] = {}
-                inputs: dict[str, tuple[str, list[Bar]]] = {}  # input key -> (how: whole/replace/append, bars)
-                for (symbol, tf), state_key in zip(order, state_keys, strict=True):
-                    series = (symbol, tf)
-                    state = states[series]
-                    since = min(e.candle.start for e in changed[series])
-                    by_start: dict[int, Point] = {}
-                    for i, run in enumerate(runs[series]):
-                        result = first[series] if i == 0 else self._step(state, run)
-                        if result is None:  # the candles as this run's closes left them (module docstring)
-                            candles = _as_of(base[series], runs[series], i)[-self.window :]
-                            result = self._recompute(candles, min(e.candle.start for e in run))
-                        pts, before, after = result
-                        run_since = min(e.candle.start for e in run)
-                        for prev, cur in itertools.pairwise([before, *pts]):
-                            if prev is not None and cur is not None and cur.start >= run_since:
-                                for alert in alerts(self.exchange_id, symbol, tf, prev, cur):
-                                    fresh.setdefault(alert.id, alert)
-                        by_start.update((pt.start, pt) for pt in pts if pt is not None and pt.start >= run_since)
-                        state = after
-                    key = keys.indicator(self.exchange_id, symbol, tf, KIND)
-                    writes.append((key, since, [by_start[start] for start in sorted(by_start)]))
-                    if state is not None:
-                        new_states[state_key] = _STATE.encode(state)
-                    input_key = keys.indicator_input(self.exchange_id, symbol, tf)
-                    if seeded[series]:  # seeded from the candles: written whole, as the last run left it
-                        inputs[input_key] = ("whole", _as_of(base[series], runs[series], len(runs[series]) - 1))
-                    else:  # the buckets this batch closed, at their last value (a recompute may have replaced some)
-                        final = {e.candle.start: Bar.of(e.candle) for e in changed[series] if e.candle.closed}
-                        how = "replace" if series in base else "append"  # (stepped: only newer buckets)
-                        inputs[input_key] = (how, [final[start] for start in sorted(final)])
+                folded = self.fold(batch, base)
+                fresh = folded.fresh
                 raised: list[Alert] = []
                 if fresh:
                     known: Any = await pipe.zmscore(self.ids_key, list(fresh))
                     raised = [a for a, score in zip(fresh.values(), known, strict=True) if score is None]
                 pipe.multi()  # type: ignore[no-untyped-call]
                 scope.queue_moves(pipe)  # a symbol changing tiers: its history first, then the batch
-                for name, since, pts_ in writes:
+                for name, since, pts_ in folded.writes:
                     targets, expiry = scope.write_keys(name)  # user overflow keys for overflow symbols
                     for key in targets:
                         pipe.zremrangebyscore(key, since, "+inf")
@@ -342,9 +361,9 @@ class IndicatorProcessor:
                             pipe.zadd(key, {_ENCODER.encode(p): p.start for p in pts_})
                         pipe.zremrangebyrank(key, 0, -(self.history + 1))
                     scope.queue_expiry(pipe, name, targets, expiry)
-                if new_states:
-                    pipe.mset(new_states)
-                for input_key, (how, bars) in inputs.items():
+                if folded.states:
+                    pipe.mset(folded.states)
+                for input_key, (how, bars) in folded.inputs.items():
                     if how == "whole":
                         pipe.delete(input_key)
                     elif how == "replace":
@@ -352,7 +371,7 @@ class IndicatorProcessor:
                             pipe.zremrangebyscore(input_key, b.start, b.start)
                     if bars:
                         pipe.zadd(input_key, {_STATE.encode(b): b.start for b in bars[-self.window :]})
-                        if how != "whole" and any(b.start // 60_000 % _TRIM_EVERY == 0 for b in bars):
+                        if how != "whole" and trims(bars):
                             pipe.zremrangebyrank(input_key, 0, -(self.window + 1))
                 alerts_stream = keys.alerts_stream(self.exchange_id)
                 for alert in raised:
@@ -369,6 +388,63 @@ class IndicatorProcessor:
                     pipe.publish(keys.alerts_channel(self.exchange_id), _ENCODER.encode(alert))
                 await pipe.execute()
         return raised
+
+
+def by_series(events: Sequence[CandleClosed]) -> dict[tuple[str, str], list[CandleClosed]]:
+    """Close events by series: (symbol, timeframe) -> its closes, in order."""
+    changed: dict[tuple[str, str], list[CandleClosed]] = {}
+    for event in events:
+        changed.setdefault((event.candle.symbol, event.candle.timeframe), []).append(event)
+    return changed
+
+
+def encode_point(point: Point) -> bytes:
+    """A member of ``indicator:...`` (scored by its start)."""
+    return _ENCODER.encode(point)
+
+
+def encode_alert(alert: Alert) -> bytes:
+    """The ``alert`` field of an ``alerts:{exchange_id}`` entry (and a pub/sub message)."""
+    return _ENCODER.encode(alert)
+
+
+def encode_bar(bar: Bar) -> bytes:
+    """A member of ``indinput:...`` (scored by its start)."""
+    return _STATE.encode(bar)
+
+
+def trims(bars: list[Bar]) -> bool:
+    """Is the input trimmed to the window after these bars are added (see ``_TRIM_EVERY``)?"""
+    return any(b.start // 60_000 % _TRIM_EVERY == 0 for b in bars)
+
+
+Series = tuple[str, str]  # (symbol, timeframe)
+Dead = tuple[Entry, str]  # an entry that is not a close event, and why
+Stepped = tuple[list[Point | None], Point | None, SeriesState | None]  # points, the point before, state after
+
+
+@dataclass
+class Prepared:
+    """A batch of closes ready to fold (:meth:`IndicatorProcessor.prepare`)."""
+
+    changed: dict[Series, list[CandleClosed]]
+    order: list[Series]
+    state_keys: list[str]
+    states: dict[Series, SeriesState | None]
+    runs: dict[Series, list[list[CandleClosed]]]
+    first: dict[Series, Stepped | None]
+    seeded: dict[Series, bool]
+    todo: list[Series]
+
+
+@dataclass
+class Folded:
+    """What a batch writes (:meth:`IndicatorProcessor.fold`)."""
+
+    writes: list[tuple[str, int, list[Point]]] = field(default_factory=list)  # (indicator key, since, points)
+    fresh: dict[str, Alert] = field(default_factory=dict)  # by id: a transition seen by two runs is raised once
+    states: dict[str, bytes] = field(default_factory=dict)  # state key -> encoded SeriesState
+    inputs: dict[str, tuple[str, list[Bar]]] = field(default_factory=dict)  # input key -> (whole/replace/append, bars)
 
 
 async def read_points(

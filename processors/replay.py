@@ -36,13 +36,14 @@ from typing import Any
 import numpy as np
 import redis.asyncio as aioredis
 
-from processors import candles
+from processors import candles, memory_indicators
 from processors.candles import GROUP as CANDLES
 from processors.candles import NATIVE_TIMEFRAMES, CandleProcessor
 from processors.indicators import GROUP as INDICATORS
 from processors.indicators import IndicatorProcessor
 from processors.leases import Fence
 from processors.memory_fold import MemoryCandles
+from processors.memory_indicators import MemoryIndicators
 from processors.replay_source import Sources, frames
 from projections import store
 from projections.candles import Candle
@@ -150,6 +151,10 @@ class Fold:
         them back)."""
         return None
 
+    def written_indicators(self) -> MemoryIndicators | None:
+        """The indicator projection written to the target, when the fold holds it (else None: read it back)."""
+        return None
+
     async def drain_indicators(self) -> None:
         """Fold every close not yet read by the indicators group, as the live indicator processor does."""
         if self.indicators is None or self.indicator_fence is None:
@@ -168,13 +173,15 @@ class Fold:
 class MemoryFold(Fold):
     """The fast path: each partition folded in memory by the live fold code (:mod:`processors.memory_fold`),
     large batches and no round trips, then written to the target once at the end (:meth:`finish`): the
-    candles, the close events, the dead letters; the indicator processor then folds those closes in the
-    target as it does live. The target gets no positions, watermarks or open sets: it is a snapshot to
-    read, not a projection to continue."""
+    candles, the close events, the dead letters; then the indicator processor's fold of those closes, in
+    memory too (:mod:`processors.memory_indicators`, in the batches it would read them in from the
+    target). The target gets no positions, watermarks or open sets: it is a snapshot to read, not a
+    projection to continue."""
 
     history: int = 5000
     memory: dict[int, MemoryCandles] = field(default_factory=dict)
     series: dict[str, list[Candle]] = field(default_factory=dict)  # what finish wrote
+    indicator_memory: MemoryIndicators | None = None  # and its indicators, when folded in memory
 
     async def feed(self, partition: int, chunk: list[Frames]) -> None:
         fold = self.memory.get(partition)
@@ -209,10 +216,24 @@ class MemoryFold(Fold):
                 with log.translated("writing the replay's projections"):
                     await pipe.execute()
                 pipe, writes = self.client.pipeline(transaction=False), 0
-        await self.drain_indicators()
+        if self.indicators is None:
+            return
+        if not memory_indicators.supported(self.indicators):
+            await self.drain_indicators()  # (through the target, as live)
+            return
+        # the closes as the indicator processor would read them from the target: in the stream's order,
+        # ``batch_size`` at a time
+        self.indicator_memory = memory = MemoryIndicators(self.indicators)
+        events = [e for _, fold in sorted(self.memory.items()) for e in fold.closes]
+        for i in range(0, len(events), self.batch_size):
+            self.stats.alerts += memory.fold(events[i : i + self.batch_size])
+        await memory.write(self.client)
 
     def written(self) -> dict[str, list[Candle]] | None:
         return self.series
+
+    def written_indicators(self) -> MemoryIndicators | None:
+        return self.indicator_memory
 
 
 GC_THRESHOLD = 200_000  # allocations between young collections during an in-memory fold (Python's default: 700)

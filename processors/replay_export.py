@@ -26,6 +26,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from processors.indicators import KIND, decode_alert, decode_point
+from processors.memory_indicators import MemoryIndicators
 from projections import store
 from projections.alerts import Alert, Point
 from projections.candles import Candle
@@ -89,12 +90,14 @@ async def collect(
     timeframes: tuple[str, ...] | None = None,
     candles: Mapping[str, Sequence[Candle]] | None = None,
     indicators: bool = True,
+    held: MemoryIndicators | None = None,
 ) -> ReplayResult:
     """The candles, MACD-V points and alerts of a target in ``[start_ms, end_ms)`` (module docstring).
 
     ``candles``: the series the target was just written from (``candles:`` key -> candles, oldest
     first, as the target keeps them), taken instead of read back; ``indicators=False``: no indicator
-    processor ran, so there are no points or alerts to read."""
+    processor ran, so there are no points or alerts to read; ``held``: the indicator projection the
+    target was just written from, taken instead of read back."""
     result = ReplayResult(exchange_id, start_ms, end_ms)
 
     def wanted(symbol: str, timeframe: str) -> bool:
@@ -103,14 +106,15 @@ async def collect(
     names = await store.list_series(client, exchange_id) if candles is None else list(candles)
     named = {keys.parse_candles(k): k for k in names}
     series = sorted((s for s in named if wanted(s[1], s[2])), key=lambda s: (s[1], s[2]))
+    read_points = indicators and held is None
     pipe = client.pipeline(transaction=False)
     for _, symbol, tf in series:
         if candles is None:
             pipe.zrange(keys.candles(exchange_id, symbol, tf), start_ms, end_ms - 1, byscore=True)
-        if indicators:
+        if read_points:
             pipe.zrange(keys.indicator(exchange_id, symbol, tf, KIND), start_ms, end_ms - 1, byscore=True)
     with log.translated(f"reading the replayed projections of {exchange_id}"):
-        replies: Any = await pipe.execute() if series and (candles is None or indicators) else []
+        replies: Any = await pipe.execute() if series and (candles is None or read_points) else []
     at = 0
     for name in series:
         _, symbol, tf = name
@@ -121,17 +125,21 @@ async def collect(
             kept = candles[named[name]]
             starts = [c.start for c in kept]
             result.candles.extend(kept[bisect_left(starts, start_ms) : bisect_left(starts, end_ms)])
-        if indicators:
+        if read_points:
             for raw in replies[at]:
                 point = decode_point(raw)
                 result.points[(symbol, tf, point.start)] = point
             at += 1
+        elif held is not None:
+            pts = held.points.get(keys.indicator(exchange_id, symbol, tf, KIND), {})
+            result.points.update(((symbol, tf, t), pts[t]) for t in sorted(pts) if start_ms <= t < end_ms)
     if not indicators:
         return result
-    for _, fields in await log.entries(client, keys.alerts_stream(exchange_id)):
-        alert = decode_alert(fields[b"alert"])
-        if start_ms <= alert.start < end_ms and wanted(alert.symbol, alert.timeframe):
-            result.alerts.append(alert)
+    if held is not None:
+        raised = held.alerts
+    else:
+        raised = [decode_alert(f[b"alert"]) for _, f in await log.entries(client, keys.alerts_stream(exchange_id))]
+    result.alerts.extend(a for a in raised if start_ms <= a.start < end_ms and wanted(a.symbol, a.timeframe))
     return result
 
 

@@ -179,9 +179,10 @@ async def test_recorded_sessions_fold_in_memory_as_live(client: aioredis.Redis, 
 
 
 @pytest.mark.replay
-async def test_an_in_memory_replay_equals_the_live_run(redis_url: str) -> None:
+async def test_an_in_memory_replay_equals_the_live_run(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fast path of ``tickfold replay --in-memory``: candles, MACD-V points (bit for bit) and alerts
-    (same ids) of sub-ranges equal those of the live run, as the replay through Redis is checked to."""
+    (same ids) of sub-ranges equal those of the live run, as the replay through Redis is checked to; its
+    indicators, folded in memory, are what the indicator processor writes to the target itself."""
     from processors.replay import ReplayOptions
     from processors.replay_export import collect
     from tests.replay_support import RANGES, SETTINGS, expected, live_run
@@ -198,14 +199,39 @@ async def test_an_in_memory_replay_equals_the_live_run(redis_url: str) -> None:
             await target.flushdb()
             options = ReplayOptions(start_ms=lo, end_ms=hi, timeframes=timeframes, in_memory=True)
             result, stats = await replay_into(client, target, SETTINGS, "coinbase", options)
-            # the candles come from the fold's memory, not read back: the same as the target holds
+            # the candles and indicators come from the fold's memory, not read back: the same as the target holds
             held = await collect(target, "coinbase", lo, hi, timeframes=timeframes)
-            assert result.candles == held.candles and len(held.candles) > 0
+            assert result == held and len(held.candles) > 0
             assert {(c.symbol, c.timeframe, c.start): c for c in result.candles} == candles
             assert result.points == points
             assert sorted(result.alerts, key=lambda a: a.id) == sorted(alerts, key=lambda a: a.id)
             assert stats.batches < 20 and stats.frames > 0  # large batches
+            # the indicator processor's own I/O on the target, fed the same closes in the same batches,
+            # writes what the memory fold wrote (points, states, inputs, alerts and their ids)
+            written = await indicator_keys(target)
+            assert any(k.startswith(b"indinput:") for k in written) and any(k.startswith(b"indstate:") for k in written)
+            await target.flushdb()
+            with monkeypatch.context() as m:
+                m.setattr("processors.memory_indicators.supported", lambda _: False)
+                again, _ = await replay_into(client, target, SETTINGS, "coinbase", options)
+            assert again == result
+            assert await indicator_keys(target) == written
         await target.flushdb()
+
+
+async def indicator_keys(client: aioredis.Redis) -> dict[bytes, object]:
+    """Every indicator key of a target (points, states, inputs, alert ids and alerts) with its contents."""
+    out: dict[bytes, object] = {}
+    for pattern in ("indicator:*", "indstate:*", "indinput:*", "alerts:*"):
+        async for key in client.scan_iter(match=pattern):
+            kind = await client.type(key)
+            if kind == b"zset":
+                out[key] = await client.zrange(key, 0, -1, withscores=True)
+            elif kind == b"string":
+                out[key] = await client.get(key)
+            else:
+                out[key] = [fields for _, fields in await log.entries(client, key.decode())]
+    return out
 
 
 def _kline(symbol: str, start: int, event: int, close: str, *, final: bool = False, broken: bool = False) -> bytes:

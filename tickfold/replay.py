@@ -174,6 +174,7 @@ async def replay_into(
         timeframes=options.timeframes,
         candles=fold.written(),  # the fast path holds them: not read back
         indicators=indicators is not None,
+        held=fold.written_indicators(),
     )
     if not result.candles:
         if stats.first_event_ms is not None and stats.last_event_ms is not None:

@@ -17,7 +17,7 @@ from benchmarks import harness
 
 # Each benchmark is a module of this package with ``run(ctx) -> list[Figure]``, imported only when it
 # runs: the processes the benchmarks spawn import this module again, and need none of the others.
-BENCHMARKS = ("ingest_fold", "adapter_ingest", "indicators", "indicator_processor", "e2e_latency", "memory")
+BENCHMARKS = ("ingest_fold", "adapter_ingest", "indicators", "indicator_processor", "e2e_latency", "memory", "replay")
 
 
 def _runner(name: str) -> Callable[[harness.Context], list[harness.Figure]]:

@@ -25,12 +25,18 @@ EXPECTED = {
     "indicator_processor.bare_read_ack", "indicator_processor.live", "indicator_processor.recompute",
     *(f"e2e.{what}.{q}" for what in ("close", "alert") for q in ("p50", "p99", "p999")),
     "memory.per_series", "memory.per_symbol",
+    *(f"replay.{ex}.{kind}" for ex in ("binance", "coinbase") for kind in ("memory_candles", "memory_macdv",
+                                                                          "redis_candles")),
+    "archive.binance.bytes_per_frame", "archive.coinbase.bytes_per_frame",
 }  # fmt: skip
-TARGETS = {"fold.in_process", "fold.process_1", "fold.process_2", "adapter.ingest", "indicators.batch", "e2e.alert.p99"}
+TARGETS = {
+    "fold.in_process", "fold.process_1", "fold.process_2", "adapter.ingest", "indicators.batch", "e2e.alert.p99",
+    "replay.binance.memory_macdv", "replay.coinbase.memory_macdv",
+}  # fmt: skip
 
 
 @pytest.mark.redis
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)
 def test_quick_run_reports_every_figure_positive(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(
@@ -38,7 +44,7 @@ def test_quick_run_reports_every_figure_positive(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=230,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -55,5 +61,13 @@ def test_quick_run_reports_every_figure_positive(tmp_path: Path) -> None:
     judged = {key: f["verdict"] for key, f in figures.items() if f["target"]}  # the targets, each judged
     assert set(judged) == TARGETS
     assert all(v == "met" or v.startswith("missed: ") for v in judged.values()), judged
-    benchmarks = {"ingest_fold", "adapter_ingest", "indicators", "indicator_processor", "e2e_latency", "memory"}
+    benchmarks = {
+        "ingest_fold",
+        "adapter_ingest",
+        "indicators",
+        "indicator_processor",
+        "e2e_latency",
+        "memory",
+        "replay",
+    }
     assert set(report["seconds"]) == benchmarks

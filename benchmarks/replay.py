@@ -1,0 +1,146 @@
+"""Replay in the suite: archive -> candles (-> MACD-V and alerts), frames per CPU second, and archive bytes
+per frame.
+
+The inputs and the setup are :mod:`benchmarks.replay_speed`'s (which also times each stage): a private
+PostgreSQL holding the archive and a private Redis holding the raw streams, filled by the archiver as
+``tickfold archive --until-idle`` fills them and trimmed but for the newest tenth, and a private Redis the
+replay folds into.
+
+* Binance: the recorded session (1m klines + aggTrades, 94 % aggTrades) repeated 200 times with the klines
+  shifted to new minutes (405,600 frames; ``--quick``: 20 times).
+* Coinbase: the synthetic day, a ``market_trades`` frame every 5 s per product (206,633 frames; ``--quick``:
+  every 20 s), every frame feeding 1m trade candles.
+
+Each figure is the whole ``tickfold replay --to-end`` (``tickfold.replay.replay_into``: plan, archive then
+stream, fold, write the target, the range's result) in frames per CPU second of this process: the issue's
+"on one core" (the servers' CPU, on the other core, is in the note with the wall rate). The ceiling is
+the bare msgspec decode loop (``ceiling.decode``): decoding every frame's needed fields, nothing else. The
+issue's target, 1,000,000 frames/s into candles and MACD-V, is set on the ``--in-memory`` replays with
+MACD-V of both inputs. Archive bytes per frame: the payload of the blocks the archiver wrote for the input.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import asyncpg
+import uvloop
+
+from benchmarks.harness import Context, Figure, Target
+from benchmarks.replay_speed import DAY_START_MS, _archive_and_trim, _cpu_s
+from migrations.runner import migrate
+from processors.replay import ReplayOptions
+from streams import log
+from tickfold.embedded import start_postgres, start_redis
+from tickfold.replay import replay_into
+from tickfold.settings import Settings
+
+WINDOWS = {"binance": (1_617_000_000_000, 1_620_000_000_000), "coinbase": (DAY_START_MS, DAY_START_MS + 86_400_000)}
+KINDS = (  # (key, how, in memory, MACD-V)
+    ("memory_candles", "--in-memory -> candles", True, False),
+    ("memory_macdv", "--in-memory -> candles -> MACD-V and alerts", True, True),
+    ("redis_candles", "through Redis (the live fold code) -> candles", False, False),
+)
+
+
+async def _measure(
+    ctx: Context, dsn: str, source_url: str, target_url: str, servers: list[int]
+) -> tuple[dict[str, list[tuple[float, float, float]]], dict[str, tuple[int, float]]]:
+    """(figure key -> per run (frames per CPU s, per wall s, per CPU s with the servers)), and per input
+    (frames, archive payload bytes per frame)."""
+    from benchmarks.ingest_fold import frames as binance_frames
+    from tests.synthetic import synthetic_day
+
+    await migrate(dsn)
+    runs: dict[str, list[tuple[float, float, float]]] = {}
+    sizes: dict[str, tuple[int, float]] = {}
+    inputs: dict[str, Callable[[], list[bytes]]] = {
+        "binance": lambda: binance_frames(20 if ctx.quick else 200),
+        "coinbase": lambda: synthetic_day(every_ms=20_000 if ctx.quick else 5_000),
+    }
+    async with log.connect(source_url) as source, log.connect(target_url, reply_timeout=None) as target:
+        for exchange_id, data in inputs.items():
+            frames = data()
+            await _archive_and_trim(source, dsn, exchange_id, frames)
+            conn = await asyncpg.connect(dsn)
+            try:
+                payload = await conn.fetchval(
+                    "SELECT sum(octet_length(payload)) FROM archive_blocks WHERE stream LIKE $1",
+                    f"frames:{exchange_id}:%",
+                )
+                archived = await conn.fetchval(
+                    "SELECT sum(entries) FROM archive_blocks WHERE stream LIKE $1", f"frames:{exchange_id}:%"
+                )
+            finally:
+                await conn.close()
+            sizes[exchange_id] = (len(frames), int(payload) / int(archived))
+            warm = Settings.load({}, overrides={"indicators": True})  # numba's kernels loaded before timing
+            await target.flushdb()
+            options = ReplayOptions(*WINDOWS[exchange_id], to_end=True, in_memory=True)
+            await replay_into(source, target, warm, exchange_id, options, dsn=dsn)
+            for _ in range(ctx.repeats):  # interleaved: a slow spell of a shared machine hits every kind
+                for key, _, in_memory, macdv in KINDS:
+                    settings = Settings.load({}, overrides={"indicators": macdv})
+                    options = ReplayOptions(*WINDOWS[exchange_id], to_end=True, in_memory=in_memory)
+                    await target.flushdb()
+                    servers_before = sum(_cpu_s(pid) for pid in servers)
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    _, stats = await replay_into(source, target, settings, exchange_id, options, dsn=dsn)
+                    spent = max(time.process_time() - cpu, 1e-9)
+                    took = time.perf_counter() - wall
+                    others = sum(_cpu_s(pid) for pid in servers) - servers_before
+                    runs.setdefault(f"{exchange_id}.{key}", []).append(
+                        (stats.frames / spent, stats.frames / took, stats.frames / (spent + others))
+                    )
+            await source.flushdb()
+            await target.flushdb()
+    return runs, sizes
+
+
+def run(ctx: Context) -> list[Figure]:
+    decode = ctx.ceilings.decode()
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp).chmod(0o755)  # as root, PostgreSQL runs as an unprivileged user who must reach it
+        pg = start_postgres(Path(tmp) / "pg", fsync=False)
+        source = start_redis(Path(tmp) / "source", appendonly=False)
+        target = start_redis(Path(tmp) / "target", appendonly=False)
+        try:
+            postmaster = int((Path(tmp) / "pg" / "postmaster.pid").read_text().split()[0])
+            servers = [postmaster, source.pid, target.pid]
+            runs, sizes = uvloop.run(_measure(ctx, pg.dsn, source.url, target.url, servers))  # as `tickfold replay`
+        finally:
+            target.stop()
+            source.stop()
+            pg.stop()
+    figures: list[Figure] = []
+    for exchange_id, (frames, per_frame) in sizes.items():
+        for key, how, in_memory, macdv in KINDS:
+            got = runs[f"{exchange_id}.{key}"]
+            wall = statistics.median(r[1] for r in got)
+            every = statistics.median(r[2] for r in got)
+            figures.append(
+                Figure(
+                    f"replay {exchange_id} {how} ({frames:,} frames)",
+                    "frames/CPU s",
+                    [r[0] for r in got],
+                    "bare decode",
+                    decode,
+                    note=f"{wall:,.0f} frames per wall second; {every:,.0f} per CPU second of the replay and the "
+                    "PostgreSQL and Redis servers together",
+                    key=f"replay.{exchange_id}.{key}",
+                    target=Target(1_000_000) if in_memory and macdv else None,
+                )
+            )
+        figures.append(
+            Figure(
+                f"archive bytes per frame, {exchange_id} (blocks as tickfold archive --until-idle writes them)",
+                "B/frame",
+                [per_frame],
+                key=f"archive.{exchange_id}.bytes_per_frame",
+            )
+        )
+    return figures

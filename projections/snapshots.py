@@ -121,6 +121,7 @@ def trades_of(exchange_id: str, frame: Frame, symbols: SymbolMap) -> list[Trade]
         ]  # fmt: skip
     if isinstance(frame, CoinbaseFrame) and frame.channel == "market_trades":
         out: list[Trade] = []
+        names: dict[str, str] = {}  # product_id -> canonical name, asked once per frame (in the same place)
         for event in frame.events:
             assert isinstance(event, CoinbaseTradesEvent)
             for t in event.trades:
@@ -129,10 +130,13 @@ def trades_of(exchange_id: str, frame: Frame, symbols: SymbolMap) -> list[Trade]
                     time_ms = parse_rfc3339_ns(t.time) // 1_000_000
                 except (ValueError, ArithmeticError) as exc:
                     raise FrameDecodeError(f"market_trades: bad trade {t.trade_id!r}: {exc}") from None
+                symbol = names.get(t.product_id)
+                if symbol is None:
+                    symbol = names[t.product_id] = symbols.canonical(t.product_id)
                 out.append(
                     Trade(
-                        exchange=exchange_id, symbol=symbols.canonical(t.product_id), trade_id=trade_id,
-                        price=price, qty=qty, time_ms=time_ms, taker_buy=t.side == "SELL",
+                        exchange=exchange_id, symbol=symbol, trade_id=trade_id, price=price, qty=qty,
+                        time_ms=time_ms, taker_buy=t.side == "SELL",
                     )
                 )  # fmt: skip
         return out

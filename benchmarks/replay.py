@@ -22,20 +22,17 @@ MACD-V of both inputs. Archive bytes per frame: the payload of the blocks the ar
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import asyncpg
 import uvloop
 
 from benchmarks.harness import Context, Figure, Target
-from benchmarks.replay_speed import DAY_START_MS, _archive_and_trim, _cpu_s
+from benchmarks.replay_speed import DAY_START_MS, _archive_and_trim, _cpu_s, private_servers
 from migrations.runner import migrate
 from processors.replay import ReplayOptions
 from streams import log
-from tickfold.embedded import start_postgres, start_redis
 from tickfold.replay import replay_into
 from tickfold.settings import Settings
 
@@ -103,19 +100,9 @@ async def _measure(
 
 def run(ctx: Context) -> list[Figure]:
     decode = ctx.ceilings.decode()
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp).chmod(0o755)  # as root, PostgreSQL runs as an unprivileged user who must reach it
-        pg = start_postgres(Path(tmp) / "pg", fsync=False)
-        source = start_redis(Path(tmp) / "source", appendonly=False)
-        target = start_redis(Path(tmp) / "target", appendonly=False)
-        try:
-            postmaster = int((Path(tmp) / "pg" / "postmaster.pid").read_text().split()[0])
-            servers = [postmaster, source.pid, target.pid]
-            runs, sizes = uvloop.run(_measure(ctx, pg.dsn, source.url, target.url, servers))  # as `tickfold replay`
-        finally:
-            target.stop()
-            source.stop()
-            pg.stop()
+    with private_servers() as at:
+        work = _measure(ctx, at.dsn, at.source_url, at.target_url, at.pids)
+        runs, sizes = uvloop.run(work)  # as `tickfold replay` runs
     figures: list[Figure] = []
     for exchange_id, (frames, per_frame) in sizes.items():
         for key, how, in_memory, macdv in KINDS:

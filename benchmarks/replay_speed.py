@@ -29,14 +29,15 @@ read in one loop; the target without a per-reply timeout) under uvloop. ``--exch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -270,10 +271,17 @@ def _args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _args(sys.argv[1:] if argv is None else argv)
-    exchanges = (args.exchange,) if args.exchange else ("binance", "coinbase")
-    print(f"load average at start: {os.getloadavg()[0]:.2f}")
+@dataclass(frozen=True)
+class Servers:
+    dsn: str  # the archive's PostgreSQL
+    source_url: str  # the Redis holding the raw streams
+    target_url: str  # the Redis a replay folds into
+    pids: list[int]  # the servers' processes (their CPU is counted beside the replay's)
+
+
+@contextlib.contextmanager
+def private_servers() -> Iterator[Servers]:
+    """A private PostgreSQL and two private Redis servers (no persistence), stopped and removed afterwards."""
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp).chmod(0o755)  # as root, PostgreSQL runs as an unprivileged user who must reach it
         pg = start_postgres(Path(tmp) / "pg", fsync=False)
@@ -281,23 +289,30 @@ def main(argv: list[str] | None = None) -> int:
         target = start_redis(Path(tmp) / "target", appendonly=False)
         try:
             postmaster = int((Path(tmp) / "pg" / "postmaster.pid").read_text().split()[0])
-            servers = [postmaster, source.pid, target.pid]
-            work = measure(
-                pg.dsn,
-                source.url,
-                target.url,
-                args.quick,
-                servers,
-                exchanges=exchanges,
-                rounds=args.rounds,
-                stages=not args.replays,
-            )
-            for line in uvloop.run(work):  # as `tickfold replay` runs
-                print(line)
+            yield Servers(pg.dsn, source.url, target.url, [postmaster, source.pid, target.pid])
         finally:
             target.stop()
             source.stop()
             pg.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(sys.argv[1:] if argv is None else argv)
+    exchanges = (args.exchange,) if args.exchange else ("binance", "coinbase")
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    with private_servers() as at:
+        work = measure(
+            at.dsn,
+            at.source_url,
+            at.target_url,
+            args.quick,
+            at.pids,
+            exchanges=exchanges,
+            rounds=args.rounds,
+            stages=not args.replays,
+        )
+        for line in uvloop.run(work):  # as `tickfold replay` runs
+            print(line)
     return 0
 
 

@@ -260,10 +260,16 @@ class IndicatorProcessor:
         order = sorted(changed)
         return order, [keys.indicator_state(self.exchange_id, symbol, tf, KIND) for symbol, tf in order]
 
-    def prepare(self, changed: dict[tuple[str, str], list[CandleClosed]], saved: Sequence[bytes | None]) -> Prepared:
-        """What the batch folds from (the states read, ``saved``, in ``state_keys`` order): each series' runs,
-        its first run stepped when it can be, and the series whose input must be read (``todo``)."""
-        order, state_keys = self.state_keys(changed)
+    def prepare(
+        self,
+        changed: dict[tuple[str, str], list[CandleClosed]],
+        series: tuple[list[Series], list[str]],
+        saved: Sequence[bytes | None],
+    ) -> Prepared:
+        """What the batch folds from (``series``: :meth:`state_keys`; ``saved``: the states read, in that
+        order): each series' runs, its first run stepped when it can be, and the series whose input must be
+        read (``todo``)."""
+        order, state_keys = series
         states = {series: _decode_state(raw) for series, raw in zip(order, saved, strict=True)}
         runs = {series: _runs(changed[series]) for series in order}
         first = {series: self._step(states[series], runs[series][0]) for series in order}
@@ -319,7 +325,8 @@ class IndicatorProcessor:
     ) -> list[Alert]:
         with translated(f"committing indicators of {self.exchange_id}"):
             async with client.pipeline(transaction=True) as pipe:
-                order, state_keys = self.state_keys(changed)
+                named = self.state_keys(changed)
+                order, state_keys = named
                 read: Any = await watch_then(  # one round trip: WATCH, the lease, the states
                     pipe,
                     (fence.key, self.ids_key, keys.placement(self.exchange_id)),
@@ -328,7 +335,7 @@ class IndicatorProcessor:
                 )
                 fence.verify(read[0])
                 scope = await Scope.load(client, self.exchange_id, {symbol for symbol, _ in order})
-                batch = self.prepare(changed, read[1] if state_keys else [])
+                batch = self.prepare(changed, named, read[1] if state_keys else [])
                 reader = client.pipeline(transaction=False)
                 for symbol, tf in batch.todo:
                     if batch.seeded[(symbol, tf)]:

@@ -64,8 +64,8 @@ class MemoryIndicators:
         """Fold one batch of close events (in stream order); returns how many alerts it raised."""
         p = self.processor
         changed = by_series(events)
-        _, state_keys = p.state_keys(changed)
-        batch = p.prepare(changed, [self.states.get(k) for k in state_keys])
+        named = p.state_keys(changed)
+        batch = p.prepare(changed, named, [self.states.get(k) for k in named[1]])
         base: dict[tuple[str, str], list[Bar]] = {}
         for symbol, tf in batch.todo:
             if batch.seeded[(symbol, tf)]:  # (a state of an older version: not from this fold)

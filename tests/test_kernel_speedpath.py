@@ -15,7 +15,6 @@ import itertools
 import math
 import random
 from collections.abc import Callable
-from fractions import Fraction
 from typing import cast
 
 import numba
@@ -25,6 +24,7 @@ import pytest
 
 import projections.indicators as ind
 from projections.indicators import kernels
+from tests.test_kernels_quotient import near_midpoints
 
 pytestmark = pytest.mark.unit
 
@@ -101,33 +101,12 @@ def test_rma_quotient_equals_division(n: int) -> None:
     _check(a.ravel().copy(), b.ravel().copy(), n)
 
 
-def near_midpoints(n: int, count: int, rng: random.Random) -> F64:
-    """Totals ``s = (M * n + 1) * 2**k`` (and ``- 1``), exact doubles, with ``M`` odd and 54 bits wide:
-    ``s / n`` is then ``2**k / n`` from the midpoint ``M * 2**k``. Only for odd ``n``. Positive only."""
-    out: list[float] = []
-    while len(out) < count:
-        sign = rng.choice((1, -1))
-        m0 = rng.randrange(2**53, 2**54) | 1
-        t = max((m0 * n).bit_length() - 53, 0) + 1
-        m = m0 - m0 % 2**t + (-sign * pow(n, -1, 2**t)) % 2**t
-        if not 2**53 < m < 2**54 or m % 2 == 0:
-            continue
-        big = m * n + sign
-        if (big >> ((big & -big).bit_length() - 1)).bit_length() > 53:
-            continue
-        value = Fraction(big) * Fraction(2) ** rng.randint(-300, 300)
-        s = float(value)
-        assert Fraction(s) == value
-        out.append(s)
-    return np.array(out)
-
-
 @pytest.mark.parametrize("n", [p for p in PERIODS if p % 2 == 1 and p > 2])
 def test_rma_quotient_equals_division_next_to_midpoints(n: int) -> None:
     """Split each hard total ``s`` into ``RN(prev * (n - 1)) + x`` exactly (``x = s - a`` with ``a`` in
     ``[s/2, s]``: Sterbenz), so the correction is computed from parts, not from ``s``."""
     rng = np.random.default_rng(n)
-    s = near_midpoints(n, 2000, random.Random(n))
+    s = near_midpoints(n, 4000, random.Random(n))[::2]  # the positive one of each pair
     prev = s * rng.uniform(0.5, 1.0, s.size) / (n - 1)
     a = prev * (n - 1.0)
     keep = (a >= s / 2) & (a <= s)

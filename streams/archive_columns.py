@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from streams.frames import DECODERS, BinanceKlineEvent, binance_trade_event_time, decode_frame, event_ms
 from streams.log import Entry
+from streams.trade_columns import TradeColumns
 from tickfold.errors import FrameDecodeError
 
 OTHER = 0  # decode it
@@ -90,6 +91,13 @@ def columns(exchange_id: str | None, entries: Sequence[Entry]) -> tuple[U8, I64]
     return kinds, times
 
 
+def trade_columns(exchange_id: str | None, entries: Sequence[Entry]) -> TradeColumns | None:
+    """The trade columns of a Coinbase stream's entries (:mod:`streams.trade_columns`), None for any other."""
+    if exchange_id != "coinbase":
+        return None
+    return TradeColumns.of_frames([fields.get(b"frame") for _, fields in entries])
+
+
 def split_ids(entries: Sequence[Entry]) -> tuple[U64, U64]:
     ms: list[int] = []
     seq: list[int] = []
@@ -121,22 +129,33 @@ class Frames:
     """Consecutive entries of one stream (ids increasing), as columns (module docstring). ``index`` maps
     each row to its entry in ``source``."""
 
-    __slots__ = ("event_ms", "index", "kind", "ms", "seq", "source")
+    __slots__ = ("event_ms", "index", "kind", "ms", "seq", "source", "trades")
 
-    def __init__(self, ms: U64, seq: U64, kind: U8, event_ms: I64, source: EntrySource, index: Index) -> None:
+    def __init__(
+        self,
+        ms: U64,
+        seq: U64,
+        kind: U8,
+        event_ms: I64,
+        source: EntrySource,
+        index: Index,
+        trades: TradeColumns | None = None,
+    ) -> None:
         self.ms = ms
         self.seq = seq
         self.kind = kind
         self.event_ms = event_ms
         self.source = source
         self.index = index
+        self.trades = trades  # Coinbase: the trade columns of ``source``'s entries, by entry (index), if known
 
     @classmethod
     def of_entries(cls, exchange_id: str | None, entries: Sequence[Entry]) -> Frames:
         """Columns computed frame by frame (entries read from a stream, or from a block without columns)."""
         ms, seq = split_ids(entries)
         kind, times = columns(exchange_id, entries)
-        return cls(ms, seq, kind, times, EntryList(entries), np.arange(len(entries), dtype=np.intp))
+        trades = trade_columns(exchange_id, entries)
+        return cls(ms, seq, kind, times, EntryList(entries), np.arange(len(entries), dtype=np.intp), trades)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -144,7 +163,13 @@ class Frames:
     def take(self, rows: slice | Index) -> Frames:
         """The rows ``rows`` (a slice, or increasing row numbers)."""
         return Frames(
-            self.ms[rows], self.seq[rows], self.kind[rows], self.event_ms[rows], self.source, self.index[rows]
+            self.ms[rows],
+            self.seq[rows],
+            self.kind[rows],
+            self.event_ms[rows],
+            self.source,
+            self.index[rows],
+            self.trades,
         )
 
     def entries(self, start: int = 0, stop: int | None = None) -> list[Entry]:

@@ -36,7 +36,14 @@ from processors.candles import CandleProcessor
 from processors.runner import Runner, RunnerConfig
 from streams import archive_store, keys, log
 from streams.archive import archived_position, archived_streams, read_archived
-from streams.archive_codec import decode_block, decode_frames, encode_block, encode_block_v1, encode_block_v2
+from streams.archive_codec import (
+    decode_block,
+    decode_frames,
+    encode_block,
+    encode_block_v1,
+    encode_block_v2,
+    encode_block_v3,
+)
 from streams.archive_columns import TRADE
 from streams.archive_store import ArchiveMissing
 from streams.symbols import bundled
@@ -173,7 +180,7 @@ def test_a_replay_without_trade_candles_leaves_the_trade_frames_compressed() -> 
         frame = _KLINE_FRAME % (1000 + i) if i % 10 == 0 else _TRADE_FRAME % (1000 + i, i)
         entries.append((f"{5000 + i}-0".encode(), {b"frame": frame, b"recv_ns": b"1"}))
     outer = msgspec.msgpack.decode(encode_block(entries, stream="frames:binance:p0"))
-    assert outer[0] == 3 and len(outer[2]) > 0  # tag, head, trades
+    assert outer[0] == 4 and len(outer[2]) > 0 and outer[3] == b""  # tag, head, trades, no trade columns
     outer[2] = b"not zstd at all"
     broken = msgspec.msgpack.encode(outer)
     frames = decode_frames(broken, "frames:binance:p0")
@@ -194,7 +201,11 @@ def test_blocks_of_the_earlier_formats_are_still_read() -> None:
         for i in range(50)
     ] + [(b"8000-0", {b"frame": b"{}", b"recv_ns": b"9", b"extra": b"x"})]
     new = decode_frames(encode_block(entries, stream="frames:binance:p2"), "frames:binance:p2")
-    for old in (encode_block_v2(entries, stream="frames:binance:p2"), encode_block_v1(entries)):
+    for old in (
+        encode_block_v3(entries, stream="frames:binance:p2"),
+        encode_block_v2(entries, stream="frames:binance:p2"),
+        encode_block_v1(entries),
+    ):
         assert decode_block(old) == entries
         frames = decode_frames(old, "frames:binance:p2")
         assert frames.entries() == entries

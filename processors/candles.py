@@ -42,6 +42,7 @@ from processors import candle_rollups as rollup
 from processors.candle_rollups import settle_rollups
 from processors.leases import Fence
 from processors.runner import BatchResult
+from processors.trade_run import TradeRun, fold_buckets
 from projections import store
 from projections.candles import Candle, CandleBook, CandleClosed
 from projections.gaps import REST_SOURCE
@@ -67,6 +68,7 @@ GROUP = "candles"
 PROJECTION = "candles"
 NATIVE_TIMEFRAMES = {"coinbase": (COINBASE_CANDLE_TIMEFRAME,)}  # streamed by the exchange: not rolled up
 _MAX_CONFLICT_RETRIES = 20
+_MAX_SPLITS = 8  # a run of trade frames split this often folds the rest frame by frame (processors/trade_run.py)
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -86,10 +88,11 @@ class Item:
     trades: list[Trade]
     event_ns: int
     _runs: dict[str, dict[tuple[str, str, int], list[Trade]]] | None = None  # memo of :meth:`runs`
+    run: TradeRun | None = None  # a replay's run of trade frames as columns, folded at once (processors/trade_run.py)
 
     @property
     def watermark_only(self) -> bool:
-        return not self.updates and not self.trades
+        return not self.updates and not self.trades and self.run is None
 
     def runs(self, tf: str) -> dict[tuple[str, str, int], list[Trade]]:
         """The entry's trades by (exchange, symbol, ``tf`` bucket start), each run in the entry's order, the
@@ -190,6 +193,14 @@ class CandleProcessor:
         """Binance trade frames only move the watermark (Binance candles come from its klines unless trade
         candles are configured): they are read for their event time alone."""
         return self.exchange_id == "binance" and not self.trade_timeframes
+
+    @property
+    def folds_runs(self) -> bool:
+        """Whether a replay may fold runs of Coinbase trade frames from trade columns at once
+        (:mod:`processors.trade_run`): trade candles of fixed-length timeframes only."""
+        return bool(self.trade_timeframes) and all(
+            fixed_duration_ms(tf) is not None and tf != "1w" for tf in self.trade_timeframes
+        )
 
     def plan(self, entries: Sequence[Entry], last_id: tuple[int, int]) -> Plan:
         """Decode a batch (in id order, as XREADGROUP, XAUTOCLAIM and XRANGE give it); entries at or
@@ -339,8 +350,8 @@ class CandleProcessor:
         state_wanted: set[tuple[str, int]] = set()
         for tf in self.trade_timeframes:
             for item in plan.items:
-                if item.trades:
-                    for exchange, symbol, start in item.runs(tf):
+                if item.trades or item.run is not None:
+                    for exchange, symbol, start in item.run.bucket_keys(tf) if item.run is not None else item.runs(tf):
                         skey, ckey = self._trade_keys(exchange, symbol, tf)
                         wanted[ckey].add(start)
                         state_wanted.add((skey, start))
@@ -400,19 +411,10 @@ class CandleProcessor:
                 heapq.heappush(pending, (bucket_end(c.timeframe, start) * 1_000_000 + grace_ns, key, start))
                 queued.add((key, start))
         mark = before  # the partition's watermark before this batch
-        for item in plan.items:
-            touched: list[tuple[str, int]] = []
-            for candle, close_older in item.updates:
-                key = keys.candles(candle.exchange, candle.symbol, candle.timeframe)
-                if candle.source == REST_SOURCE and candle.timeframe in self._targets:
-                    plan.rest_rollups[(key, candle.start)] = candle  # settled with the roll-ups (candle_rollups.py)
-                    continue
-                if key in deferred:  # its trade candles first, as they came
-                    self._build(deferred, key, None, books, states, closes)
-                closes.extend(books[key].apply(candle, close_older=close_older))
-                touched.append((key, candle.start))
-            for tf in self.trade_timeframes:
-                touched.extend(self._apply_trades(item, tf, books, states, plan.dead, closes, deferred))
+
+        def settle(touched: list[tuple[str, int]], event_ns: int) -> None:
+            """Queue an entry's open buckets to close, then move the watermark and close what came due."""
+            nonlocal mark
             for bucket in touched:
                 if bucket in queued:
                     continue  # queued already: a second entry would pop right after it and find it closed
@@ -426,8 +428,8 @@ class CandleProcessor:
                         pending, (bucket_end(deferred[key][start][2], start) * 1_000_000 + grace_ns, key, start)
                     )
                     queued.add(bucket)
-            if item.event_ns > mark:
-                mark = item.event_ns
+            if event_ns > mark:
+                mark = event_ns
             while pending and pending[0][0] <= mark:
                 _, key, start = heapq.heappop(pending)
                 queued.discard((key, start))
@@ -438,6 +440,48 @@ class CandleProcessor:
                     for event in close_due([c], mark, self.close_grace_ms):
                         books[key].put(event.candle)
                         closes.append(event)
+
+        def step(item: Item) -> None:
+            touched: list[tuple[str, int]] = []
+            for candle, close_older in item.updates:
+                key = keys.candles(candle.exchange, candle.symbol, candle.timeframe)
+                if candle.source == REST_SOURCE and candle.timeframe in self._targets:
+                    plan.rest_rollups[(key, candle.start)] = candle  # settled with the roll-ups (candle_rollups.py)
+                    continue
+                if key in deferred:  # its trade candles first, as they came
+                    self._build(deferred, key, None, books, states, closes)
+                closes.extend(books[key].apply(candle, close_older=close_older))
+                touched.append((key, candle.start))
+            for tf in self.trade_timeframes:
+                touched.extend(self._apply_trades(item, tf, books, states, plan.dead, closes, deferred))
+            settle(touched, item.event_ns)
+
+        for item in plan.items:
+            if item.run is None:
+                step(item)
+                continue
+            run: TradeRun | None = item.run
+            splits = 0
+            while run is not None:
+                if splits == _MAX_SPLITS:  # a run blocked again and again: the rest from its raw frames
+                    for sub in self.plan(run.entries(), (0, 0)).items:
+                        step(sub)
+                    break
+                splits += 1
+                done = self._apply_run(run, mark, books, states, deferred)
+                if isinstance(done, list):
+                    settle(done, run.newest_ns)
+                    break
+                # frame ``done`` can't join the run: the frames before it as a run, it from its raw frame, as
+                # live, then the rest as a run again
+                if done > 0:
+                    head = run.part(0, done)
+                    folded = self._apply_run(head, mark, books, states, deferred)
+                    assert isinstance(folded, list)  # (each condition held for every frame before ``done``)
+                    settle(folded, head.newest_ns)
+                for sub in self.plan(run.part(done, done + 1).entries(), (0, 0)).items:
+                    step(sub)
+                run = run.part(done + 1, len(run.event_ns)) if done + 1 < len(run.event_ns) else None
         for key in list(deferred):
             self._build(deferred, key, None, books, states, closes)
         return closes
@@ -460,6 +504,53 @@ class CandleProcessor:
             closes.extend(books[key].apply(to_candle(bucket, exchange=self.exchange_id, symbol=symbol, timeframe=tf)))
         if not waiting:
             del deferred[key]
+
+    def _apply_run(
+        self,
+        run: TradeRun,
+        mark: int,
+        books: dict[str, CandleBook],
+        states: dict[tuple[str, int], TradeBucket | None],
+        deferred: dict[str, dict[int, tuple[str, str, str]]],
+    ) -> list[tuple[str, int]] | int:
+        """Fold a run of trade frames at once (:mod:`processors.trade_run`), at watermark ``mark``: the buckets
+        it touched; or (nothing changed) the first of its frames that must be folded on its own, as live."""
+        planned = []
+        blocked = len(run.event_ns)
+        for tf in self.trade_timeframes:
+            found = run.buckets(tf, self.close_grace_ms, mark)
+            assert found is not None  # (folds_runs: every trade timeframe has a fixed length)
+            if found.late >= 0:
+                blocked = min(blocked, found.late)
+            befores: list[TradeBucket | None] = []
+            places: list[tuple[str, str, int]] = []
+            stopped: list[int] = []
+            for g, (exchange, symbol, start) in enumerate(found.keys):
+                skey, ckey = self._trade_keys(exchange, symbol, tf)
+                c = books[ckey].candles.get(start)
+                state = states.get((skey, start))
+                if (c is not None and c.closed) or (state is None and c is not None):
+                    stopped.append(g)  # a correction, or a trade older than the kept states: in its place
+                befores.append(state)
+                places.append((skey, ckey, start))
+            if stopped:
+                blocked = min(blocked, found.first_frame(run, stopped))
+            planned.append((tf, found, befores, places))
+        if blocked < len(run.event_ns):
+            return blocked
+        touched: dict[tuple[str, int], tuple[str, str, str]] = {}
+        for tf, found, befores, places in planned:
+            dur = fixed_duration_ms(tf)
+            assert dur is not None
+            after = fold_buckets(run, found, dur, befores)
+            for (skey, ckey, start), (_, symbol, _), bucket in zip(places, found.keys, after, strict=True):
+                states[(skey, start)] = bucket
+                touched[(skey, start)] = (ckey, symbol, tf)
+        out: list[tuple[str, int]] = []
+        for (skey, start), (ckey, symbol, tf) in sorted(touched.items()):
+            deferred.setdefault(ckey, {})[start] = (skey, symbol, tf)
+            out.append((ckey, start))
+        return out
 
     def _trade_keys(self, exchange: str, symbol: str, tf: str) -> tuple[str, str]:
         """(trade state key, series key) of a symbol's ``tf`` trade candles (made once per symbol)."""

@@ -20,18 +20,22 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import numpy as np
 
 from processors import candle_rollups as rollup
 from processors.candles import CandleProcessor, DeadLetter, Item, Plan
 from processors.superseded import superseded
+from processors.trade_run import TradeRun, eligible
 from projections.candles import Candle, CandleBook, CandleClosed
 from projections.trades import TradeBucket
 from projections.watermark import bucket_end, fixed_duration_ms
 from streams import keys
 from streams.archive_columns import KLINE, TRADE, Frames
 from streams.log import Entry, parse_id
+from streams.trade_columns import TradeColumns
+from tickfold.errors import KeyFormatError
 
 
 class MemoryCandles:
@@ -47,6 +51,7 @@ class MemoryCandles:
         self.closes: list[CandleClosed] = []
         self.dead: list[DeadLetter] = []
         self.frames = 0
+        self._canonical: dict[int, tuple[TradeColumns, list[str | None]]] = {}  # id -> (columns, names)
 
     async def fold(self, entries: Sequence[Entry]) -> int:
         """Fold one batch (in id order); returns how many close events it made."""
@@ -76,8 +81,12 @@ class MemoryCandles:
             skipped += skip
             if skip < n:
                 pieces.append(frames.take(slice(skip, None)) if skip else frames)
-        plan = _plan_columns(p, pieces, self._closed, self.watermark) if p.times_only else Plan()
-        if not p.times_only:
+        if p.times_only:
+            plan = _plan_columns(p, pieces, self._closed, self.watermark)
+        elif p.folds_runs and any(f.trades is not None for f in pieces):
+            plan = _plan_runs(p, pieces, self._names)
+        else:
+            plan = Plan()
             for frames in pieces:
                 _merge(plan, p.plan(frames.entries(), (0, 0)))
         plan.skipped += skipped
@@ -105,6 +114,22 @@ class MemoryCandles:
             self.position = newest
         self.watermark = watermark
         return len(closes)
+
+    def _names(self, columns: TradeColumns) -> list[str | None]:
+        """The canonical names of ``columns``' products (None: one the processor's symbol map rejects)."""
+        found = self._canonical.get(id(columns))
+        if found is not None and found[0] is columns:
+            return found[1]
+        names: list[str | None] = []
+        for product in columns.products:
+            try:
+                names.append(self.processor.symbols.canonical(product))
+            except KeyFormatError:
+                names.append(None)
+        if len(self._canonical) >= 64:
+            self._canonical.clear()
+        self._canonical[id(columns)] = (columns, names)
+        return names
 
     def candles(self) -> dict[str, list[Candle]]:
         """Every series, oldest bucket first."""
@@ -257,6 +282,52 @@ def _plan_columns(
                     out.append(items[i])
                     i += 1
             at += b - a
+    assert i == len(items)
+    plan.items = out
+    return plan
+
+
+def _plan_runs(p: CandleProcessor, pieces: list[Frames], names: Callable[[TradeColumns], list[str | None]]) -> Plan:
+    """The plan of a batch of Coinbase frames with trade candles (:meth:`MemoryCandles.fold_frames`): each run
+    of consecutive frames with trade columns (of known products) as one :class:`~processors.trade_run.TradeRun`
+    item, and one plan of the other frames, in order."""
+    others: list[Entry] = []
+    layout: list[TradeRun | int] = []  # in order: a run, or how many of ``others`` come next
+    for f in pieces:
+        ok = eligible(f, names)
+        if not ok.any():
+            entries = f.entries()
+            others.extend(entries)
+            layout.append(len(entries))
+            continue
+        cuts = np.flatnonzero(ok[1:] != ok[:-1]) + 1
+        bounds = [0, *cuts.tolist(), len(ok)]
+        for a, b in pairwise(bounds):
+            if ok[a]:
+                assert f.trades is not None
+                canonical = [n if n is not None else "" for n in names(f.trades)]  # (eligible rows: all named)
+                layout.append(TradeRun.of(p.exchange_id, f.take(slice(a, b)), canonical))
+            else:
+                entries = f.entries(a, b)
+                others.extend(entries)
+                layout.append(len(entries))
+    plan = p.plan(others, (0, 0))  # one plan for the batch's other frames, in order
+    items = plan.items
+    out: list[Item] = []
+    aligned = len(items) == len(others)  # no dead letter: one item per other frame
+    i = at = 0
+    for part in layout:
+        if isinstance(part, TradeRun):
+            out.append(Item(_RUN, [], [], part.newest_ns, run=part))
+        elif aligned:
+            out.extend(items[i : i + part])
+            i += part
+        else:
+            for entry_id, _ in others[at : at + part]:  # its items (a dead letter has none)
+                if i < len(items) and items[i].entry[0] == entry_id:
+                    out.append(items[i])
+                    i += 1
+            at += part
     assert i == len(items)
     plan.items = out
     return plan

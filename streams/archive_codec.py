@@ -435,7 +435,8 @@ def decode_frames(payload: bytes, stream: str) -> Frames:
         try:
             trades = _unpack_trades(block[0].trade_columns, n)
         except (ValueError, msgspec.ValidationError, msgspec.DecodeError, zstandard.ZstdError) as exc:
-            _log.warning("archive block of %s at %d-%d: trade columns unreadable (%s)", stream, *_first(source), exc)
+            why = f"{type(exc).__name__}: {exc}"
+            _log.warning("archive block of %s at %d-%d: trade columns unreadable (%s)", stream, *_first(source), why)
     return Frames(source.ms, source.seq, kinds, times, source, np.arange(n, dtype=np.intp), trades)
 
 

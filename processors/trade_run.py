@@ -265,8 +265,23 @@ def _merge(
         taker_buy_volume=taker_total,
         trades=state.trades + o[ts.FRESH],
         last_time_ms=o[ts.NEWEST] if o[ts.NEWEST] > state.last_time_ms else state.last_time_ms,
-        ids=_merge_ids(list(state.ids), fresh_ids),
+        ids=_union(state.ids, fresh_ids),
     )
+
+
+def _union(ranges: list[tuple[int, int]], ids: list[int]) -> list[tuple[int, int]]:
+    """The sorted disjoint ranges (adjacent ones merged) of ``ranges`` and ``ids`` (distinct, none in ``ranges``):
+    what apply_trades keeps."""
+    if len(ranges) <= 1:
+        return _merge_ids(list(ranges), ids)  # (it takes at most one range)
+    out: list[tuple[int, int]] = []
+    for a, z in sorted([*ranges, *((i, i) for i in ids)]):
+        if out and a <= out[-1][1] + 1:
+            if z > out[-1][1]:
+                out[-1] = (out[-1][0], z)
+        else:
+            out.append((a, z))
+    return out
 
 
 def eligible(frames: Frames, names: Callable[[TradeColumns], list[str | None]]) -> npt.NDArray[np.bool_]:

@@ -151,7 +151,7 @@ def test_plain_buckets_take_the_integer_path_and_others_fall_back(monkeypatch: p
     """The fast path is used (no apply_trades) for plain buckets, and apply_trades for one whose sum would
     round: the test above can't pass by falling back everywhere."""
     called: list[int] = []
-    real = trade_run.apply_trades
+    real = apply_trades
 
     def counting(bucket: TradeBucket | None, trades: list[Trade], interval_ms: int) -> TradeBucket:
         called.append(len(trades))

@@ -472,6 +472,10 @@ class CandleProcessor:
                 if isinstance(done, list):
                     settle(done, run.newest_ns)
                     break
+                if done < 0:
+                    for sub in self.plan(run.entries(), (0, 0)).items:
+                        step(sub)
+                    break
                 # frame ``done`` can't join the run: the frames before it as a run, it from its raw frame, as
                 # live, then the rest as a run again
                 if done > 0:
@@ -514,14 +518,17 @@ class CandleProcessor:
         deferred: dict[str, dict[int, tuple[str, str, str]]],
     ) -> list[tuple[str, int]] | int:
         """Fold a run of trade frames at once (:mod:`processors.trade_run`), at watermark ``mark``: the buckets
-        it touched; or (nothing changed) the first of its frames that must be folded on its own, as live."""
+        it touched; or (nothing changed) the first of its frames that must be folded on its own, as live (-1:
+        every frame, the fast path can't take the run's trades)."""
         planned = []
         blocked = len(run.event_ns)
         for tf in self.trade_timeframes:
-            found = run.buckets(tf, self.close_grace_ms, mark)
-            assert found is not None  # (folds_runs: every trade timeframe has a fixed length)
-            if found.late >= 0:
-                blocked = min(blocked, found.late)
+            found = run.buckets(tf)
+            if found is None:
+                return -1
+            late = found.late(run, self.close_grace_ms, mark)
+            if late >= 0:
+                blocked = min(blocked, late)
             befores: list[TradeBucket | None] = []
             places: list[tuple[str, str, int]] = []
             stopped: list[int] = []
@@ -535,14 +542,12 @@ class CandleProcessor:
                 places.append((skey, ckey, start))
             if stopped:
                 blocked = min(blocked, found.first_frame(run, stopped))
-            planned.append((tf, found, befores, places))
+            planned.append((found, befores, places))
         if blocked < len(run.event_ns):
             return blocked
         touched: dict[tuple[str, int], tuple[str, str, str]] = {}
-        for tf, found, befores, places in planned:
-            dur = fixed_duration_ms(tf)
-            assert dur is not None
-            after = fold_buckets(run, found, dur, befores)
+        for tf, (found, befores, places) in zip(self.trade_timeframes, planned, strict=True):
+            after = fold_buckets(run, found, befores)
             for (skey, ckey, start), (_, symbol, _), bucket in zip(places, found.keys, after, strict=True):
                 states[(skey, start)] = bucket
                 touched[(skey, start)] = (ckey, symbol, tf)

@@ -50,14 +50,24 @@ Index = npt.NDArray[np.intp]
 @dataclass
 class Buckets:
     """A run's trades by ``tf`` bucket: ``keys[g]`` = (exchange, symbol, start) of group ``g``, whose trades are
-    rows ``order[bounds[g]:bounds[g + 1]]`` (in fold order); ``due[g]``: whether any trade of the group comes
-    after the watermark passed the bucket's end + grace (condition 2)."""
+    the run's trades ``order[bounds[g]:bounds[g + 1]]`` (in fold order); ``start``: each trade's bucket."""
 
     keys: list[tuple[str, str, int]]
     order: I64
     bounds: I64
-    late: int  # the first frame with a trade whose bucket was due before it (condition 2), -1: none
-    floor_ns: int  # the watermark ``late`` was computed for
+    start: I64
+    dur: int  # the timeframe's length (ms)
+
+    def late(self, run: TradeRun, grace_ms: int, mark_ns: int) -> int:
+        """The first frame with a trade whose bucket was due before it (condition 2) when the watermark before
+        the run is ``mark_ns``; -1: none."""
+        if not len(self.start):
+            return -1
+        # the watermark before each frame (ms, rounded down: ``end + grace > floor(mark / 1e6)`` is
+        # ``(end + grace) * 1e6 > mark`` for an integer end), against each trade's bucket end + grace
+        before = np.maximum.accumulate(np.concatenate(([mark_ns], run.event_ns[:-1]))) // 1_000_000
+        due = np.flatnonzero(self.start + (self.dur + grace_ms) <= before[run.frame_of])
+        return int(run.frame_of[due[0]]) if len(due) else -1
 
     def first_frame(self, run: TradeRun, groups: list[int]) -> int:
         """The first frame of ``run`` with a trade of one of ``groups``."""
@@ -75,7 +85,7 @@ class TradeRun:
     event_ns: I64  # per frame
     rows: Index  # the run's trades: rows of the columns, in fold order
     frame_of: Index  # per trade: its frame (0-based within the run)
-    _by_tf: dict[str, Buckets] = field(default_factory=dict)
+    _by_tf: dict[str, Buckets | None] = field(default_factory=dict)
 
     @property
     def columns(self) -> TradeColumns:
@@ -108,44 +118,33 @@ class TradeRun:
         """The run of frames ``[start, stop)``."""
         return TradeRun.of(self.exchange, self.frames.take(slice(start, stop)), self.names)
 
-    def buckets(self, tf: str, grace_ms: int, mark_ns: int) -> Buckets | None:
-        """The run's ``tf`` buckets, None for a timeframe the fast path does not take (not a fixed length)."""
-        found = self._by_tf.get(tf)
-        if found is not None and found.floor_ns == mark_ns:
-            return found
+    def buckets(self, tf: str) -> Buckets | None:
+        """The run's ``tf`` buckets; None for a timeframe the fast path does not take (not a fixed length), or
+        trade times too far out for int64 arithmetic on them."""
+        if tf in self._by_tf:
+            return self._by_tf[tf]
+        found = None
         dur = fixed_duration_ms(tf)
-        if dur is None or tf == "1w":
-            return None
         c = self.columns
         times = c.time_ms[self.rows]
-        if len(times) and (times.min() < -(2**61) or times.max() > 2**61):
-            return None
-        start = times - times % dur
-        product = c.product[self.rows]
-        if found is None:
+        if dur is not None and tf != "1w" and not (len(times) and (times.min() < -(2**61) or times.max() > 2**61)):
+            start = times - times % dur
+            product = c.product[self.rows]
             order = np.lexsort((start, product)).astype(np.int64)  # stable: fold order within a bucket
             key_p, key_s = product[order], start[order]
             cut = np.flatnonzero((key_p[1:] != key_p[:-1]) | (key_s[1:] != key_s[:-1])) + 1
             bounds = np.concatenate(([0], cut, [len(order)])).astype(np.int64) if len(order) else np.zeros(1, np.int64)
             names = self.names
-            keys = [
-                (self.exchange, names[p], s)
-                for p, s in zip(key_p[bounds[:-1]].tolist(), key_s[bounds[:-1]].tolist(), strict=True)
-            ]
-        else:
-            order, bounds, keys = found.order, found.bounds, found.keys
-        # the watermark before each frame (ms, rounded down: ``end + grace > floor(mark / 1e6)`` is
-        # ``(end + grace) * 1e6 > mark`` for an integer end), against each trade's bucket end + grace
-        before = np.maximum.accumulate(np.concatenate(([mark_ns], self.event_ns[:-1])))
-        before = np.maximum(before, mark_ns) // 1_000_000
-        due = np.flatnonzero(start + (dur + grace_ms) <= before[self.frame_of])
-        late = int(self.frame_of[due[0]]) if len(due) else -1
-        found = self._by_tf[tf] = Buckets(keys, order, bounds, late, mark_ns)
+            heads = bounds[:-1]
+            firsts = zip(key_p[heads].tolist(), key_s[heads].tolist(), strict=True)
+            keys = [(self.exchange, names[p], s) for p, s in firsts]
+            found = Buckets(keys, order, bounds, start, dur)
+        self._by_tf[tf] = found
         return found
 
     def bucket_keys(self, tf: str) -> list[tuple[str, str, int]]:
         """The (exchange, symbol, start) of the run's ``tf`` buckets (what a batch reads)."""
-        found = self.buckets(tf, 0, 0)
+        found = self.buckets(tf)
         if found is not None:
             return found.keys
         c = self.columns
@@ -173,12 +172,7 @@ class TradeRun:
         ]  # fmt: skip
 
 
-def fold_buckets(
-    run: TradeRun,
-    found: Buckets,
-    dur: int,
-    states: list[TradeBucket | None],
-) -> list[TradeBucket | None]:
+def fold_buckets(run: TradeRun, found: Buckets, states: list[TradeBucket | None]) -> list[TradeBucket | None]:
     """The buckets after the run's trades (``states``: each group's before, None for a new one), each exactly
     as ``apply_trades`` of the group's trades in order gives it (module docstring)."""
     c = run.columns
@@ -208,7 +202,7 @@ def fold_buckets(
         if o[ts.OK] and sums_fit:
             merged = _merge(state, found.keys[g][2], o, c, group[fresh[group]], exact)
         if merged is None:  # apply_trades itself, from the group's trades
-            merged = apply_trades(state, run.trades(group), dur)
+            merged = apply_trades(state, run.trades(group), found.dur)
         result.append(merged)
     return result
 

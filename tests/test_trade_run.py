@@ -76,10 +76,10 @@ def fold_both(
         key = (t.symbol, t.time_ms - t.time_ms % MINUTE)
         states[key] = apply_trades(states.get(key), [t], MINUTE)
     run = run_of(raws)
-    found = run.buckets("1m", 5000, 0)
-    assert found is not None
+    found = run.buckets("1m")
+    assert found is not None and found.late(run, 5000, 0) == -1
     befores = [states.get((symbol, start)) for _, symbol, start in found.keys]
-    got = fold_buckets(run, found, MINUTE, befores)
+    got = fold_buckets(run, found, befores)
     want: list[TradeBucket | None] = []
     trades = oracle(raws)
     for (_, symbol, start), b in zip(found.keys, befores, strict=True):
@@ -175,17 +175,18 @@ def test_a_trade_whose_bucket_was_due_before_its_frame_blocks_the_run_there() ->
     t = {"product_id": "BTC-USD", "trade_id": "1", "price": "1", "size": "1", "time": _iso(T0), "side": "BUY"}
     later = dict(t, trade_id="2", time=_iso(T0 + MINUTE + 5))
     raws = [frame([later], T0 + MINUTE + 10), frame([later], T0 + MINUTE + 4_999), frame([t], T0 + 2 * MINUTE)]
-    found = run_of(raws).buckets("1m", 5000, 0)
-    assert found is not None and found.late == -1  # the watermark before frame 2 is 1 ms short of T0's deadline
+    run = run_of(raws)
+    found = run.buckets("1m")
+    assert found is not None and found.late(run, 5000, 0) == -1  # frame 2's watermark: 1 ms short of T0's deadline
     raws[1] = frame([later], T0 + MINUTE + 5_000)
-    found = run_of(raws).buckets("1m", 5000, 0)
-    assert found is not None and found.late == 2  # now it is at the deadline: the bucket closed before frame 2
+    run = run_of(raws)
+    found = run.buckets("1m")
+    assert found is not None and found.late(run, 5000, 0) == 2  # now at the deadline: closed before frame 2
     alone = run_of([frame([t], T0), frame([later], T0)])
     deadline_ns = (T0 + MINUTE + 5_000) * 1_000_000
-    found = alone.buckets("1m", 5000, deadline_ns - 1)
-    assert found is not None and found.late == -1
-    found = alone.buckets("1m", 5000, deadline_ns)
-    assert found is not None and found.late == 0  # the watermark before the run had closed it
+    found = alone.buckets("1m")
+    assert found is not None and found.late(alone, 5000, deadline_ns - 1) == -1
+    assert found.late(alone, 5000, deadline_ns) == 0  # the watermark before the run had closed it
 
 
 def test_a_repeat_in_the_run_and_of_the_state_is_skipped() -> None:
@@ -217,9 +218,9 @@ def test_a_sum_the_context_would_round_is_folded_by_apply_trades(volume: str, si
     raw = frame([{"product_id": "BTC-USD", "trade_id": str(2 + n), "price": "1", "size": size, "time": _iso(T0),
                   "side": "SELL"} for n, size in enumerate(sizes)], T0)  # fmt: skip
     run = run_of([raw])
-    found = run.buckets("1m", 5000, 0)
+    found = run.buckets("1m")
     assert found is not None
-    got = fold_buckets(run, found, MINUTE, [state])
+    got = fold_buckets(run, found, [state])
     want = apply_trades(state, oracle([raw]), MINUTE)
     assert values(got[0]) == values(want)
 

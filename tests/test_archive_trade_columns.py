@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 
 from streams import recorded
 from streams.archive_codec import (
-    _Trades4,
     decode_block,
     decode_frames,
     encode_block,
@@ -379,42 +378,25 @@ def test_damaged_trade_columns_are_lost_alone(caplog: pytest.LogCaptureFixture) 
     _damaged(caplog, entries, b"not zstd at all", "(ZstdError: ")
     packed = _parts(encode_block(entries, stream=STREAM))[3]
     assert isinstance(packed, bytes)
-    fields: list[object] = msgspec.msgpack.decode(zstandard.ZstdDecompressor().decompress(packed))
-    compressor = zstandard.ZstdCompressor(write_checksum=True)
-    at = _Trades4.__struct_fields__.index
-    for name, cut, why in (
-        ("price", 1, "(ValueError: price: "),
-        ("has", 1, "(ValueError: has: 199 rows of 0/1 expected 200)"),
-        ("size_exp", 1, "(ValueError: price_exp, size_exp, taker_buy: not "),
-        ("trade_id_jumps", 8, "(ValueError: trade_id: 88 bytes of jumps for 12 groups)"),
-        ("counts", 1, "(ValueError: counts: "),
+    products, columns = msgspec.msgpack.decode(zstandard.ZstdDecompressor().decompress(packed))
+    assert isinstance(columns, bytes) and columns[0] == 1  # "has": 200 ones, one byte each
+
+    def part(products: object, columns: bytes) -> bytes:
+        return zstandard.ZstdCompressor(write_checksum=True).compress(msgspec.msgpack.encode([products, columns]))
+
+    for damaged, why in (
+        (columns[:-1], "(ValueError: taker_buy: "),
+        (columns + b"\x00", "(ValueError: columns: 1 bytes past the last one)"),
+        (b"\x01\x02" + columns[2:], "(ValueError: has: not 0 or 1)"),
+        (b"\x03" + columns[1:], f"(ValueError: has: 200 values of width 3 at byte 0 of {len(columns)})"),
+        (b"\x01\x00" + columns[2:], "(ValueError: counts: trades in a row without columns"),
     ):
-        broken = list(fields)
-        value = broken[at(name)]
-        assert isinstance(value, bytes)
-        broken[at(name)] = value[:-cut]
-        _damaged(caplog, entries, compressor.compress(msgspec.msgpack.encode(broken)), why)
-    broken = list(fields)
-    broken[at("products")] = ["BTC-USD"]
-    _damaged(
-        caplog,
-        entries,
-        compressor.compress(msgspec.msgpack.encode(broken)),
-        "(ValueError: product: an index past the 1 ",
-    )
-    broken[at("products")] = 12  # not a list
-    _damaged(
-        caplog,
-        entries,
-        compressor.compress(msgspec.msgpack.encode(broken)),
-        "(ValidationError: Expected `array`, got `int`",
-    )
-    _damaged(
-        caplog,
-        entries,
-        compressor.compress(msgspec.msgpack.encode(fields[:-1])),
-        "(ValidationError: Expected `array` of at least length 16, got 15)",
-    )
+        _damaged(caplog, entries, part(products, damaged), why)
+    _damaged(caplog, entries, part(["BTC-USD"], columns), "(ValueError: product: an index past the 1 products)")
+    _damaged(caplog, entries, part(12, columns), "(ValidationError: Expected `array`, got `int`")
+    _damaged(caplog, entries, part(products, columns)[:-1], "(ZstdError: ")
+    wrong = zstandard.ZstdCompressor(write_checksum=True).compress(msgspec.msgpack.encode([products]))
+    _damaged(caplog, entries, wrong, "(ValidationError: Expected `array` of at least length 2, got 1)")
 
 
 def test_a_flipped_byte_never_gives_wrong_columns() -> None:

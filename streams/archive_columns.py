@@ -80,11 +80,21 @@ def classify(exchange_id: str, fields: dict[bytes, bytes]) -> tuple[int, int]:
     return OTHER, min(max(event_ms(exchange_id, raw), _I64_MIN), _I64_MAX)
 
 
-def columns(exchange_id: str | None, entries: Sequence[Entry]) -> tuple[U8, I64]:
-    """The kind and event-time columns of ``entries`` (all ``OTHER`` and 0 when ``exchange_id`` is None)."""
+def columns(
+    exchange_id: str | None, entries: Sequence[Entry], trades: TradeColumns | None = None
+) -> tuple[U8, I64]:
+    """The kind and event-time columns of ``entries`` (all ``OTHER`` and 0 when ``exchange_id`` is None).
+    ``trades``: the entries' trade columns, if made already (a Coinbase frame that has them is not decoded
+    again: it is ``OTHER``, at its timestamp's millisecond, as :func:`classify` gives it)."""
     n = len(entries)
     if exchange_id is None:
         return np.zeros(n, np.uint8), np.zeros(n, np.int64)
+    if trades is not None and exchange_id == "coinbase":
+        has = trades.has.tolist()
+        times = trades.event_ns // 1_000_000
+        for r in (r for r, known in enumerate(has) if not known):
+            times[r] = classify(exchange_id, entries[r][1])[1]
+        return np.zeros(n, np.uint8), times
     pairs = [classify(exchange_id, fields) for _, fields in entries]
     kinds = np.fromiter((k for k, _ in pairs), np.uint8, n)
     times = np.fromiter((t for _, t in pairs), np.int64, n)
@@ -153,8 +163,8 @@ class Frames:
     def of_entries(cls, exchange_id: str | None, entries: Sequence[Entry]) -> Frames:
         """Columns computed frame by frame (entries read from a stream, or from a block without columns)."""
         ms, seq = split_ids(entries)
-        kind, times = columns(exchange_id, entries)
         trades = trade_columns(exchange_id, entries)
+        kind, times = columns(exchange_id, entries, trades)
         return cls(ms, seq, kind, times, EntryList(entries), np.arange(len(entries), dtype=np.intp), trades)
 
     def __len__(self) -> int:

@@ -22,7 +22,7 @@ import processors.trade_run as trade_run
 from processors.trade_run import Buckets, TradeRun, fold_buckets
 from projections.snapshots import trades_of
 from projections.trades import Trade, TradeBucket, apply_trades
-from streams.archive_columns import EntryList, Frames
+from streams.archive_columns import EntryList, Frames, columns, trade_columns
 from streams.frames import decode_coinbase
 from streams.symbols import SymbolMap
 from streams.trade_columns import TradeColumns, frame_trades
@@ -231,3 +231,20 @@ def test_new_ids_between_two_ranges_join_them() -> None:
     got, want, _ = fold_both([frame(t[:2], T0), frame(t[3:], T0)], [frame(t[2:3], T0)])
     assert got == want
     assert got[0] is not None and got[0][5] == [(1, 3), (5, 5), (7, 7)]
+
+
+def test_coinbase_event_times_from_trade_columns_are_the_decoded_ones() -> None:
+    """``columns`` given the trade columns reads a frame that has them no second time: the same kinds and
+    event times as decoding every frame, on plain frames, others (heartbeats, broken, no frame field)."""
+    t = {"product_id": "BTC-USD", "trade_id": "1", "price": "1", "size": "1", "time": _iso(T0), "side": "BUY"}
+    heartbeat = {"channel": "heartbeats", "timestamp": "2026-08-09T00:00:00.5Z", "sequence_num": 1,
+                 "events": [{"current_time": "x", "heartbeat_counter": 1}]}  # fmt: skip
+    raws = [frame([t], T0 + 7), json.dumps(heartbeat).encode(), b"{broken", frame([dict(t, price="1e3")], T0 + 9)]
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = [(f"{i}-0".encode(), {b"frame": r}) for i, r in enumerate(raws)]
+    entries.append((b"9-0", {b"other": b"x"}))
+    trades = trade_columns("coinbase", entries)
+    assert trades is not None and trades.has.tolist() == [True, False, False, False, False]
+    kinds, times = columns("coinbase", entries, trades)
+    want_kinds, want_times = columns("coinbase", entries)
+    assert kinds.tolist() == want_kinds.tolist()
+    assert times.tolist() == want_times.tolist() == [T0 + 7, T0 + 500, 0, T0 + 9, 0]

@@ -51,6 +51,7 @@ class MemoryCandles:
         self.closes: list[CandleClosed] = []
         self.dead: list[DeadLetter] = []
         self.frames = 0
+        self.run_frames = 0  # frames planned as runs of trade columns (processors/trade_run.py)
         self._canonical: dict[int, tuple[TradeColumns, list[str | None]]] = {}  # id -> (columns, names)
 
     async def fold(self, entries: Sequence[Entry]) -> int:
@@ -85,6 +86,7 @@ class MemoryCandles:
             plan = _plan_columns(p, pieces, self._closed, self.watermark)
         elif p.folds_runs and any(f.trades is not None for f in pieces):
             plan = _plan_runs(p, pieces, self._names)
+            self.run_frames += sum(len(i.run.event_ns) for i in plan.items if i.run is not None)
         else:
             plan = Plan()
             for frames in pieces:

@@ -477,10 +477,10 @@ def _block_entries(block: _Block2 | tuple[_Block3 | _Block4, _Head3]) -> BlockEn
 
 
 class BlockEntries:
-    """The entries of a format 2 or 3 block, built on demand (:class:`~streams.archive_columns.EntrySource`).
+    """The entries of a block of format 2 or later, built on demand (:class:`~streams.archive_columns.EntrySource`).
 
     The values are stored by *group*, then field: a group is a schema (format 2), or a schema within the
-    entries that are not trade frames, then within the trade frames (format 3, ``apart`` marks the trade
+    entries that are not trade frames, then within the trade frames (formats 3, 4: ``apart`` marks the trade
     rows). An entry's value of field ``j`` is value number ``first + j * stride``, where ``first`` is the
     group's base plus the entry's rank in its group and ``stride`` the group's size. The trade frames'
     values (``trades``, compressed) follow the others' and are decompressed the first time a trade row is

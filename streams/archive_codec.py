@@ -160,8 +160,8 @@ def encode_block(entries: Sequence[Entry], *, stream: str | None = None) -> byte
     key of a raw frame stream (``frames:binance:p3``) the block carries the decoded columns too, and the
     trade frames' values apart; of a Coinbase one, the entries' trade columns."""
     exchange_id = None if stream is None else exchange_of(stream)
-    head, apart = _head_and_trades(entries, exchange_id)
     found = trade_columns(exchange_id, entries)
+    head, apart = _head_and_trades(entries, exchange_id, found)
     packed = b"" if found is None else _CHECKED.compress(_ENCODER.encode(_pack_trades(found)))
     return _ENCODER.encode(_Block4(head=head, trades=apart, trade_columns=packed))
 
@@ -172,13 +172,16 @@ def encode_block_v3(entries: Sequence[Entry], *, stream: str | None = None) -> b
     return _ENCODER.encode(_Block3(head=head, trades=apart))
 
 
-def _head_and_trades(entries: Sequence[Entry], exchange_id: str | None) -> tuple[bytes, bytes]:
-    """The compressed head and trade frames' values of a format 3 or 4 block."""
+def _head_and_trades(
+    entries: Sequence[Entry], exchange_id: str | None, trades: TradeColumns | None = None
+) -> tuple[bytes, bytes]:
+    """The compressed head and trade frames' values of a format 3 or 4 block (``trades``: the entries' trade
+    columns, if made already: their frames are not decoded again for the kind and event time columns)."""
     ms, seq = split_ids(entries)
     kinds, event_ms = b"", b""
     trade = [False] * len(entries)
     if exchange_id is not None:
-        k, t = columns(exchange_id, entries)
+        k, t = columns(exchange_id, entries, trades)
         kinds, event_ms = k.tobytes(), _deltas(t.view(np.uint64)).tobytes()
         trade = (k == TRADE).tolist()
     schemas: dict[tuple[bytes, ...], int] = {}

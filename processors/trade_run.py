@@ -129,15 +129,17 @@ class TradeRun:
         times = c.time_ms[self.rows]
         if dur is not None and tf != "1w" and not (len(times) and (times.min() < -(2**61) or times.max() > 2**61)):
             start = times - times % dur
-            product = c.product[self.rows]
-            order = np.lexsort((start, product)).astype(np.int64)  # stable: fold order within a bucket
-            key_p, key_s = product[order], start[order]
+            # by canonical name, not as sent: products spelt two ways (``btc-usd``, ``BTC-USD``) are one series
+            symbols = sorted(set(self.names))
+            number = {name: n for n, name in enumerate(symbols)}
+            symbol = np.array([number[name] for name in self.names], np.int64)[c.product[self.rows]]
+            order = np.lexsort((start, symbol)).astype(np.int64)  # stable: fold order within a bucket
+            key_p, key_s = symbol[order], start[order]
             cut = np.flatnonzero((key_p[1:] != key_p[:-1]) | (key_s[1:] != key_s[:-1])) + 1
             bounds = np.concatenate(([0], cut, [len(order)])).astype(np.int64) if len(order) else np.zeros(1, np.int64)
-            names = self.names
             heads = bounds[:-1]
             firsts = zip(key_p[heads].tolist(), key_s[heads].tolist(), strict=True)
-            keys = [(self.exchange, names[p], s) for p, s in firsts]
+            keys = [(self.exchange, symbols[p], s) for p, s in firsts]
             found = Buckets(keys, order, bounds, start, dur)
         self._by_tf[tf] = found
         return found

@@ -248,3 +248,12 @@ def test_coinbase_event_times_from_trade_columns_are_the_decoded_ones() -> None:
     want_kinds, want_times = columns("coinbase", entries)
     assert kinds.tolist() == want_kinds.tolist()
     assert times.tolist() == want_times.tolist() == [T0 + 7, T0 + 500, 0, T0 + 9, 0]
+
+
+def test_a_product_spelt_two_ways_is_one_bucket() -> None:
+    """``btc-usd`` and ``BTC-USD`` are one market: their trades of a minute are one bucket, as live."""
+    t = {"product_id": "BTC-USD", "trade_id": "2", "price": "1", "size": "1", "time": _iso(T0), "side": "BUY"}
+    u = dict(t, product_id="btc-usd", trade_id="1", size="2")
+    got, want, found = fold_both([], [frame([t, u], T0)])
+    assert got == want and len(found.keys) == 1
+    assert got[0] is not None and got[0][3] == 2 and got[0][5] == [(1, 2)] and got[0][10] == "3"

@@ -101,17 +101,31 @@ def rest_snapshots(exchange_id: str, frame: RestCandlesFrame, symbols: SymbolMap
     ]  # fmt: skip
 
 
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+
+def _fits(*values: int) -> bool:
+    return all(_I64_MIN <= v <= _I64_MAX for v in values)
+
+
 def trades_of(exchange_id: str, frame: Frame, symbols: SymbolMap) -> list[Trade]:
-    """The trades a decoded frame carries (Binance aggTrade / trade, Coinbase market_trades). Pure."""
+    """The trades a decoded frame carries (Binance aggTrade / trade, Coinbase market_trades). Pure. A trade
+    whose id, time or trade count does not fit int64 raises FrameDecodeError (its bucket's state is stored as
+    msgpack, which can't hold it: a dead letter, not a batch that can never commit)."""
     if isinstance(frame, BinanceAggTrade):
+        count = frame.last_trade_id - frame.first_trade_id + 1
+        if not _fits(frame.agg_id, frame.trade_time, count):
+            raise FrameDecodeError(f"aggTrade {frame.agg_id}: id, time or trade count out of range")
         return [
             Trade(
                 exchange=exchange_id, symbol=symbols.canonical(frame.symbol), trade_id=frame.agg_id,
                 price=Decimal(frame.price), qty=Decimal(frame.qty), time_ms=frame.trade_time,
-                taker_buy=not frame.buyer_is_maker, trades=frame.last_trade_id - frame.first_trade_id + 1,
+                taker_buy=not frame.buyer_is_maker, trades=count,
             )
         ]  # fmt: skip
     if isinstance(frame, BinanceTrade):
+        if not _fits(frame.trade_id, frame.trade_time):
+            raise FrameDecodeError(f"trade {frame.trade_id}: id or time out of range")
         return [
             Trade(
                 exchange=exchange_id, symbol=symbols.canonical(frame.symbol), trade_id=frame.trade_id,
@@ -127,7 +141,9 @@ def trades_of(exchange_id: str, frame: Frame, symbols: SymbolMap) -> list[Trade]
             for t in event.trades:
                 try:
                     trade_id, price, qty = int(t.trade_id), Decimal(t.price), Decimal(t.size)
-                    time_ms = parse_rfc3339_ns(t.time) // 1_000_000
+                    if not _I64_MIN <= trade_id <= _I64_MAX:  # (a trade state is msgpack: int64 at most)
+                        raise ValueError("trade id out of range")
+                    time_ms = parse_rfc3339_ns(t.time) // 1_000_000  # (years 1-9999: within int64)
                 except (ValueError, ArithmeticError) as exc:
                     raise FrameDecodeError(f"market_trades: bad trade {t.trade_id!r}: {exc}") from None
                 symbol = names.get(t.product_id)

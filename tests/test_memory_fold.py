@@ -342,3 +342,16 @@ async def test_superseded_klines_fold_as_live(client: aioredis.Redis, seed: int,
         assert counted["dropped"] > 100 and counted["kept"] > 100
     else:
         assert counted["dropped"] == 0
+
+
+async def test_a_trade_id_beyond_int64_is_a_dead_letter_live_and_in_memory(client: aioredis.Redis) -> None:
+    """A trade id that does not fit int64 can't be kept in a trade bucket's state (msgpack): live, its batch
+    used to fail on every attempt. Now its frame is a dead letter, on every path, and the rest folds."""
+    day = synthetic_day(every_ms=600_000)[:40]
+    huge = day[5].replace(b'"trade_id":"', b'"trade_id":"123456789012345678901234', 1)
+    assert huge != day[5]
+    await log.append_frames(client, "coinbase", [(f, 0) for f in [*day[:20], huge, *day[20:]]])
+    dead = await check_columns_as_live(client, "coinbase", 7)
+    assert len(dead) == 1 and dead[0].reason.endswith("': trade id out of range")
+    assert dead[0].reason.startswith("market_trades: bad trade '123456789012345678901234")
+    assert len(await all_candles(client, "coinbase")) > 20

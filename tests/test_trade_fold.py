@@ -108,3 +108,34 @@ def test_shuffled_or_duplicated_trades_fold_to_the_same_candles(trades: list[Tra
     noisy = trades + rnd.sample(trades, len(trades) // 2)  # duplicates
     rnd.shuffle(noisy)
     assert fold_trades(noisy, 60_000) == reference
+
+
+def _agg(a: int, f: int) -> bytes:
+    data = {"e": "aggTrade", "E": 1, "s": "BTCUSDT", "a": a, "p": "1", "q": "1", "f": f, "l": 1, "T": 1, "m": True}
+    return json.dumps({"stream": "btcusdt@aggTrade", "data": data}).encode()
+
+
+def _trade(t: int) -> bytes:
+    data = {"e": "trade", "E": 1, "s": "BTCUSDT", "t": 1, "p": "1", "q": "1", "T": t, "m": True}
+    return json.dumps({"stream": "btcusdt@trade", "data": data}).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "ok"),
+    [
+        (_agg(2**63, 1), _agg(2**63 - 1, 1)),  # the id
+        (_agg(1, -(2**63) + 2), _agg(1, -(2**63) + 3)),  # the trade count, l - f + 1
+        (_trade(10**20), _trade(2**63 - 1)),  # the time
+    ],
+)
+def test_binance_trade_integers_beyond_int64_are_refused(raw: bytes, ok: bytes) -> None:
+    """A trade bucket's state is msgpack (int64 at most): such a trade is a decode error (a dead letter)."""
+    from projections.snapshots import trades_of
+    from streams.frames import decode_frame
+    from streams.symbols import Market, SymbolMap
+    from tickfold.errors import FrameDecodeError
+
+    symbols = SymbolMap("binance", [Market(exchange="binance", native="BTCUSDT", base="BTC", quote="USDT")])
+    with pytest.raises(FrameDecodeError, match="out of range"):
+        trades_of("binance", decode_frame("binance", raw), symbols)
+    assert trades_of("binance", decode_frame("binance", ok), symbols)  # the largest that fit

@@ -80,9 +80,7 @@ def classify(exchange_id: str, fields: dict[bytes, bytes]) -> tuple[int, int]:
     return OTHER, min(max(event_ms(exchange_id, raw), _I64_MIN), _I64_MAX)
 
 
-def columns(
-    exchange_id: str | None, entries: Sequence[Entry], trades: TradeColumns | None = None
-) -> tuple[U8, I64]:
+def columns(exchange_id: str | None, entries: Sequence[Entry], trades: TradeColumns | None = None) -> tuple[U8, I64]:
     """The kind and event-time columns of ``entries`` (all ``OTHER`` and 0 when ``exchange_id`` is None).
     ``trades``: the entries' trade columns, if made already (a Coinbase frame that has them is not decoded
     again: it is ``OTHER``, at its timestamp's millisecond, as :func:`classify` gives it)."""

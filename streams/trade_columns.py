@@ -22,7 +22,6 @@ it): row ``r``'s trades are ``offsets[r]:offsets[r + 1]``, in the frame's order 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import NamedTuple
@@ -38,8 +37,6 @@ I32 = npt.NDArray[np.int32]
 I8 = npt.NDArray[np.int8]
 B = npt.NDArray[np.bool_]
 
-_ID = re.compile(r"[0-9]{1,18}")
-_NUMBER = re.compile(r"([0-9]+)(?:\.([0-9]+))?")
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 
@@ -61,13 +58,11 @@ class FrameTrades(NamedTuple):
 
 def _number(text: str) -> tuple[int, int] | None:
     """(coefficient, exponent) of ``Decimal(text)`` for a plain ``text`` (module docstring), else None."""
-    m = _NUMBER.fullmatch(text)
-    if m is None:
-        return None
-    whole, fraction = m.group(1), m.group(2) or ""
-    if len(whole) + len(fraction) > 18:
-        return None
-    return int(whole + fraction), -len(fraction)
+    whole, dot, fraction = text.partition(".")
+    digits = whole + fraction
+    if not whole or (dot and not fraction) or len(digits) > 18 or not (digits.isascii() and digits.isdigit()):
+        return None  # (ASCII and isdigit: 0-9 only; an empty string is not isdigit)
+    return int(digits), -len(fraction)
 
 
 def frame_trades(raw: bytes) -> FrameTrades | None:
@@ -86,7 +81,8 @@ def frame_trades(raw: bytes) -> FrameTrades | None:
             return None
         for t in event.trades:
             price, size = _number(t.price), _number(t.size)
-            if price is None or size is None or not _ID.fullmatch(t.trade_id):
+            trade_id = t.trade_id
+            if price is None or size is None or len(trade_id) > 18 or not (trade_id.isascii() and trade_id.isdigit()):
                 return None
             try:
                 time_ms = parse_rfc3339_ns(t.time) // 1_000_000
@@ -95,7 +91,7 @@ def frame_trades(raw: bytes) -> FrameTrades | None:
             if not _I64_MIN <= time_ms <= _I64_MAX:
                 return None
             rows.append(
-                TradeRow(t.product_id, int(t.trade_id), price[0], price[1], size[0], size[1], time_ms, t.side == "SELL")
+                TradeRow(t.product_id, int(trade_id), price[0], price[1], size[0], size[1], time_ms, t.side == "SELL")
             )
     return FrameTrades(frame.timestamp_ns, rows)
 

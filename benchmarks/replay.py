@@ -9,7 +9,11 @@ replay folds into.
 * Binance: the recorded session (1m klines + aggTrades, 94 % aggTrades) repeated 200 times with the klines
   shifted to new minutes (405,600 frames; ``--quick``: 20 times).
 * Coinbase: the synthetic day, a ``market_trades`` frame every 5 s per product (206,633 frames; ``--quick``:
-  every 20 s), every frame feeding 1m trade candles.
+  every 20 s), every frame feeding 1m trade candles: 12 frames per product and minute.
+* Coinbase at 1 s (``coinbase_1s``, in memory only): the first 6 hours of the synthetic day at a frame every
+  second per product (258,300 frames; ``--quick``: the first 30 minutes), 60 frames per product and minute,
+  nearer the recorded session's ~74 (59 ``market_trades`` frames of BTC-USD and ETH-USD in 24 s). A replay
+  spends per frame and per candle; this input shows the first, the one above the second.
 
 Each figure is the whole ``tickfold replay --to-end`` (``tickfold.replay.replay_into``: plan, archive then
 stream, fold, write the target, the range's result) in frames per CPU second of this process: the issue's
@@ -42,6 +46,21 @@ KINDS = (  # (key, how, in memory, MACD-V)
     ("memory_macdv", "--in-memory -> candles -> MACD-V and alerts", True, True),
     ("redis_candles", "through Redis (the live fold code) -> candles", False, False),
 )
+INPUTS = {"binance": "binance", "coinbase": "coinbase", "coinbase_1s": "coinbase"}  # input -> its exchange
+IN_MEMORY_ONLY = {"coinbase_1s"}
+
+
+def _kinds(name: str) -> tuple[tuple[str, str, bool, bool], ...]:
+    return tuple(k for k in KINDS if k[2] or name not in IN_MEMORY_ONLY)
+
+
+def _first_hours(frames: list[bytes], hours: float) -> list[bytes]:
+    """The frames of the first ``hours`` of the synthetic day (they are in time order)."""
+    from streams.frames import event_ms
+    from tests.synthetic import DAY_START_MS
+
+    end = DAY_START_MS + int(hours * 3_600_000)
+    return [f for f in frames if event_ms("coinbase", f) < end]
 
 
 async def _measure(
@@ -58,9 +77,11 @@ async def _measure(
     inputs: dict[str, Callable[[], list[bytes]]] = {
         "binance": lambda: binance_frames(20 if ctx.quick else 200),
         "coinbase": lambda: synthetic_day(every_ms=20_000 if ctx.quick else 5_000),
+        "coinbase_1s": lambda: _first_hours(synthetic_day(every_ms=1_000), 0.5 if ctx.quick else 6),
     }
     async with log.connect(source_url) as source, log.connect(target_url, reply_timeout=None) as target:
-        for exchange_id, data in inputs.items():
+        for name, data in inputs.items():
+            exchange_id = INPUTS[name]
             frames = data()
             await _archive_and_trim(source, dsn, exchange_id, frames)
             conn = await asyncpg.connect(dsn)
@@ -74,13 +95,13 @@ async def _measure(
                 )
             finally:
                 await conn.close()
-            sizes[exchange_id] = (len(frames), int(payload) / int(archived))
+            sizes[name] = (len(frames), int(payload) / int(archived))
             warm = Settings.load({}, overrides={"indicators": True})  # numba's kernels loaded before timing
             await target.flushdb()
             options = ReplayOptions(*WINDOWS[exchange_id], to_end=True, in_memory=True)
             await replay_into(source, target, warm, exchange_id, options, dsn=dsn)
             for _ in range(ctx.repeats):  # interleaved: a slow spell of a shared machine hits every kind
-                for key, _, in_memory, macdv in KINDS:
+                for key, _, in_memory, macdv in _kinds(name):
                     settings = Settings.load({}, overrides={"indicators": macdv})
                     options = ReplayOptions(*WINDOWS[exchange_id], to_end=True, in_memory=in_memory)
                     await target.flushdb()
@@ -90,11 +111,16 @@ async def _measure(
                     spent = max(time.process_time() - cpu, 1e-9)
                     took = time.perf_counter() - wall
                     others = sum(_cpu_s(pid) for pid in servers) - servers_before
-                    runs.setdefault(f"{exchange_id}.{key}", []).append(
+                    runs.setdefault(f"{name}.{key}", []).append(
                         (stats.frames / spent, stats.frames / took, stats.frames / (spent + others))
                     )
             await source.flushdb()
             await target.flushdb()
+            conn = await asyncpg.connect(dsn)
+            try:  # the next input starts from an empty archive (two inputs of one exchange would mix)
+                await conn.execute("TRUNCATE archive_blocks, archive_positions")
+            finally:
+                await conn.close()
     return runs, sizes
 
 
@@ -104,30 +130,30 @@ def run(ctx: Context) -> list[Figure]:
         work = _measure(ctx, at.dsn, at.source_url, at.target_url, at.pids)
         runs, sizes = uvloop.run(work)  # as `tickfold replay` runs
     figures: list[Figure] = []
-    for exchange_id, (frames, per_frame) in sizes.items():
-        for key, how, in_memory, macdv in KINDS:
-            got = runs[f"{exchange_id}.{key}"]
+    for name, (frames, per_frame) in sizes.items():
+        for key, how, in_memory, macdv in _kinds(name):
+            got = runs[f"{name}.{key}"]
             wall = statistics.median(r[1] for r in got)
             every = statistics.median(r[2] for r in got)
             figures.append(
                 Figure(
-                    f"replay {exchange_id} {how} ({frames:,} frames)",
+                    f"replay {name} {how} ({frames:,} frames)",
                     "frames/CPU s",
                     [r[0] for r in got],
                     "bare decode",
                     decode,
                     note=f"{wall:,.0f} frames per wall second; {every:,.0f} per CPU second of the replay and the "
                     "PostgreSQL and Redis servers together",
-                    key=f"replay.{exchange_id}.{key}",
+                    key=f"replay.{name}.{key}",
                     target=Target(1_000_000) if in_memory and macdv else None,
                 )
             )
         figures.append(
             Figure(
-                f"archive bytes per frame, {exchange_id} (blocks as tickfold archive --until-idle writes them)",
+                f"archive bytes per frame, {name} (blocks as tickfold archive --until-idle writes them)",
                 "B/frame",
                 [per_frame],
-                key=f"archive.{exchange_id}.bytes_per_frame",
+                key=f"archive.{name}.bytes_per_frame",
             )
         )
     return figures

@@ -27,11 +27,12 @@ EXPECTED = {
     "memory.per_series", "memory.per_symbol",
     *(f"replay.{ex}.{kind}" for ex in ("binance", "coinbase") for kind in ("memory_candles", "memory_macdv",
                                                                           "redis_candles")),
-    "archive.binance.bytes_per_frame", "archive.coinbase.bytes_per_frame",
+    "replay.coinbase_1s.memory_candles", "replay.coinbase_1s.memory_macdv",
+    "archive.binance.bytes_per_frame", "archive.coinbase.bytes_per_frame", "archive.coinbase_1s.bytes_per_frame",
 }  # fmt: skip
 TARGETS = {
     "fold.in_process", "fold.process_1", "fold.process_2", "adapter.ingest", "indicators.batch", "e2e.alert.p99",
-    "replay.binance.memory_macdv", "replay.coinbase.memory_macdv",
+    "replay.binance.memory_macdv", "replay.coinbase.memory_macdv", "replay.coinbase_1s.memory_macdv",
 }  # fmt: skip
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from projections import trade_sums as ts
-from projections.trades import ZERO, Trade, TradeBucket, _merge_ids, apply_trades
+from projections.trades import ZERO, Trade, TradeBucket, _merge_ids, apply_trades, union_ids
 from projections.watermark import bucket_start, fixed_duration_ms
 from streams.archive_columns import Frames
 from streams.log import Entry
@@ -266,18 +266,8 @@ def _merge(
 
 
 def _union(ranges: list[tuple[int, int]], ids: list[int]) -> list[tuple[int, int]]:
-    """The sorted disjoint ranges (adjacent ones merged) of ``ranges`` and ``ids`` (distinct, none in ``ranges``):
-    what apply_trades keeps."""
-    if len(ranges) <= 1:
-        return _merge_ids(list(ranges), ids)  # (it takes at most one range)
-    out: list[tuple[int, int]] = []
-    for a, z in sorted([*ranges, *((i, i) for i in ids)]):
-        if out and a <= out[-1][1] + 1:
-            if z > out[-1][1]:
-                out[-1] = (out[-1][0], z)
-        else:
-            out.append((a, z))
-    return out
+    """The ranges ``apply_trades`` keeps for ``ranges`` and ``ids`` (distinct, none in ``ranges``)."""
+    return _merge_ids(list(ranges), ids) if len(ranges) <= 1 else union_ids(ranges, ids)  # (_merge_ids: one range)
 
 
 def eligible(frames: Frames, names: Callable[[TradeColumns], list[str | None]]) -> npt.NDArray[np.bool_]:

@@ -86,6 +86,11 @@ def _merge_ids(ranges: list[tuple[int, int]], ids: list[int]) -> list[tuple[int,
             return [(lo, last)]
         if last == lo - 1:
             return [(first, hi)]
+    return union_ids(ranges, ids)
+
+
+def union_ids(ranges: list[tuple[int, int]], ids: list[int]) -> list[tuple[int, int]]:
+    """The sorted disjoint ranges, adjacent ones merged, of ``ranges`` (any number) and ``ids``."""
     out: list[tuple[int, int]] = []
     for a, z in sorted([*ranges, *((i, i) for i in ids)]):
         if out and a <= out[-1][1] + 1:

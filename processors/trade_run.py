@@ -202,7 +202,7 @@ def fold_buckets(run: TradeRun, found: Buckets, states: list[TradeBucket | None]
         group = rows[bounds[g] : bounds[g + 1]]
         merged = None
         if o[ts.OK] and sums_fit:
-            merged = _merge(state, found.keys[g][2], o, c, group[fresh[group]], exact)
+            merged = _merge(state, found.keys[g][2], o, c, group, fresh, exact)
         if merged is None:  # apply_trades itself, from the group's trades
             merged = apply_trades(state, run.trades(group), found.dur)
         result.append(merged)
@@ -210,11 +210,17 @@ def fold_buckets(run: TradeRun, found: Buckets, states: list[TradeBucket | None]
 
 
 def _merge(
-    state: TradeBucket | None, start: int, o: list[int], c: TradeColumns, fresh: I64, exact: decimal.Context
+    state: TradeBucket | None,
+    start: int,
+    o: list[int],
+    c: TradeColumns,
+    group: I64,
+    fresh: npt.NDArray[np.bool_],
+    exact: decimal.Context,
 ) -> TradeBucket | None:
-    """``state`` (None: a new bucket at ``start``) after a group's trades, from their sums ``o`` (``fresh``: the
-    new trades' rows); None when a ``Decimal`` addition would round, or the state is negative or not finite:
-    the caller folds the group with ``apply_trades`` then."""
+    """``state`` (None: a new bucket at ``start``) after a group's trades (rows ``group``; ``fresh[row]``: a
+    new one), from their sums ``o``; None when a ``Decimal`` addition would round, or the state is negative or
+    not finite: the caller folds the group with ``apply_trades`` then."""
     if o[ts.FRESH] == 0:
         return state  # every trade a repeat: apply_trades returns the bucket itself
 
@@ -228,7 +234,7 @@ def _merge(
     if o[ts.CONSECUTIVE]:
         fresh_ids = list(range(o[ts.MIN_ID], o[ts.MAX_ID] + 1))
     else:
-        fresh_ids = c.trade_id[fresh].tolist()
+        fresh_ids = c.trade_id[group[fresh[group]]].tolist()
     if state is None:
         return TradeBucket(
             start=start, open_id=o[ts.MIN_ID], open=at(o[ts.OPEN]), close_id=o[ts.MAX_ID], close=at(o[ts.CLOSE]),

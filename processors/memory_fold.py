@@ -259,7 +259,6 @@ def _plan_columns(
             others = [e for n, e in enumerate(others) if n not in dropped]
     trade = kind == TRADE
     plan = p.plan(others, (0, 0))  # one plan for the batch's other frames, in order
-    items = plan.items
     if not trade.any():
         return plan
     cuts = np.flatnonzero(trade[1:] != trade[:-1]) + 1
@@ -267,23 +266,32 @@ def _plan_columns(
     ends = np.concatenate((cuts, [len(trade)]))
     tops = np.maximum.reduceat(times, starts)
     is_run = trade[starts]
-    runs = [Item(_RUN, [], [], top * 1_000_000) for top in tops[is_run].tolist()]
+    layout: list[Item | int] = [
+        Item(_RUN, [], [], top * 1_000_000) if run else b - a
+        for a, b, run, top in zip(starts.tolist(), ends.tolist(), is_run.tolist(), tops.tolist(), strict=True)
+    ]
+    return _interleave(plan, others, layout)
+
+
+def _interleave(plan: Plan, others: list[Entry], layout: list[Item | int]) -> Plan:
+    """``plan`` (of ``others``, the batch's frames folded one by one) with its items placed among the batch's
+    own items: ``layout`` holds, in batch order, an item, or how many of ``others`` come next."""
+    items = plan.items
     out: list[Item] = []
     aligned = len(items) == len(others)  # no dead letter and no merged item: one item per other frame
-    i = r = at = 0
-    for a, b, run in zip(starts.tolist(), ends.tolist(), is_run.tolist(), strict=True):
-        if run:
-            out.append(runs[r])
-            r += 1
+    i = at = 0
+    for part in layout:
+        if isinstance(part, Item):
+            out.append(part)
         elif aligned:
-            out.extend(items[i : i + b - a])
-            i += b - a
+            out.extend(items[i : i + part])
+            i += part
         else:
-            for entry_id, _ in others[at : at + b - a]:  # its items (a dead letter has none)
+            for entry_id, _ in others[at : at + part]:  # its items (a dead letter has none)
                 if i < len(items) and items[i].entry[0] == entry_id:
                     out.append(items[i])
                     i += 1
-            at += b - a
+            at += part
     assert i == len(items)
     plan.items = out
     return plan
@@ -294,7 +302,7 @@ def _plan_runs(p: CandleProcessor, pieces: list[Frames], names: Callable[[TradeC
     of consecutive frames with trade columns (of known products) as one :class:`~processors.trade_run.TradeRun`
     item, and one plan of the other frames, in order."""
     others: list[Entry] = []
-    layout: list[TradeRun | int] = []  # in order: a run, or how many of ``others`` come next
+    layout: list[Item | int] = []  # in order: a run's item, or how many of ``others`` come next
     for f in pieces:
         ok = eligible(f, names)
         if not ok.any():
@@ -308,28 +316,10 @@ def _plan_runs(p: CandleProcessor, pieces: list[Frames], names: Callable[[TradeC
             if ok[a]:
                 assert f.trades is not None
                 canonical = [n if n is not None else "" for n in names(f.trades)]  # (eligible rows: all named)
-                layout.append(TradeRun.of(p.exchange_id, f.take(slice(a, b)), canonical))
+                run = TradeRun.of(p.exchange_id, f.take(slice(a, b)), canonical)
+                layout.append(Item(_RUN, [], [], run.newest_ns, run=run))
             else:
                 entries = f.entries(a, b)
                 others.extend(entries)
                 layout.append(len(entries))
-    plan = p.plan(others, (0, 0))  # one plan for the batch's other frames, in order
-    items = plan.items
-    out: list[Item] = []
-    aligned = len(items) == len(others)  # no dead letter: one item per other frame
-    i = at = 0
-    for part in layout:
-        if isinstance(part, TradeRun):
-            out.append(Item(_RUN, [], [], part.newest_ns, run=part))
-        elif aligned:
-            out.extend(items[i : i + part])
-            i += part
-        else:
-            for entry_id, _ in others[at : at + part]:  # its items (a dead letter has none)
-                if i < len(items) and items[i].entry[0] == entry_id:
-                    out.append(items[i])
-                    i += 1
-            at += part
-    assert i == len(items)
-    plan.items = out
-    return plan
+    return _interleave(p.plan(others, (0, 0)), others, layout)  # one plan for the batch's other frames

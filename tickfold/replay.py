@@ -149,7 +149,7 @@ async def replay_into(
         newest = await _newest_event_ms(source, exchange_id, sources)
         end = stop_ms or max(newest, options.end_ms)
         on_plan(start_ms or 0, min(end, newest) if newest else end)
-    with few_collections() if options.in_memory else contextlib.nullcontext():
+    with few_collections() if options.in_memory else contextlib.nullcontext():  # (the result too: it holds them)
         stats = await run(
             source,
             sources,
@@ -163,19 +163,19 @@ async def replay_into(
             progress=progress,
         )
         await fold.finish()
-    with log.translated("releasing the replay target"):  # a namespace is left as a plain snapshot
-        await target.delete(*[f.key for f in (*fences.values(), indicator_fence)])
-    result = await collect(
-        target,
-        exchange_id,
-        options.start_ms,
-        options.end_ms,
-        symbols=options.symbols,
-        timeframes=options.timeframes,
-        candles=fold.written(),  # the fast path holds them: not read back
-        indicators=indicators is not None,
-        held=fold.written_indicators(),
-    )
+        with log.translated("releasing the replay target"):  # a namespace is left as a plain snapshot
+            await target.delete(*[f.key for f in (*fences.values(), indicator_fence)])
+        result = await collect(
+            target,
+            exchange_id,
+            options.start_ms,
+            options.end_ms,
+            symbols=options.symbols,
+            timeframes=options.timeframes,
+            candles=fold.written(),  # the fast path holds them: not read back
+            indicators=indicators is not None,
+            held=fold.written_indicators(),
+        )
     if not result.candles:
         if stats.first_event_ms is not None and stats.last_event_ms is not None:
             covered = f"the frames folded span {iso(stats.first_event_ms)} .. {iso(stats.last_event_ms)}"

@@ -8,6 +8,7 @@ closed once the watermark has passed it. Reads go through the batch's :class:`~p
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -118,6 +119,7 @@ async def settle_rollups(
     order whatever the batching, and the indicator processor (which folds them in that order) with them."""
     for target, source in rollups:
         level: list[CandleClosed] = []
+        ordered: dict[str, list[int]] = {}  # source key -> its book's starts, sorted (source books don't change here)
         wanted: dict[tuple[str, str], set[int]] = defaultdict(set)  # (source key, target key) -> starts
         for key, book in books.items():
             exchange_id, symbol, tf = keys.parse_candles(key)
@@ -138,8 +140,12 @@ async def settle_rollups(
                 base_set, stored_set = known[(src, tgt, start)]
                 parts = {c.start: c for c in base_set}
                 end = bucket_end(target, start)
-                if src in books:
-                    parts.update({s: c for s, c in books[src].candles.items() if start <= s < end})
+                if src in books:  # the book's buckets in [start, end), found in its sorted starts (made once)
+                    have = books[src].candles
+                    starts = ordered.get(src)
+                    if starts is None:
+                        starts = ordered[src] = sorted(have)
+                    parts.update({s: have[s] for s in starts[bisect_left(starts, start) : bisect_left(starts, end)]})
                 stored = {c.start: c for c in stored_set}
                 if tgt in books:
                     books[tgt].add_stored(stored)

@@ -196,50 +196,53 @@ def fold_buckets(run: TradeRun, found: Buckets, states: list[TradeBucket | None]
     exact.traps[decimal.Rounded] = True
     exact.traps[decimal.Inexact] = True
     sums_fit = exact.prec > 18  # an int64 sum below 10**18 is then a Decimal of the context, unrounded
+    picked = out[:, _PRICES]  # each group's open, close, high and low rows: their prices, gathered at once
+    coefs, exps = c.price[picked].tolist(), c.price_exp[picked].tolist()
     result: list[TradeBucket | None] = []
     bounds = found.bounds.tolist()
-    for g, (state, o) in enumerate(zip(states, out.tolist(), strict=True)):
-        group = rows[bounds[g] : bounds[g + 1]]
+    for g, (state, o, pc, pe) in enumerate(zip(states, out.tolist(), coefs, exps, strict=True)):
         merged = None
         if o[ts.OK] and sums_fit:
-            merged = _merge(state, found.keys[g][2], o, c, group, fresh, exact)
+            fresh_ids = None  # (consecutive new ids are their range)
+            if o[ts.FRESH] and not o[ts.CONSECUTIVE]:
+                group = rows[bounds[g] : bounds[g + 1]]
+                fresh_ids = c.trade_id[group[fresh[group]]].tolist()
+            prices = [to_decimal(v, e) for v, e in zip(pc, pe, strict=True)]
+            merged = _merge(state, found.keys[g][2], o, prices, exact, fresh_ids)
         if merged is None:  # apply_trades itself, from the group's trades
-            merged = apply_trades(state, run.trades(group), found.dur)
+            merged = apply_trades(state, run.trades(rows[bounds[g] : bounds[g + 1]]), found.dur)
         result.append(merged)
     return result
+
+
+_PRICES = [ts.OPEN, ts.CLOSE, ts.HIGH, ts.LOW]  # the sums' rows whose prices a merge takes
 
 
 def _merge(
     state: TradeBucket | None,
     start: int,
     o: list[int],
-    c: TradeColumns,
-    group: I64,
-    fresh: npt.NDArray[np.bool_],
+    prices: list[Decimal],
     exact: decimal.Context,
+    fresh_ids: list[int] | None = None,
 ) -> TradeBucket | None:
-    """``state`` (None: a new bucket at ``start``) after a group's trades (rows ``group``; ``fresh[row]``: a
-    new one), from their sums ``o``; None when a ``Decimal`` addition would round, or the state is negative or
-    not finite: the caller folds the group with ``apply_trades`` then."""
+    """``state`` (None: a new bucket at ``start``) after a group's trades, from their sums ``o``, the prices
+    of its open, close, high and low rows (``prices``) and its new ids (``fresh_ids``, any order; None: they
+    are consecutive, ``o``'s lowest to highest); None when a ``Decimal`` addition would round, or the state
+    is negative or not finite: the caller folds the group with ``apply_trades`` then."""
     if o[ts.FRESH] == 0:
         return state  # every trade a repeat: apply_trades returns the bucket itself
-
-    def at(row: int) -> Decimal:
-        return to_decimal(int(c.price[row]), int(c.price_exp[row]))
-
+    opened, closing, high, low = prices
     volume = to_decimal(o[ts.VOLUME], o[ts.VOLUME_EXP])
     quote = to_decimal(o[ts.QUOTE], o[ts.QUOTE_EXP])
     taker = to_decimal(o[ts.TAKER], o[ts.TAKER_EXP]) if o[ts.TAKERS] else None
-    high, low = at(o[ts.HIGH]), at(o[ts.LOW])
-    if o[ts.CONSECUTIVE]:
-        fresh_ids = list(range(o[ts.MIN_ID], o[ts.MAX_ID] + 1))
-    else:
-        fresh_ids = c.trade_id[group[fresh[group]]].tolist()
+    first, last = o[ts.MIN_ID], o[ts.MAX_ID]
     if state is None:
         return TradeBucket(
-            start=start, open_id=o[ts.MIN_ID], open=at(o[ts.OPEN]), close_id=o[ts.MAX_ID], close=at(o[ts.CLOSE]),
-            high=high, low=low, volume=volume, quote_volume=quote, taker_buy_volume=ZERO if taker is None else taker,
-            trades=o[ts.FRESH], last_time_ms=o[ts.NEWEST], ids=_merge_ids([], fresh_ids),
+            start=start, open_id=first, open=opened, close_id=last, close=closing, high=high, low=low,
+            volume=volume, quote_volume=quote, taker_buy_volume=ZERO if taker is None else taker,
+            trades=o[ts.FRESH], last_time_ms=o[ts.NEWEST],
+            ids=[(first, last)] if fresh_ids is None else _merge_ids([], fresh_ids),
         )  # fmt: skip
     for d in (state.volume, state.quote_volume, state.taker_buy_volume, state.high, state.low):
         if not d.is_finite():
@@ -253,13 +256,13 @@ def _merge(
         taker_total = state.taker_buy_volume if taker is None else exact.add(state.taker_buy_volume, taker)
     except (decimal.Rounded, decimal.Inexact):
         return None
-    opens, closes = o[ts.MIN_ID] < state.open_id, o[ts.MAX_ID] > state.close_id
+    opens, closes = first < state.open_id, last > state.close_id
     return TradeBucket(
         start=state.start,
-        open_id=o[ts.MIN_ID] if opens else state.open_id,
-        open=at(o[ts.OPEN]) if opens else state.open,
-        close_id=o[ts.MAX_ID] if closes else state.close_id,
-        close=at(o[ts.CLOSE]) if closes else state.close,
+        open_id=first if opens else state.open_id,
+        open=opened if opens else state.open,
+        close_id=last if closes else state.close_id,
+        close=closing if closes else state.close,
         high=high if high > state.high else state.high,
         low=low if low < state.low else state.low,
         volume=volume,
@@ -267,7 +270,7 @@ def _merge(
         taker_buy_volume=taker_total,
         trades=state.trades + o[ts.FRESH],
         last_time_ms=o[ts.NEWEST] if o[ts.NEWEST] > state.last_time_ms else state.last_time_ms,
-        ids=_union(state.ids, fresh_ids),
+        ids=_union(state.ids, list(range(first, last + 1)) if fresh_ids is None else fresh_ids),
     )
 
 

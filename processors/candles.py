@@ -44,13 +44,13 @@ from processors.leases import Fence
 from processors.runner import BatchResult
 from processors.trade_run import TradeRun, fold_buckets
 from projections import store
-from projections.candles import Candle, CandleBook, CandleClosed
+from projections.candles import BY_WATERMARK, Candle, CandleBook, CandleClosed
 from projections.gaps import REST_SOURCE
 from projections.rollups import SOURCE as ROLLUP
 from projections.scope import Scope
 from projections.snapshots import COINBASE_CANDLE_TIMEFRAME, event_ns, snapshots, trades_of
 from projections.trades import Trade, TradeBucket, apply_trades, to_candle
-from projections.watermark import bucket_end, bucket_start, close_due, duration_ms, fixed_duration_ms
+from projections.watermark import bucket_end, bucket_start, duration_ms, fixed_duration_ms
 from streams import keys
 from streams.frames import (
     RestCandlesFrame,
@@ -430,16 +430,20 @@ class CandleProcessor:
                     queued.add(bucket)
             if event_ns > mark:
                 mark = event_ns
-            while pending and pending[0][0] <= mark:
+            while pending and pending[0][0] <= mark:  # (its deadline passed: it is due, see close_due)
                 _, key, start = heapq.heappop(pending)
                 queued.discard((key, start))
+                book = books[key]
                 if key in deferred and start in deferred[key]:
+                    if start not in book.candles:  # built closed: what building it open, then closing it gives
+                        self._build(deferred, key, start, books, states, closes, closed_by=BY_WATERMARK)
+                        continue
                     self._build(deferred, key, start, books, states, closes)
-                c = books[key].candles.get(start)
+                c = book.candles.get(start)
                 if c is not None and not c.closed:
-                    for event in close_due([c], mark, self.close_grace_ms):
-                        books[key].put(event.candle)
-                        closes.append(event)
+                    c = msgspec.structs.replace(c, closed=True, closed_by=BY_WATERMARK)
+                    book.put(c)
+                    closes.append(CandleClosed(candle=c))
 
         def step(item: Item) -> None:
             touched: list[tuple[str, int]] = []
@@ -498,14 +502,18 @@ class CandleProcessor:
         books: dict[str, CandleBook],
         states: dict[tuple[str, int], TradeBucket | None],
         closes: list[CandleClosed],
+        *,
+        closed_by: str | None = None,
     ) -> None:
-        """Apply the deferred trade candle of ``key`` at ``start`` (None: all of ``key``'s) to its book."""
+        """Apply the deferred trade candle of ``key`` at ``start`` (None: all of ``key``'s) to its book, closed
+        when ``closed_by`` is given."""
         waiting = deferred[key]
         for at in list(waiting) if start is None else [start]:
             skey, symbol, tf = waiting.pop(at)
             bucket = states[(skey, at)]
             assert bucket is not None
-            closes.extend(books[key].apply(to_candle(bucket, exchange=self.exchange_id, symbol=symbol, timeframe=tf)))
+            candle = to_candle(bucket, exchange=self.exchange_id, symbol=symbol, timeframe=tf, closed_by=closed_by)
+            closes.extend(books[key].apply(candle))
         if not waiting:
             del deferred[key]
 

@@ -180,10 +180,13 @@ def fold_trades(trades: list[Trade], interval_ms: int) -> dict[tuple[str, int], 
     return out
 
 
-def to_candle(b: TradeBucket, *, exchange: str, symbol: str, timeframe: str, closed: bool = False) -> Candle:
+def to_candle(
+    b: TradeBucket, *, exchange: str, symbol: str, timeframe: str, closed: bool = False, closed_by: str | None = None
+) -> Candle:
+    """The bucket's candle; closed when ``closed`` or ``closed_by`` (why: one of ``CLOSED_BY``) is given."""
     return Candle(
         exchange=exchange, symbol=symbol, timeframe=timeframe, start=b.start, open=str(b.open), high=str(b.high),
         low=str(b.low), close=str(b.close), volume=str(b.volume), quote_volume=str(b.quote_volume),
-        trades=b.trades, taker_buy_volume=str(b.taker_buy_volume), closed=closed,
-        event_ns=b.last_time_ms * 1_000_000, source="trades",
+        trades=b.trades, taker_buy_volume=str(b.taker_buy_volume), closed=closed or closed_by is not None,
+        event_ns=b.last_time_ms * 1_000_000, source="trades", closed_by=closed_by,
     )  # fmt: skip

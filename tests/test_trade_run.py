@@ -25,7 +25,7 @@ from projections.trades import Trade, TradeBucket, apply_trades
 from streams.archive_columns import EntryList, Frames, columns, trade_columns
 from streams.frames import decode_coinbase
 from streams.symbols import SymbolMap
-from streams.trade_columns import TradeColumns, frame_trades
+from streams.trade_columns import TradeColumns, frame_trades, to_decimal
 
 MINUTE = 60_000
 T0 = 1_786_233_600_000  # a minute boundary
@@ -257,3 +257,19 @@ def test_a_product_spelt_two_ways_is_one_bucket() -> None:
     got, want, found = fold_both([], [frame([t, u], T0)])
     assert got == want and len(found.keys) == 1
     assert got[0] is not None and got[0][3] == 2 and got[0][5] == [(1, 2)] and got[0][10] == "3"
+
+
+@given(
+    st.one_of(st.integers(0, 10**18 - 1), st.integers(0, 99).map(lambda c: c * 10**12), st.just(0)),
+    st.integers(-128, 127),
+    st.sampled_from([28, 12, 3]),
+)
+def test_to_decimal_is_the_text_exactly(coefficient: int, exponent: int, prec: int) -> None:
+    """A column's ``Decimal`` is the one its text parses to: value, digits and exponent (``"1.00"`` is not
+    ``"1"``), in any current context (a parse is exact whatever the context's precision)."""
+    with decimal.localcontext() as ctx:
+        ctx.prec = prec
+        got = to_decimal(coefficient, exponent)
+        want = Decimal(f"{coefficient}E{exponent}")
+    assert got.as_tuple() == want.as_tuple()
+    assert str(got) == str(want)

@@ -200,22 +200,22 @@ class MemoryFold(Fold):
             for key, series in fold.candles().items():
                 store.queue_series(pipe, key, series, history=self.history, stored=())
                 self.series[key] = series[-self.history :]  # what the target keeps of it
-            closes_stream = keys.closes_stream(fold.processor.exchange_id)
-            for event in fold.closes:
-                pipe.xadd(closes_stream, {"event": store.encode(event)})
-            dead_stream = keys.dead_letter_stream(fold.processor.exchange_id)
-            for d in fold.dead:
-                why = {
-                    b"reason": d.reason.encode(),
-                    b"original_id": d.entry_id,
-                    b"stream": fold.processor.stream.encode(),
-                }
-                pipe.xadd(dead_stream, {**d.fields, **why})
-            writes += len(fold.closes) + len(fold.dead)
-            if writes > 20_000 or partition == max(self.memory):
+                writes += 1
+            if writes > 1_000 or partition == max(self.memory):
                 with log.translated("writing the replay's projections"):
                     await pipe.execute()
                 pipe, writes = self.client.pipeline(transaction=False), 0
+            closes_stream = keys.closes_stream(fold.processor.exchange_id).encode()
+            appends: list[tuple[bytes | str | int, ...]] = [
+                (b"XADD", closes_stream, b"*", b"event", store.encode(event)) for event in fold.closes
+            ]
+            dead_stream = keys.dead_letter_stream(fold.processor.exchange_id).encode()
+            source = fold.processor.stream.encode()
+            for d in fold.dead:
+                why = {b"reason": d.reason.encode(), b"original_id": d.entry_id, b"stream": source}
+                appends.append((b"XADD", dead_stream, b"*", *(v for kv in {**d.fields, **why}.items() for v in kv)))
+            for i in range(0, len(appends), _APPENDS):
+                await log.send_all(self.client, appends[i : i + _APPENDS], "writing the replay's close events")
         if self.indicators is None:
             return
         if not memory_indicators.supported(self.indicators):
@@ -235,6 +235,8 @@ class MemoryFold(Fold):
     def written_indicators(self) -> MemoryIndicators | None:
         return self.indicator_memory
 
+
+_APPENDS = 20_000  # close events and dead letters sent at once by a replay's finish
 
 GC_THRESHOLD = 200_000  # allocations between young collections during an in-memory fold (Python's default: 700)
 

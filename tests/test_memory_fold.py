@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from processors.candles import DeadLetter, from_settings
 from processors.memory_fold import MemoryCandles
+from projections import store
 from projections.candles import CandleClosed
 from streams import keys, log, partitions
 from streams.archive_codec import decode_frames, encode_block, encode_block_v1
@@ -355,3 +356,60 @@ async def test_a_trade_id_beyond_int64_is_a_dead_letter_live_and_in_memory(clien
     assert len(dead) == 1 and dead[0].reason.endswith("': trade id out of range")
     assert dead[0].reason.startswith("market_trades: bad trade '123456789012345678901234")
     assert len(await all_candles(client, "coinbase")) > 20
+
+
+async def test_an_in_memory_replay_writes_the_close_events_and_dead_letters_a_replay_through_redis_does(
+    redis_url: str,
+) -> None:
+    """The fast path writes its close events and dead letters in bulk at the end (``log.send_all``): the
+    target's ``closes:`` and dead letter streams hold the same entries, in the same order, as the replay that
+    folds through Redis writes."""
+    from processors.replay import ReplayOptions
+    from tests.replay_support import SETTINGS
+    from tests.synthetic import DAY_START_MS
+    from tickfold.replay import replay_into
+
+    day = synthetic_day(every_ms=120_000)[:600]
+    broken = [b"not json", b'{"channel":"market_trades","events":[{"trades":[{"price":"1"}]}]}']
+    frames = [f for i, frame in enumerate(day) for f in ([frame, broken[i % 2]] if i % 97 == 5 else [frame])]
+    base = redis_url.rsplit("/", 1)[0]
+    async with log.connect(redis_url) as source, log.connect(f"{base}/7") as fast, log.connect(f"{base}/8") as slow:
+        await source.flushdb()
+        await log.append_frames(source, "coinbase", [(f, 0) for f in frames])
+        written = {}
+        for target, in_memory in ((fast, True), (slow, False)):
+            await target.flushdb()
+            options = ReplayOptions(start_ms=DAY_START_MS, end_ms=DAY_START_MS + 86_400_000, in_memory=in_memory)
+            _, stats = await replay_into(source, target, SETTINGS, "coinbase", options)
+            assert stats.dead == 7 and stats.closes > 100  # (one broken frame after every 97th)
+            written[in_memory] = [
+                [fields for _, fields in await log.entries(target, stream)]
+                for stream in (keys.closes_stream("coinbase"), keys.dead_letter_stream("coinbase"))
+            ]
+            await target.flushdb()
+        closes, dead = written[True]
+        assert len(closes) > 100 and len(dead) == 7
+        assert all(set(d) >= {b"reason", b"original_id", b"stream", b"frame"} for d in dead)
+        # the same entries; in the same order per partition's series (partitions interleave differently)
+        assert by_series(decoded(closes)) == by_series(decoded(written[False][0]))
+        assert sorted(map(sorted_items, dead)) == sorted(map(sorted_items, written[False][1]))
+
+
+def decoded(closes: list[dict[bytes, bytes]]) -> list[CandleClosed]:
+    return [store.decode_closed(fields[b"event"]) for fields in closes]
+
+
+def sorted_items(fields: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    return sorted(fields.items())
+
+
+async def test_send_all_runs_every_command_and_raises_the_first_error(client: aioredis.Redis) -> None:
+    await client.delete("send_all:a", "send_all:b")
+    await log.send_all(client, [(b"XADD", "send_all:a", b"*", b"n", i) for i in range(2_500)], "testing")
+    assert [int(f[b"n"]) for _, f in await log.entries(client, "send_all:a")] == list(range(2_500))
+    await client.set("send_all:b", "x")
+    with pytest.raises(log.ResponseError, match="WRONGTYPE"):
+        appends = [(b"XADD", "send_all:a", b"*", b"n", 1), (b"XADD", "send_all:b", b"*", b"n", 2)]
+        await log.send_all(client, appends, "testing")
+    assert await client.xlen("send_all:a") == 2_501  # the commands before and after an error still ran
+    await client.delete("send_all:a", "send_all:b")

@@ -1,10 +1,10 @@
 """The archive's block format: consecutive stream entries, encoded column-wise, compressed with zstd.
 
-A block holds entries of one stream in id order. Format 4, written now, is a msgpack array of three parts,
+A block holds entries of one stream in id order. Format 5, written now, is a msgpack array of three parts,
 each a zstd frame (level 3) or empty:
 
-* ``head``: msgpack of the block's columns and of the values of its entries that are *not* Binance trade
-  frames:
+* ``head``: msgpack of the block's columns and of the values of its entries that are not kept *apart*
+  (below):
 
   * ``ms`` / ``seq``: the entry ids, as little-endian uint64 arrays (``ms`` as deltas from the previous
     entry's, modulo 2**64);
@@ -14,11 +14,15 @@ each a zstd frame (level 3) or empty:
     :mod:`streams.archive_columns` (uint8; int64 deltas), so a replay needs no JSON for what they tell;
     empty for other streams;
   * ``lengths``: the length of every value (uint32 array), in the order the values are stored: the
-    entries that are not ``TRADE`` first, then the ``TRADE`` ones; within each, field by field per schema
-    (all ``frame`` values of schema 0, then all its ``recv_ns`` values, ...);
-  * ``values``: the first part's values, concatenated.
+    entries that are not apart first, then the apart ones; within each, field by field per schema (all
+    ``frame`` values of schema 0, then all its ``recv_ns`` values, ...);
+  * ``values``: the first part's values, concatenated;
+  * ``apart``: a byte per entry, 1 for an entry kept apart that is not a ``TRADE`` (a Coinbase frame
+    that has trade columns); empty when there is none.
 
-* ``trades``: the ``TRADE`` entries' values, concatenated (empty when there are none).
+* ``apart``: the values of the entries kept apart, concatenated (empty when there are none). Apart are
+  the ``TRADE`` entries (Binance trade frames) and the entries the head marks: which ones is known from
+  the head alone, so a damaged third part leaves every entry readable.
 
 * ``trade_columns`` (a Coinbase raw frame stream's blocks only, else empty): the entries'
   :class:`~streams.trade_columns.TradeColumns` (:class:`_Trades4`), so a replay folds their trades without
@@ -30,14 +34,19 @@ each a zstd frame (level 3) or empty:
   (2.1 trades) beside the 44.4 of the rest, and decode in 120-160 ns a frame (~13 us from JSON).
 
 Grouping values by field puts similar bytes together: on the recorded sessions, blocks of 1,000 entries
-take 34-78 bytes per entry against 229-618 raw (README, *Archive*). Keeping the trade frames' bytes in a
-frame of their own lets a replay that reads them only for their event time (no Binance trade candles:
-the ``event_ms`` column is enough) leave them compressed: on a Binance feed they are ~94 % of the frames
-and of the bytes. Decoding gives back every field name and value byte for byte, in the original order.
+take 34-78 bytes per entry against 229-618 raw (README, *Archive*). Keeping apart the values a replay
+does not read lets it leave them compressed: a Binance replay without trade candles reads the trade
+frames only for their event time (the ``event_ms`` column), and they are ~94 % of the frames and of the
+bytes; a Coinbase replay folds the frames that have trade columns from the columns alone, so their JSON
+(~400 bytes a frame) is not decompressed either (format 4 kept it in the head: on the synthetic day
+``decode_frames`` took ~215 ns a frame, ~80 in format 5, for the same bytes). Decoding gives back every
+field name and value byte for byte, in the original order.
 
-Formats 1 to 3 are still read (none has trade columns). Format 3 is format 4 without its third part;
-format 2 is one zstd frame of the same columns with every value in one column-wise run (no split); format
-1 has msgpack integer lists and no decoded columns (computed frame by frame when a replay asks).
+Formats 1 to 4 are still read (their apart entries: the ``TRADE`` ones). Format 4 is format 5 without
+the head's ``apart`` column (only ``TRADE`` entries apart); format 3 is format 4 without its third part
+(no trade columns); format 2 is one zstd frame of the same columns with every value in one column-wise
+run (no split); format 1 has msgpack integer lists and no decoded columns (computed frame by frame when a
+replay asks).
 """
 
 from __future__ import annotations
@@ -65,7 +74,7 @@ from streams.archive_columns import (
 from streams.log import Entry
 from streams.trade_columns import TradeColumns
 
-FORMAT = 4
+FORMAT = 5
 LEVEL = 3
 
 
@@ -110,6 +119,16 @@ class _Block4(msgspec.Struct, array_like=True, frozen=True, tag=4):
     trade_columns: bytes  # zstd with checksum (msgpack(_Trades4)); b"": none (not a Coinbase raw frame stream)
 
 
+class _Head5(_Head3, frozen=True):
+    apart: bytes  # uint8 per entry, 1: apart though not a TRADE (has trade columns); b"": no such entry
+
+
+class _Block5(msgspec.Struct, array_like=True, frozen=True, tag=5):
+    head: bytes  # zstd(msgpack(_Head5))
+    apart: bytes  # zstd(the apart entries' values: TRADE, or marked in the head's apart); b"" when none
+    trade_columns: bytes  # as format 4's
+
+
 class _Trades4(msgspec.Struct, array_like=True, frozen=True):
     """A Coinbase block's :class:`~streams.trade_columns.TradeColumns`: the product table, and the columns one
     after another, each a byte giving its width (1, 2, 4 or 8) and its values as unsigned little-endian ints
@@ -139,8 +158,9 @@ class _Trades4(msgspec.Struct, array_like=True, frozen=True):
 
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(_Block1 | _Block2)
-_OUTER = msgspec.msgpack.Decoder(_Block3 | _Block4)
+_OUTER = msgspec.msgpack.Decoder(_Block3 | _Block4 | _Block5)
 _HEAD = msgspec.msgpack.Decoder(_Head3)
+_HEAD5 = msgspec.msgpack.Decoder(_Head5)
 _TRADES = msgspec.msgpack.Decoder(_Trades4)
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # a zstd frame's first bytes: formats 1 and 2 are one frame
 _COMPRESSOR = zstandard.ZstdCompressor(level=LEVEL)
@@ -156,43 +176,60 @@ def raw_size(entries: Sequence[Entry]) -> int:
 
 
 def encode_block(entries: Sequence[Entry], *, stream: str | None = None) -> bytes:
-    """The compressed block of ``entries`` (ids increasing, as in their stream), format 4. With the ``stream``
+    """The compressed block of ``entries`` (ids increasing, as in their stream), format 5. With the ``stream``
     key of a raw frame stream (``frames:binance:p3``) the block carries the decoded columns too, and the
-    trade frames' values apart; of a Coinbase one, the entries' trade columns."""
+    trade frames' values apart; of a Coinbase one, the entries' trade columns, and the values of the
+    entries that have them apart."""
     exchange_id = None if stream is None else exchange_of(stream)
     found = trade_columns(exchange_id, entries)
-    head, apart = _head_and_trades(entries, exchange_id, found)
-    packed = b"" if found is None else _CHECKED.compress(_ENCODER.encode(_pack_trades(found)))
-    return _ENCODER.encode(_Block4(head=head, trades=apart, trade_columns=packed))
+    head, apart = _head_and_apart(entries, exchange_id, found, 5)
+    return _ENCODER.encode(_Block5(head=head, apart=apart, trade_columns=_packed(found)))
+
+
+def encode_block_v4(entries: Sequence[Entry], *, stream: str | None = None) -> bytes:
+    """A format 4 block (only the trade frames apart), as archives written before format 5 hold: for tests."""
+    exchange_id = None if stream is None else exchange_of(stream)
+    found = trade_columns(exchange_id, entries)
+    head, apart = _head_and_apart(entries, exchange_id, found, 4)
+    return _ENCODER.encode(_Block4(head=head, trades=apart, trade_columns=_packed(found)))
 
 
 def encode_block_v3(entries: Sequence[Entry], *, stream: str | None = None) -> bytes:
     """A format 3 block (no trade columns), as archives written before format 4 hold: for tests."""
-    head, apart = _head_and_trades(entries, None if stream is None else exchange_of(stream))
+    head, apart = _head_and_apart(entries, None if stream is None else exchange_of(stream), None, 3)
     return _ENCODER.encode(_Block3(head=head, trades=apart))
 
 
-def _head_and_trades(
-    entries: Sequence[Entry], exchange_id: str | None, trades: TradeColumns | None = None
+def _packed(found: TradeColumns | None) -> bytes:
+    return b"" if found is None else _CHECKED.compress(_ENCODER.encode(_pack_trades(found)))
+
+
+def _head_and_apart(
+    entries: Sequence[Entry], exchange_id: str | None, trades: TradeColumns | None, version: int
 ) -> tuple[bytes, bytes]:
-    """The compressed head and trade frames' values of a format 3 or 4 block (``trades``: the entries' trade
+    """The compressed head and apart values of a block of format ``version`` (3 to 5). Apart are the trade
+    frames, and in format 5 the entries that have trade columns too (``trades``: the entries' trade
     columns, if made already: their frames are not decoded again for the kind and event time columns)."""
     ms, seq = split_ids(entries)
     kinds, event_ms = b"", b""
-    trade = [False] * len(entries)
+    apart_rows = np.zeros(len(entries), np.bool_)
     if exchange_id is not None:
         k, t = columns(exchange_id, entries, trades)
         kinds, event_ms = k.tobytes(), _deltas(t.view(np.uint64)).tobytes()
-        trade = (k == TRADE).tolist()
+        apart_rows = k == TRADE
+    marked = np.zeros(len(entries), np.bool_)  # apart, though not TRADE (format 5)
+    if version >= 5 and trades is not None:
+        marked = trades.has & ~apart_rows
+        apart_rows = apart_rows | marked
     schemas: dict[tuple[bytes, ...], int] = {}
     schema_of: list[int] = []
-    runs: dict[tuple[bool, int, int], list[bytes]] = {}  # (trade?, schema, field) -> values
-    for (_, fields), apart in zip(entries, trade, strict=True):
+    runs: dict[tuple[bool, int, int], list[bytes]] = {}  # (apart?, schema, field) -> values
+    for (_, fields), apart in zip(entries, apart_rows.tolist(), strict=True):
         s = schemas.setdefault(tuple(fields), len(schemas))
         schema_of.append(s)
         for j, value in enumerate(fields.values()):
             runs.setdefault((apart, s, j), []).append(value)
-    order = sorted(runs)  # the first part's runs (False) before the trades'
+    order = sorted(runs)  # the first part's runs (False) before the apart ones
     head = _Head3(
         ms=_deltas(ms).tobytes(),
         seq=seq.astype(_LE["u8"]).tobytes(),
@@ -203,8 +240,24 @@ def _head_and_trades(
         lengths=np.array([len(v) for key in order for v in runs[key]], _LE["u4"]).tobytes(),
         values=b"".join(v for key in order if not key[0] for v in runs[key]),
     )
+    if version >= 5:
+        head = _Head5(**msgspec.structs.asdict(head), apart=marked.astype(np.uint8).tobytes() if marked.any() else b"")
     apart_values = b"".join(v for key in order if key[0] for v in runs[key])
     return _COMPRESSOR.compress(_ENCODER.encode(head)), _COMPRESSOR.compress(apart_values) if apart_values else b""
+
+
+def _apart_rows(head: _Head3) -> npt.NDArray[np.bool_] | None:
+    """The rows whose values are in the block's second part (None: none): the ``TRADE`` rows, and those a
+    format 5 head marks ``apart``."""
+    n = len(head.ms) // 8
+    rows = np.zeros(n, np.bool_)
+    if len(head.kinds) == n:
+        rows |= np.frombuffer(head.kinds, np.uint8) == TRADE
+    if isinstance(head, _Head5) and head.apart:
+        if len(head.apart) != n:
+            raise ValueError(f"archive block: an apart column of {len(head.apart)} bytes for {n} entries")
+        rows |= np.frombuffer(head.apart, np.uint8) != 0
+    return rows if rows.any() else None
 
 
 def encode_block_v2(entries: Sequence[Entry], *, stream: str | None = None) -> bytes:
@@ -398,20 +451,21 @@ def _unpack_trades(raw: bytes, rows: int) -> TradeColumns:
     )
 
 
-_Block = _Block1 | _Block2 | tuple[_Block3 | _Block4, _Head3]
+_Block = _Block1 | _Block2 | tuple[_Block3 | _Block4 | _Block5, _Head3]
 
 
 def _decode(payload: bytes) -> _Block:
-    """A block of any format; formats 3 and 4 as their outer array and decoded head (the rest still
-    compressed)."""
+    """A block of any format; formats 3 to 5 as their outer array and decoded head (:class:`_Head5` for
+    format 5; the rest still compressed)."""
     try:
         if payload[:4] == _ZSTD_MAGIC:
             block: _Block1 | _Block2 = _DECODER.decode(_DECOMPRESSOR.decompress(payload))
             return block
         outer = _OUTER.decode(payload)
-        return outer, _HEAD.decode(_DECOMPRESSOR.decompress(outer.head))
+        head = (_HEAD5 if isinstance(outer, _Block5) else _HEAD).decode(_DECOMPRESSOR.decompress(outer.head))
+        return outer, head
     except (msgspec.ValidationError, msgspec.DecodeError, zstandard.ZstdError) as exc:
-        raise ValueError(f"archive block of an unknown format (this version reads 1 to 4): {exc}") from None
+        raise ValueError(f"archive block of an unknown format (this version reads 1 to 5): {exc}") from None
 
 
 def decode_block(payload: bytes) -> list[Entry]:
@@ -425,10 +479,11 @@ def decode_block(payload: bytes) -> list[Entry]:
 
 def decode_frames(payload: bytes, stream: str) -> Frames:
     """A block as :class:`~streams.archive_columns.Frames` of ``stream``: its decoded columns as stored,
-    or (a block without them) computed frame by frame. The entries are built when asked for, and the trade
-    frames of a block of format 3 or later decompressed only then.
+    or (a block without them) computed frame by frame. The entries are built when asked for, and the apart
+    values of a block of format 3 or later (trade frames; format 5: also the frames that have trade
+    columns) decompressed only when an apart row is.
 
-    ``trades`` are the trade columns a format 4 block of a Coinbase stream stores, None for any other
+    ``trades`` are the trade columns a format 4 or 5 block of a Coinbase stream stores, None for any other
     block: a block of an earlier format has none, and they are not computed here (JSON, ~13 us a frame,
     about 30 times this decode; the replay folds such a block's raw frames). A block whose trade columns
     are damaged gives None too, with a warning: its entries and other columns are whole."""
@@ -446,7 +501,7 @@ def decode_frames(payload: bytes, stream: str) -> Frames:
     kinds = np.frombuffer(kinds_raw, np.uint8)
     times = _undelta(times_raw).view(np.int64)
     trades = None
-    if isinstance(block, tuple) and isinstance(block[0], _Block4) and block[0].trade_columns:
+    if isinstance(block, tuple) and isinstance(block[0], _Block4 | _Block5) and block[0].trade_columns:
         try:
             trades = _unpack_trades(block[0].trade_columns, n)
         except (ValueError, msgspec.ValidationError, msgspec.DecodeError, zstandard.ZstdError) as exc:
@@ -467,15 +522,15 @@ def _computed(exchange_id: str | None, entries: list[Entry]) -> Frames:
     return Frames(ms, seq, kinds, times, EntryList(entries), np.arange(len(entries), dtype=np.intp))
 
 
-def _block_entries(block: _Block2 | tuple[_Block3 | _Block4, _Head3]) -> BlockEntries:
+def _block_entries(block: _Block2 | tuple[_Block3 | _Block4 | _Block5, _Head3]) -> BlockEntries:
     if isinstance(block, _Block2):
         return BlockEntries(block.ms, block.seq, block.schemas, block.schema_of, block.lengths, block.values)
     outer, head = block
-    apart = None
-    if outer.trades:
-        apart = np.frombuffer(head.kinds, np.uint8) == TRADE
+    apart, held = _apart_rows(head), outer.apart if isinstance(outer, _Block5) else outer.trades
+    if held and apart is None:
+        raise ValueError("archive block: apart values, and no apart row")
     return BlockEntries(
-        head.ms, head.seq, head.schemas, head.schema_of, head.lengths, head.values, apart=apart, trades=outer.trades
+        head.ms, head.seq, head.schemas, head.schema_of, head.lengths, head.values, apart=apart, held=held
     )
 
 
@@ -483,11 +538,11 @@ class BlockEntries:
     """The entries of a block of format 2 or later, built on demand (:class:`~streams.archive_columns.EntrySource`).
 
     The values are stored by *group*, then field: a group is a schema (format 2), or a schema within the
-    entries that are not trade frames, then within the trade frames (formats 3, 4: ``apart`` marks the trade
-    rows). An entry's value of field ``j`` is value number ``first + j * stride``, where ``first`` is the
-    group's base plus the entry's rank in its group and ``stride`` the group's size. The trade frames'
-    values (``trades``, compressed) follow the others' and are decompressed the first time a trade row is
-    built."""
+    entries that are not apart, then within the apart ones (formats 3 to 5: ``apart`` marks their rows:
+    the trade frames, and in format 5 the frames that have trade columns too). An entry's value of field
+    ``j`` is value number ``first + j * stride``, where ``first`` is the group's base plus the entry's rank
+    in its group and ``stride`` the group's size. The apart values (``held``, compressed) follow the
+    others' and are decompressed the first time an apart row is built (:attr:`held_back` until then)."""
 
     def __init__(
         self,
@@ -499,13 +554,13 @@ class BlockEntries:
         values: bytes,
         *,
         apart: npt.NDArray[np.bool_] | None = None,
-        trades: bytes = b"",
+        held: bytes = b"",
     ) -> None:
         self.ms = _undelta(ms)
         self.seq = np.frombuffer(seq, _LE["u8"]).astype(np.uint64)
         self.schemas = schemas
         self.values = values
-        self._trades = trades  # compressed until a trade row is built
+        self._held = held  # compressed until an apart row is built
         self.apart = apart
         sizes = np.frombuffer(lengths, _LE["u4"]).astype(np.int64)
         self.ends = np.cumsum(sizes)
@@ -534,11 +589,16 @@ class BlockEntries:
         self.first = bases[group_of] + rank
         self.stride = counts[group_of].astype(np.intp)
 
+    @property
+    def held_back(self) -> bool:
+        """Whether the apart values are still compressed (no apart row built yet, and there are some)."""
+        return bool(self._held)
+
     def _values_for(self, rows: Index) -> bytes:
-        """The values ``rows`` need: the first part's, or (a trade row among them) all of them."""
-        if self._trades and self.apart is not None and self.apart[rows].any():
-            self.values += _DECOMPRESSOR.decompress(self._trades)
-            self._trades = b""
+        """The values ``rows`` need: the first part's, or (an apart row among them) all of them."""
+        if self._held and self.apart is not None and self.apart[rows].any():
+            self.values += _DECOMPRESSOR.decompress(self._held)
+            self._held = b""
         return self.values
 
     def build(self, index: Index | None) -> list[Entry]:

@@ -43,6 +43,7 @@ from streams.archive_codec import (
     encode_block_v1,
     encode_block_v2,
     encode_block_v3,
+    encode_block_v4,
 )
 from streams.archive_columns import TRADE
 from streams.archive_store import ArchiveMissing
@@ -150,7 +151,7 @@ _KLINE_FRAME = b'{"stream":"btcusdt@kline_1m","data":{"e":"kline","E":%d,"s":"BT
 def test_raw_frame_blocks_keep_trades_apart_and_give_back_every_entry(
     rows: list[tuple[int, str, int]], rng: random.Random
 ) -> None:
-    """Format 3: the trade frames' values in a part of their own, every entry (any rows of it) exactly."""
+    """Formats 3 to 5: the trade frames' values in a part of their own, every entry (any rows of it) exactly."""
     ms, entries = 10**12, []
     for i, (delta, kind, t) in enumerate(rows):
         ms += delta
@@ -161,26 +162,28 @@ def test_raw_frame_blocks_keep_trades_apart_and_give_back_every_entry(
         if kind == "extra field":
             fields[b"why"] = b"a second schema"
         entries.append((f"{ms}-{i}".encode(), fields))
-    payload = encode_block(entries, stream="frames:binance:p1")
-    assert decode_block(payload) == entries
-    frames = decode_frames(payload, "frames:binance:p1")
-    assert frames.entries() == entries
-    assert [k == TRADE for k in frames.kind.tolist()] == [kind == "trade" for _, kind, _ in rows]
     picked = np.array(sorted(rng.sample(range(len(entries)), rng.randint(0, len(entries)))), np.intp)
-    fresh = decode_frames(payload, "frames:binance:p1")
-    assert fresh.entries_at(picked) == [entries[i] for i in picked.tolist()]
+    for encode in (encode_block, encode_block_v4, encode_block_v3):
+        payload = encode(entries, stream="frames:binance:p1")
+        assert decode_block(payload) == entries
+        frames = decode_frames(payload, "frames:binance:p1")
+        assert frames.entries() == entries
+        assert [k == TRADE for k in frames.kind.tolist()] == [kind == "trade" for _, kind, _ in rows]
+        fresh = decode_frames(payload, "frames:binance:p1")
+        assert fresh.entries_at(picked) == [entries[i] for i in picked.tolist()]
 
 
 @pytest.mark.unit
-def test_a_replay_without_trade_candles_leaves_the_trade_frames_compressed() -> None:
+@pytest.mark.parametrize(("encode", "tag"), [(encode_block, 5), (encode_block_v4, 4)])
+def test_a_replay_without_trade_candles_leaves_the_trade_frames_compressed(encode: Any, tag: int) -> None:
     """The other frames are built without the trades' part: broken there, they still come back, and only a
     trade row needs it."""
     entries: list[log.Entry] = []
     for i in range(200):
         frame = _KLINE_FRAME % (1000 + i) if i % 10 == 0 else _TRADE_FRAME % (1000 + i, i)
         entries.append((f"{5000 + i}-0".encode(), {b"frame": frame, b"recv_ns": b"1"}))
-    outer = msgspec.msgpack.decode(encode_block(entries, stream="frames:binance:p0"))
-    assert outer[0] == 4 and len(outer[2]) > 0 and outer[3] == b""  # tag, head, trades, no trade columns
+    outer = msgspec.msgpack.decode(encode(entries, stream="frames:binance:p0"))
+    assert outer[0] == tag and len(outer[2]) > 0 and outer[3] == b""  # tag, head, trades, no trade columns
     outer[2] = b"not zstd at all"
     broken = msgspec.msgpack.encode(outer)
     frames = decode_frames(broken, "frames:binance:p0")
@@ -202,6 +205,7 @@ def test_blocks_of_the_earlier_formats_are_still_read() -> None:
     ] + [(b"8000-0", {b"frame": b"{}", b"recv_ns": b"9", b"extra": b"x"})]
     new = decode_frames(encode_block(entries, stream="frames:binance:p2"), "frames:binance:p2")
     for old in (
+        encode_block_v4(entries, stream="frames:binance:p2"),
         encode_block_v3(entries, stream="frames:binance:p2"),
         encode_block_v2(entries, stream="frames:binance:p2"),
         encode_block_v1(entries),

@@ -1,4 +1,4 @@
-"""The archive's trade columns (format 4): a Coinbase block stores its entries' trade columns, and
+"""The archive's trade columns (formats 4 and 5): a Coinbase block stores its entries' trade columns, and
 :func:`~streams.archive_codec.decode_frames` gives them back bit for bit.
 
 Oracle: :meth:`TradeColumns.of_frames` of the entries' ``frame`` values (what ``Frames.of_entries`` computes
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -31,6 +32,7 @@ from streams.archive_codec import (
     encode_block_v1,
     encode_block_v2,
     encode_block_v3,
+    encode_block_v4,
 )
 from streams.archive_columns import Frames
 from streams.log import Entry
@@ -39,6 +41,8 @@ from tests.realdata import COINBASE_AT, COINBASE_AT_RECORDING, REALDATA, require
 from tests.synthetic import synthetic_day
 
 pytestmark = pytest.mark.unit
+
+Encode = Callable[..., bytes]
 
 STREAM = "frames:coinbase:p0"
 T0_MS = 1_786_280_000_000
@@ -83,12 +87,14 @@ def assert_same_columns(got: TradeColumns | None, want: TradeColumns) -> None:
 
 
 def round_trip(entries: list[Entry]) -> Frames:
-    """Encode ``entries`` as the archiver does, and check the block against them and their columns."""
-    payload = encode_block(entries, stream=STREAM)
-    assert decode_block(payload) == entries
-    frames = decode_frames(payload, STREAM)
-    assert frames.entries() == entries
-    assert_same_columns(frames.trades, TradeColumns.of_frames([f.get(b"frame") for _, f in entries]))
+    """Encode ``entries`` as the archiver does (and as format 4 did), and check the block against them and
+    their columns."""
+    want = TradeColumns.of_frames([f.get(b"frame") for _, f in entries])
+    for payload in (encode_block_v4(entries, stream=STREAM), encode_block(entries, stream=STREAM)):
+        assert decode_block(payload) == entries
+        frames = decode_frames(payload, STREAM)
+        assert frames.entries() == entries
+        assert_same_columns(frames.trades, want)
     return frames
 
 
@@ -325,6 +331,9 @@ def test_older_formats_and_blocks_without_a_stream_have_no_trade_columns() -> No
     entries = entries_of([*synthetic_day()[:300], b'{"channel":"heartbeats"}', None])
     new = decode_frames(encode_block(entries, stream=STREAM), STREAM)
     assert new.trades is not None and int(new.trades.has.sum()) == 300
+    v4 = decode_frames(encode_block_v4(entries, stream=STREAM), STREAM)
+    assert_same_columns(v4.trades, new.trades)
+    assert v4.entries() == entries
     for old in (
         encode_block_v3(entries, stream=STREAM),
         encode_block_v2(entries, stream=STREAM),
@@ -339,25 +348,31 @@ def test_older_formats_and_blocks_without_a_stream_have_no_trade_columns() -> No
         np.testing.assert_array_equal(frames.event_ms, new.event_ms)
 
 
-def test_other_streams_cost_two_bytes_more_than_format_3() -> None:
+def test_other_streams_cost_a_few_bytes_more_than_format_3() -> None:
     binance = require(REALDATA / "binance" / "ws_combined_2021-04-04_btcusdt_ethusdt_dotusdt.frames.jsonl")
     entries = entries_of(list(binance.read_bytes().splitlines()[:1000]))
     for stream in ("frames:binance:p0", "control", "closes:coinbase"):
-        new, old = encode_block(entries, stream=stream), encode_block_v3(entries, stream=stream)
-        assert len(new) - len(old) == 2  # an empty third part
-        assert decode_frames(new, stream).trades is None and decode_block(new) == entries
+        v3, v4 = encode_block_v3(entries, stream=stream), encode_block_v4(entries, stream=stream)
+        new = encode_block(entries, stream=stream)
+        assert len(v4) - len(v3) == 2  # an empty third part
+        assert 0 <= len(new) - len(v4) <= 8  # the head's empty apart column (0 here for Binance frames)
+        for payload in (v4, new):
+            assert decode_frames(payload, stream).trades is None and decode_block(payload) == entries
+
+
+ENCODERS = pytest.mark.parametrize("encode", [encode_block, encode_block_v4], ids=["format 5", "format 4"])
 
 
 def _parts(payload: bytes) -> list[object]:
     outer: list[object] = msgspec.msgpack.decode(payload)
-    assert outer[0] == 4 and isinstance(outer[3], bytes) and outer[3]
+    assert outer[0] in (4, 5) and isinstance(outer[3], bytes) and outer[3]
     return outer
 
 
-def _damaged(caplog: pytest.LogCaptureFixture, entries: list[Entry], part: bytes, why: str) -> None:
+def _damaged(caplog: pytest.LogCaptureFixture, encode: Encode, entries: list[Entry], part: bytes, why: str) -> None:
     """A block whose trade columns are ``part``: they are lost, with a warning naming the block and ``why``;
     nothing else is."""
-    whole = encode_block(entries, stream=STREAM)
+    whole = encode(entries, stream=STREAM)
     outer = _parts(whole)
     outer[3] = part
     caplog.clear()
@@ -373,10 +388,11 @@ def _damaged(caplog: pytest.LogCaptureFixture, entries: list[Entry], part: bytes
     assert why in record.message
 
 
-def test_damaged_trade_columns_are_lost_alone(caplog: pytest.LogCaptureFixture) -> None:
+@ENCODERS
+def test_damaged_trade_columns_are_lost_alone(caplog: pytest.LogCaptureFixture, encode: Encode) -> None:
     entries = entries_of(list(synthetic_day()[:200]))
-    _damaged(caplog, entries, b"not zstd at all", "(ZstdError: ")
-    packed = _parts(encode_block(entries, stream=STREAM))[3]
+    _damaged(caplog, encode, entries, b"not zstd at all", "(ZstdError: ")
+    packed = _parts(encode(entries, stream=STREAM))[3]
     assert isinstance(packed, bytes)
     products, columns = msgspec.msgpack.decode(zstandard.ZstdDecompressor().decompress(packed))
     assert isinstance(columns, bytes) and columns[0] == 1  # "has": 200 ones, one byte each
@@ -391,20 +407,21 @@ def test_damaged_trade_columns_are_lost_alone(caplog: pytest.LogCaptureFixture) 
         (b"\x03" + columns[1:], f"(ValueError: has: 200 values of width 3 at byte 0 of {len(columns)})"),
         (b"\x01\x00" + columns[2:], "(ValueError: counts: trades in a row without columns"),
     ):
-        _damaged(caplog, entries, part(products, damaged), why)
-    _damaged(caplog, entries, part(["BTC-USD"], columns), "(ValueError: product: an index past the 1 products)")
-    _damaged(caplog, entries, part(12, columns), "(ValidationError: Expected `array`, got `int`")
-    _damaged(caplog, entries, part(products, columns)[:-1], "(ZstdError: ")
+        _damaged(caplog, encode, entries, part(products, damaged), why)
+    _damaged(caplog, encode, entries, part(["BTC-USD"], columns), "(ValueError: product: an index past the 1 products)")
+    _damaged(caplog, encode, entries, part(12, columns), "(ValidationError: Expected `array`, got `int`")
+    _damaged(caplog, encode, entries, part(products, columns)[:-1], "(ZstdError: ")
     wrong = zstandard.ZstdCompressor(write_checksum=True).compress(msgspec.msgpack.encode([products]))
-    _damaged(caplog, entries, wrong, "(ValidationError: Expected `array` of at least length 2, got 1)")
+    _damaged(caplog, encode, entries, wrong, "(ValidationError: Expected `array` of at least length 2, got 1)")
 
 
-def test_a_flipped_byte_never_gives_wrong_columns() -> None:
+@ENCODERS
+def test_a_flipped_byte_never_gives_wrong_columns(encode: Encode) -> None:
     """Any one byte of the compressed columns changed: they are exactly right or lost (checksum), never
-    silently wrong."""
+    silently wrong; the entries are whole either way."""
     entries = entries_of(list(synthetic_day()[:60]))
     want = TradeColumns.of_frames([f[b"frame"] for _, f in entries])
-    whole = encode_block(entries, stream=STREAM)
+    whole = encode(entries, stream=STREAM)
     outer = _parts(whole)
     packed = outer[3]
     assert isinstance(packed, bytes)

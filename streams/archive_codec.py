@@ -175,6 +175,14 @@ def raw_size(entries: Sequence[Entry]) -> int:
     return sum(len(k) + len(v) for _, fields in entries for k, v in fields.items())
 
 
+CURRENT_PREFIX = _ENCODER.encode(_Block5(head=b"", apart=b"", trade_columns=b""))[:2]  # msgpack: array of 4, tag 5
+
+
+def is_current(payload: bytes) -> bool:
+    """Whether a block is of the format :func:`encode_block` writes (its first bytes: ``CURRENT_PREFIX``)."""
+    return payload[:2] == CURRENT_PREFIX
+
+
 def encode_block(entries: Sequence[Entry], *, stream: str | None = None) -> bytes:
     """The compressed block of ``entries`` (ids increasing, as in their stream), format 5. With the ``stream``
     key of a raw frame stream (``frames:binance:p3``) the block carries the decoded columns too, and the

@@ -126,9 +126,19 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--in-memory", action="store_true", help="the fast path: fold in memory, write once at the end (exact too)"
     )
-    ar = sub.add_parser("archive", help="the streams' archive in PostgreSQL: run the archiver (default), or status")
-    ar.add_argument("action", nargs="?", choices=["run", "status"], default="run", help="run (default) or status")
-    ar.add_argument("--exchange", action="append", help="run: only this exchange's streams (repeatable; default: all)")
+    ar = sub.add_parser(
+        "archive", help="the streams' archive in PostgreSQL: run the archiver (default), status, or upgrade"
+    )
+    ar.add_argument(
+        "action",
+        nargs="?",
+        choices=["run", "status", "upgrade"],
+        default="run",
+        help="run (default), status, or upgrade (rewrite raw frame blocks of earlier formats in the current one)",
+    )
+    ar.add_argument(
+        "--exchange", action="append", help="run, upgrade: only this exchange's streams (repeatable; default: all)"
+    )
     ar.add_argument("--until-idle", action="store_true", help="run: archive what the streams hold, then exit")
     ar.add_argument("--json", action="store_true", help="status: one JSON object")
     gp = sub.add_parser("gaps", help="missing candle buckets: marked by a backfill, and holes in the stored series")

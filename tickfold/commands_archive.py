@@ -1,24 +1,28 @@
-"""``tickfold archive [--until-idle]`` (run the archiver), ``tickfold archive status`` (what it holds), and
-how ``serve`` / ``process`` run it when the ``archive`` setting is on."""
+"""``tickfold archive [--until-idle]`` (run the archiver), ``tickfold archive status`` (what it holds),
+``tickfold archive upgrade`` (raw frame blocks of earlier formats rewritten in the current one,
+:mod:`streams.archive_upgrade`), and how ``serve`` / ``process`` run it when the ``archive`` setting is on."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import asyncpg
 import msgspec
 import uvloop
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from processors.archiver import GROUP, ArchiverConfig, run_archiver
 from processors.runner import RunnerConfig
-from streams import archive_store, log
+from streams import archive_store, archive_upgrade, log
+from streams.archive_codec import FORMAT
 from tickfold.runtime import servers
 from tickfold.settings import Settings
 
@@ -81,6 +85,8 @@ def archive(args: argparse.Namespace, settings: Settings) -> int:
             _print_status(rows, disk, as_json=args.json)
             return 0
         exchanges = [check_exchange(e) for e in (args.exchange or EXCHANGES)]
+        if args.action == "upgrade":
+            return uvloop.run(_upgrade(srv.database_url, exchanges))
         return uvloop.run(_run(srv.redis_url, srv.database_url, settings, exchanges, until_idle=args.until_idle))
 
 
@@ -97,6 +103,44 @@ async def _run(redis_url: str, dsn: str, settings: Settings, exchanges: Sequence
         t = stats.totals
         out.print(f"{label}: {t.processed} entries archived in {stats.batches} batches, {t.skipped} already archived")
     return 0
+
+
+async def _upgrade(dsn: str, exchanges: Sequence[str]) -> int:
+    with _upgrade_progress(err.is_terminal) as update:
+        stats = await archive_upgrade.upgrade(dsn, exchanges, progress=update)
+    which = ", ".join(exchanges)
+    if not stats.blocks:
+        out.print(f"{which}: every archived raw frame block is in format {FORMAT} already; nothing to upgrade")
+        return 0
+    out.print(
+        f"{which}: {stats.upgraded:,} of {stats.blocks:,} raw frame blocks ({stats.upgraded_entries:,} entries) "
+        f"rewritten in format {FORMAT}: {_size(stats.bytes_before)} -> {_size(stats.bytes_after)}"
+        + ("" if stats.upgraded == stats.blocks else f"; {stats.blocks - stats.upgraded:,} gone or upgraded meanwhile")
+    )
+    return 0
+
+
+@contextlib.contextmanager
+def _upgrade_progress(enabled: bool) -> Iterator[Callable[[archive_upgrade.UpgradeStats], None]]:
+    """A progress bar over the entries to rewrite on a terminal; a line per 10 % otherwise."""
+    if enabled:
+        bar = Progress(
+            TextColumn("upgrading"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} entries"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
+        )  # fmt: skip
+        task = bar.add_task("upgrade", total=None)
+        with bar:
+            yield lambda s: bar.update(task, total=s.entries, completed=s.upgraded_entries)
+        return
+    said = [-1]
+
+    def plain(s: archive_upgrade.UpgradeStats) -> None:
+        tenth = 10 * s.upgraded // s.blocks if s.blocks else 10
+        if tenth != said[0]:
+            said[0] = tenth
+            _say(f"upgrading the archive: {s.upgraded:,}/{s.blocks:,} blocks ({s.upgraded_entries:,} entries)")
+
+    yield plain
 
 
 async def _status(dsn: str) -> tuple[list[archive_store.StreamStatus], int]:

@@ -117,9 +117,7 @@ def _places(s: str) -> int:
 def _sum(values: list[str]) -> str:
     if values and not any("_" in v for v in values):
         try:  # no rounding at all: each sum's exponent is its terms' smallest (and 0's), what _places reads
-            total = _ZERO
-            for v in values:
-                total = _UNROUNDED.add(total, Decimal(v))
+            total = functools.reduce(_UNROUNDED.add, map(Decimal, values), _ZERO)
             if total.is_finite():
                 return f"{total:f}"  # it has max(_places(v)) places already, as the quantize below gives it
         except ArithmeticError:
@@ -132,14 +130,59 @@ def _sum(values: list[str]) -> str:
 
 
 def _sum_opt(values: list[str | None]) -> str | None:
-    present = [v for v in values if v is not None]
-    return _sum(present) if len(present) == len(values) else None
+    return None if None in values else _sum(values)  # type: ignore[arg-type]
 
 
 def _part(p: Candle | Rollup) -> tuple[Candle, str, int]:
     if isinstance(p, Rollup):
         return p.candle, p.base_timeframe, p.count
     return p, p.timeframe, 1
+
+
+def _distinct(parts: list[Candle | Rollup]) -> tuple[list[Candle], list[str], int]:
+    """The parts' candles in start order (repeats of an identical part once), their leaf timeframes and
+    how many leaf candles they hold. Plain candles (the common case) skip :func:`_part`'s tuples."""
+    plain: dict[int, Candle] = {}
+    for p in parts:
+        if type(p) is not Candle:  # a lower roll-up among them: compare (candle, leaf, count), as below
+            break
+        seen = plain.setdefault(p.start, p)
+        if seen is not p and seen != p:
+            raise ValueError(f"two different {p.timeframe} candles for start {p.start}")
+    else:
+        candles = [plain[s] for s in sorted(plain)]
+        return candles, [c.timeframe for c in candles], len(candles)
+    by_start: dict[int, tuple[Candle, str, int]] = {}
+    for p in parts:
+        c, leaf, n = _part(p)
+        seen_part = by_start.get(c.start)
+        if seen_part is not None and seen_part != (c, leaf, n):
+            raise ValueError(f"two different {c.timeframe} candles for start {c.start}")
+        by_start[c.start] = (c, leaf, n)
+    items = [by_start[s] for s in sorted(by_start)]
+    return [c for c, _, _ in items], [lf for _, lf, _ in items], sum(n for _, _, n in items)
+
+
+def _highest(candles: list[Candle]) -> str:
+    """The largest ``high`` by value, as written; the earliest of equal values (``candles`` in start order)."""
+    best = candles[0].high
+    top = Decimal(best)
+    for c in candles[1:]:
+        value = Decimal(c.high)
+        if value > top:
+            best, top = c.high, value
+    return best
+
+
+def _lowest(candles: list[Candle]) -> str:
+    """The smallest ``low`` by value, as written; the earliest of equal values (``candles`` in start order)."""
+    best = candles[0].low
+    bottom = Decimal(best)
+    for c in candles[1:]:
+        value = Decimal(c.low)
+        if value < bottom:
+            best, bottom = c.low, value
+    return best
 
 
 def rollup(parts: Iterable[Candle | Rollup], timeframe: str) -> Rollup:
@@ -149,47 +192,39 @@ def rollup(parts: Iterable[Candle | Rollup], timeframe: str) -> Rollup:
     ``timeframe`` bucket. Repeats of an identical part count once; two different parts for one bucket
     start raise ``ValueError`` (fold them with :func:`projections.candles.apply_snapshot` first).
     """
-    by_start: dict[int, tuple[Candle, str, int]] = {}
-    for p in parts:
-        c, leaf, n = _part(p)
-        seen = by_start.get(c.start)
-        if seen is not None and seen != (c, leaf, n):
-            raise ValueError(f"two different {c.timeframe} candles for start {c.start}")
-        by_start[c.start] = (c, leaf, n)
-    if not by_start:
+    candles, leaves, count = _distinct(list(parts))
+    if not candles:
         raise ValueError("a roll-up needs at least one base candle")
-    items = [by_start[s] for s in sorted(by_start)]
-    first, leaf, _ = items[0]
+    first, leaf = candles[0], leaves[0]
+    exchange, symbol, base = first.exchange, first.symbol, first.timeframe
     start = bucket_start(timeframe, first.start)
-    for c, lf, _ in items:
-        key = (c.exchange, c.symbol, c.timeframe, lf)
-        if key != (first.exchange, first.symbol, first.timeframe, leaf):
-            raise ValueError(f"mixed series in one roll-up: {key} vs {(first.exchange, first.symbol, first.timeframe)}")
-        if bucket_start(timeframe, c.start) != start:
+    span = fixed_duration_ms(timeframe)  # in start order, a part outside the bucket starts at or after its end
+    event_ns = first.event_ns
+    for c, lf in zip(candles, leaves, strict=True):
+        if c.exchange != exchange or c.symbol != symbol or c.timeframe != base or lf != leaf:
+            key = (c.exchange, c.symbol, c.timeframe, lf)
+            raise ValueError(f"mixed series in one roll-up: {key} vs {(exchange, symbol, base)}")
+        if (c.start - start >= span) if span is not None else (bucket_start(timeframe, c.start) != start):
             raise ValueError(f"{c.timeframe} candle {c.start} is not in the {timeframe} bucket {start}")
-    if not nests(first.timeframe, timeframe) or not nests(leaf, timeframe):
-        raise ValueError(f"{first.timeframe} buckets do not nest in {timeframe} buckets")
-    candles = [c for c, _, _ in items]
-    last = candles[-1]
-    high = max(candles, key=lambda c: (Decimal(c.high), -c.start)).high
-    low = min(candles, key=lambda c: (Decimal(c.low), c.start)).low
-    trades = [c.trades for c in candles]
+        if c.event_ns > event_ns:
+            event_ns = c.event_ns
+    if not nests(base, timeframe) or not nests(leaf, timeframe):
+        raise ValueError(f"{base} buckets do not nest in {timeframe} buckets")
     end = bucket_end(timeframe, start)
+    last = candles[-1]
+    high = _highest(candles)
+    low = _lowest(candles)
+    trades = [c.trades for c in candles]
     candle = Candle(
-        exchange=first.exchange, symbol=first.symbol, timeframe=timeframe, start=start, open=first.open, high=high,
+        exchange=exchange, symbol=symbol, timeframe=timeframe, start=start, open=first.open, high=high,
         low=low, close=last.close, volume=_sum([c.volume for c in candles]),
         quote_volume=_sum_opt([c.quote_volume for c in candles]),
-        trades=None if any(t is None for t in trades) else sum(t for t in trades if t is not None),
+        trades=None if None in trades else sum(trades),  # type: ignore[arg-type]
         taker_buy_volume=_sum_opt([c.taker_buy_volume for c in candles]),
         closed=last.closed and bucket_end(last.timeframe, last.start) == end,
-        event_ns=max(c.event_ns for c in candles), source=SOURCE,
+        event_ns=event_ns, source=SOURCE,
     )  # fmt: skip
-    return Rollup(
-        candle=candle,
-        base_timeframe=leaf,
-        count=sum(n for _, _, n in items),
-        expected=expected_count(leaf, timeframe, start),
-    )
+    return Rollup(candle=candle, base_timeframe=leaf, count=count, expected=expected_count(leaf, timeframe, start))
 
 
 def apply_rollup(

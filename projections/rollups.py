@@ -115,11 +115,12 @@ def _places(s: str) -> int:
 
 
 def _sum(values: list[str]) -> str:
-    if values and not any("_" in v for v in values):
+    if values and "_" not in "".join(values):
         try:  # no rounding at all: each sum's exponent is its terms' smallest (and 0's), what _places reads
             total = functools.reduce(_UNROUNDED.add, map(Decimal, values), _ZERO)
-            if total.is_finite():
-                return f"{total:f}"  # it has max(_places(v)) places already, as the quantize below gives it
+            if total.is_finite():  # it has max(_places(v)) places already, as the quantize below gives it
+                text = str(total)  # plain notation (f"{total:f}") unless it has an exponent
+                return text if "E" not in text else f"{total:f}"
         except ArithmeticError:
             pass  # rounded (maybe exactly), or worse: the code below decides, as it always did
     total = Decimal(0)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from decimal import Clamped, Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded, Subnormal, Underflow
+from typing import cast
 
 import msgspec
 
@@ -131,7 +132,7 @@ def _sum(values: list[str]) -> str:
 
 
 def _sum_opt(values: list[str | None]) -> str | None:
-    return None if None in values else _sum(values)  # type: ignore[arg-type]
+    return None if None in values else _sum(cast(list[str], values))
 
 
 def _part(p: Candle | Rollup) -> tuple[Candle, str, int]:
@@ -220,7 +221,7 @@ def rollup(parts: Iterable[Candle | Rollup], timeframe: str) -> Rollup:
         exchange=exchange, symbol=symbol, timeframe=timeframe, start=start, open=first.open, high=high,
         low=low, close=last.close, volume=_sum([c.volume for c in candles]),
         quote_volume=_sum_opt([c.quote_volume for c in candles]),
-        trades=None if None in trades else sum(trades),  # type: ignore[arg-type]
+        trades=None if None in trades else sum(cast(list[int], trades)),
         taker_buy_volume=_sum_opt([c.taker_buy_volume for c in candles]),
         closed=last.closed and bucket_end(last.timeframe, last.start) == end,
         event_ns=event_ns, source=SOURCE,

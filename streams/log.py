@@ -299,15 +299,14 @@ async def send_all(client: aioredis.Redis, commands: Sequence[tuple[bytes | str 
         return
     pool = client.connection_pool
     with translated(what):
+        if not issubclass(pool.connection_class, _HiredisPacking):
+            pipe = client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            await pipe.execute()
+            return
         conn: Any = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            lean = isinstance(conn, _HiredisPacking)
-            if not lean:
-                pipe = client.pipeline(transaction=False)
-                for command in commands:
-                    pipe.execute_command(*command)
-                await pipe.execute()
-                return
             pack: Any = hiredis.pack_command
             await conn.send_packed_command([b"".join([pack(command) for command in commands])])
             replies = await conn.read_replies(len(commands))

@@ -119,6 +119,12 @@ class Bar(msgspec.Struct, frozen=True, array_like=True):
         return cls(candle.start, float(candle.high), float(candle.low), float(candle.close))
 
 
+def _closed_bars(run: list[CandleClosed]) -> list[Bar]:
+    """A run's closed candles as bars, in its order (parsed once a batch: the steps, the recomputes and the
+    input written all read these)."""
+    return [Bar(c.start, float(c.high), float(c.low), float(c.close)) for e in run if (c := e.candle).closed]
+
+
 _STATE = msgspec.msgpack.Encoder()
 _STATE_DECODER = msgspec.msgpack.Decoder(SeriesState)
 _BAR_DECODER = msgspec.msgpack.Decoder(Bar)
@@ -132,22 +138,26 @@ def _runs(events: list[CandleClosed]) -> list[list[CandleClosed]]:
     """A series' closes of one batch, in stream order, cut before each correction and each close that is
     not after the one before it: each run is folded as if it had come in a batch of its own."""
     out: list[list[CandleClosed]] = []
+    last = 0
     for e in events:
-        if not out or e.correction or e.candle.start <= out[-1][-1].candle.start:
+        start = e.candle.start
+        if not out or e.correction or start <= last:
             out.append([e])
         else:
             out[-1].append(e)
+        last = start
     return out
 
 
-def _as_of(base: list[Bar], runs: list[list[CandleClosed]], upto: int) -> list[Bar]:
-    """The closed candles as run ``upto`` finds them: the input before the batch, each bucket runs
-    ``0..upto`` closed at its newest value there (a correction later in the batch is not seen yet)."""
+def _as_of(base: list[Bar], bars: list[list[Bar]], upto: int) -> list[Bar]:
+    """The closed candles as run ``upto`` finds them (``bars``: each run's :func:`_closed_bars`): the input
+    before the batch, each bucket runs ``0..upto`` closed at its newest value there (a correction later in
+    the batch is not seen yet)."""
+    if upto == 0 and not base:  # (a run's starts increase: already in order, one bar a start)
+        return list(bars[0])
     out = {b.start: b for b in base}
-    for run in runs[: upto + 1]:
-        for e in run:
-            if e.candle.closed:
-                out[e.candle.start] = Bar.of(e.candle)
+    for run in bars[: upto + 1]:
+        out.update([(b.start, b) for b in run])
     return [out[start] for start in sorted(out)]
 
 
@@ -209,27 +219,26 @@ class IndicatorProcessor:
         return self.seed_from_candles if saved is None else not saved.tracked
 
     def _step(
-        self, saved: SeriesState | None, events: list[CandleClosed]
+        self, saved: SeriesState | None, run: list[CandleClosed], bars: list[Bar]
     ) -> tuple[list[Point | None], Point | None, SeriesState | None] | None:
-        """O(1) per close when the batch's closes are exactly the next closed candles after the saved state;
-        None otherwise (a correction, a repeat, a gap, no state yet): then the series is recomputed."""
+        """O(1) per close when a run's closes (``bars``: its :func:`_closed_bars`) are exactly the next closed
+        candles after the saved state; None otherwise (a correction, a repeat, a gap, no state yet): then the
+        series is recomputed. (A run's starts increase: it is in order.)"""
         if saved is None:
             return None
-        ordered = sorted(events, key=lambda e: e.candle.start)
-        expected = bucket_end(ordered[0].candle.timeframe, saved.start)
-        for e in ordered:
+        expected = bucket_end(run[0].candle.timeframe, saved.start)
+        for e in run:
             if e.correction or not e.candle.closed or e.candle.start != expected:
                 return None
             expected = bucket_end(e.candle.timeframe, e.candle.start)
         state = loads(saved.state, Kind.MACDV)
         prev = math.nan if saved.macdv is None else saved.macdv
         pts: list[Point | None] = []
-        for e in ordered:
-            c = e.candle
-            m, sig, h = macdv_update(state, float(c.high), float(c.low), float(c.close))
-            pts.append(points([c.start], [m], [sig], [h], self.zones, previous=prev)[0])
+        for b in bars:  # (every close of the run is closed: one bar each)
+            m, sig, h = macdv_update(state, b.high, b.low, b.close)
+            pts.append(points([b.start], [m], [sig], [h], self.zones, previous=prev)[0])
             prev = m
-        last = ordered[-1].candle.start
+        last = bars[-1].start
         return pts, saved.point, SeriesState(last, dumps(state), None if math.isnan(prev) else prev, pts[-1], True)
 
     def decode(self, entries: Sequence[Entry]) -> tuple[dict[tuple[str, str], list[CandleClosed]], list[Dead]]:
@@ -272,11 +281,12 @@ class IndicatorProcessor:
         order, state_keys = series
         states = {series: _decode_state(raw) for series, raw in zip(order, saved, strict=True)}
         runs = {series: _runs(changed[series]) for series in order}
-        first = {series: self._step(states[series], runs[series][0]) for series in order}
+        bars = {series: [_closed_bars(run) for run in runs[series]] for series in order}
+        first = {series: self._step(states[series], runs[series][0], bars[series][0]) for series in order}
         seeded = {series: self._seeded(states[series]) for series in order}
         # series whose input is read: a first run that can't step, several runs, or an input to seed
         todo = [s for s in order if first[s] is None or len(runs[s]) > 1 or seeded[s]]
-        return Prepared(changed, order, state_keys, states, runs, first, seeded, todo)
+        return Prepared(changed, order, state_keys, states, runs, bars, first, seeded, todo)
 
     def fold(self, b: Prepared, base: dict[Series, list[Bar]]) -> Folded:
         """The batch's points (from each series' earliest close on), candidate alerts by id, new states and
@@ -287,32 +297,41 @@ class IndicatorProcessor:
             series = (symbol, tf)
             state = b.states[series]
             runs = b.runs[series]
-            since = min(e.candle.start for e in b.changed[series])
+            bars = b.bars[series]
+            since = min(run[0].candle.start for run in runs)  # (a run's starts increase)
             by_start: dict[int, Point] = {}
+            written: list[Point] = []
             for i, run in enumerate(runs):
-                result = b.first[series] if i == 0 else self._step(state, run)
+                run_since = run[0].candle.start
+                result = b.first[series] if i == 0 else self._step(state, run, bars[i])
                 if result is None:  # the candles as this run's closes left them (module docstring)
-                    candles = _as_of(base[series], runs, i)[-self.window :]
-                    result = self._recompute(candles, min(e.candle.start for e in run))
+                    candles = _as_of(base[series], bars, i)[-self.window :]
+                    result = self._recompute(candles, run_since)
                 pts, before, after = result
-                run_since = min(e.candle.start for e in run)
                 for prev, cur in itertools.pairwise([before, *pts]):
                     if prev is not None and cur is not None and cur.start >= run_since:
                         for alert in alerts(self.exchange_id, symbol, tf, prev, cur):
                             out.fresh.setdefault(alert.id, alert)
-                by_start.update((pt.start, pt) for pt in pts if pt is not None and pt.start >= run_since)
+                written = [pt for pt in pts if pt is not None and pt.start >= run_since]
+                if len(runs) > 1:
+                    by_start.update([(pt.start, pt) for pt in written])
                 state = after
+            if len(runs) > 1:
+                written = [by_start[start] for start in sorted(by_start)]
             key = keys.indicator(self.exchange_id, symbol, tf, KIND)
-            out.writes.append((key, since, [by_start[start] for start in sorted(by_start)]))
+            out.writes.append((key, since, written))  # (one run: its points are in order, one a start)
             if state is not None:
                 out.states[state_key] = _STATE.encode(state)
             input_key = keys.indicator_input(self.exchange_id, symbol, tf)
             if b.seeded[series]:  # seeded from the candles: written whole, as the last run left it
-                out.inputs[input_key] = ("whole", _as_of(base[series], runs, len(runs) - 1))
+                out.inputs[input_key] = ("whole", _as_of(base[series], bars, len(runs) - 1))
             else:  # the buckets this batch closed, at their last value (a recompute may have replaced some)
-                final = {e.candle.start: Bar.of(e.candle) for e in b.changed[series] if e.candle.closed}
                 how = "replace" if series in base else "append"  # (stepped: only newer buckets)
-                out.inputs[input_key] = (how, [final[start] for start in sorted(final)])
+                if len(runs) == 1:  # in order, one bar a start
+                    out.inputs[input_key] = (how, bars[0])
+                else:
+                    final = {bar.start: bar for run_bars in bars for bar in run_bars}
+                    out.inputs[input_key] = (how, [final[start] for start in sorted(final)])
         return out
 
     async def _commit(
@@ -439,6 +458,7 @@ class Prepared:
     state_keys: list[str]
     states: dict[Series, SeriesState | None]
     runs: dict[Series, list[list[CandleClosed]]]
+    bars: dict[Series, list[list[Bar]]]  # each run's closed candles as bars (:func:`_closed_bars`)
     first: dict[Series, Stepped | None]
     seeded: dict[Series, bool]
     todo: list[Series]

@@ -36,7 +36,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -420,13 +420,24 @@ def by_series(events: Sequence[CandleClosed]) -> dict[tuple[str, str], list[Cand
     """Close events by series: (symbol, timeframe) -> its closes, in order."""
     changed: dict[tuple[str, str], list[CandleClosed]] = {}
     for event in events:
-        changed.setdefault((event.candle.symbol, event.candle.timeframe), []).append(event)
+        c = event.candle
+        got = changed.get(key := (c.symbol, c.timeframe))
+        if got is None:
+            changed[key] = [event]
+        else:
+            got.append(event)
     return changed
 
 
 def encode_point(point: Point) -> bytes:
     """A member of ``indicator:...`` (scored by its start)."""
     return _ENCODER.encode(point)
+
+
+def encode_points(points: Iterable[Point]) -> list[bytes]:
+    """:func:`encode_point` of each."""
+    encode = _ENCODER.encode
+    return [encode(p) for p in points]
 
 
 def encode_alert(alert: Alert) -> bytes:

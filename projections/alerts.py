@@ -74,6 +74,9 @@ def rules(previous: Point, current: Point) -> list[str]:
 
 
 def alerts(exchange_id: str, symbol: str, timeframe: str, previous: Point, current: Point) -> list[Alert]:
+    fired = rules(previous, current)
+    if not fired:  # (most candles)
+        return []
     return [
         Alert(
             id=alert_id(exchange_id, symbol, timeframe, current.start, rule),
@@ -89,7 +92,7 @@ def alerts(exchange_id: str, symbol: str, timeframe: str, previous: Point, curre
             zone=current.zone,
             previous_zone=previous.zone,
         )
-        for rule in rules(previous, current)
+        for rule in fired
     ]
 
 
@@ -106,11 +109,12 @@ def points(
     the MACD-V before the first one (its zone's direction)."""
     out: list[Point | None] = []
     prev = previous
+    isnan = math.isnan
     for start, m, s, h in zip(starts, line, signal, hist, strict=True):
-        if math.isnan(m) or math.isnan(s) or math.isnan(h):
+        if isnan(m) or isnan(s) or isnan(h):
             out.append(None)
         else:
             z = macdv_zone(m, prev, thresholds)
-            out.append(Point(start, m, s, h, z.value if z is not None else ""))
+            out.append(Point(start, m, s, h, z._value_ if z is not None else ""))  # (_value_: .value's slot)
         prev = m
     return out

@@ -34,7 +34,7 @@ from processors.indicators import (
     by_series,
     encode_alert,
     encode_bar,
-    encode_point,
+    encode_points,
     trims,
 )
 from projections.alerts import Alert, Point
@@ -101,24 +101,36 @@ class MemoryIndicators:
         return len(raised)
 
     async def write(self, client: aioredis.Redis) -> None:
-        """Put the projection in ``client`` (an empty target): points, states, inputs, alerts and their ids."""
+        """Put the projection in ``client`` (an empty target): points, states, inputs, alerts and their ids, as
+        plain commands packed at once (:func:`streams.log.send_all`)."""
         p = self.processor
-        pipe: Any = client.pipeline(transaction=False)
+        commands: list[tuple[bytes | str | int, ...]] = []
         for key, points in self.points.items():
             if points:
-                pipe.zadd(key, {encode_point(pt): start for start, pt in points.items()})
+                members = encode_points(points.values())
+                commands.append(("ZADD", key, *_pairs(points, members)))
         if self.states:
-            pipe.mset(self.states)
+            commands.append(("MSET", *[v for kv in self.states.items() for v in kv]))
         for key, bars in self.inputs.items():
             if bars:
-                pipe.zadd(key, {encode_bar(b): start for start, b in bars.items()})
+                commands.append(("ZADD", key, *_pairs(bars, [encode_bar(b) for b in bars.values()])))
         alerts_stream = keys.alerts_stream(p.exchange_id)
-        for alert in self.alerts:
-            pipe.xadd(alerts_stream, {"alert": encode_alert(alert)})
+        commands.extend(("XADD", alerts_stream, "*", "alert", encode_alert(alert)) for alert in self.alerts)
         if self.ids:
-            pipe.zadd(p.ids_key, self.ids)
-        with log.translated("writing the replay's indicators"):
-            await pipe.execute()
+            commands.append(("ZADD", p.ids_key, *[v for id_start in self.ids.items() for v in id_start[::-1]]))
+        for i in range(0, len(commands), _SENT):
+            await log.send_all(client, commands[i : i + _SENT], "writing the replay's indicators")
+
+
+_SENT = 20_000  # commands sent at once by :meth:`MemoryIndicators.write`
+
+
+def _pairs(by_start: dict[int, Any], members: list[bytes]) -> list[bytes | int]:
+    """ZADD's score member ... arguments of one member a start (``members``: in ``by_start``'s order)."""
+    out: list[bytes | int] = [0, b""] * len(members)
+    out[0::2] = list(by_start)
+    out[1::2] = members
+    return out
 
 
 def _keep_newest(by_start: dict[int, Any], n: int) -> None:

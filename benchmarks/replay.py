@@ -21,13 +21,23 @@ stream, fold, write the target, the range's result) in frames per CPU second of 
 the bare msgspec decode loop (``ceiling.decode``): decoding every frame's needed fields, nothing else. The
 issue's target, 1,000,000 frames/s into candles and MACD-V, is set on the ``--in-memory`` replays with
 MACD-V of both inputs. Archive bytes per frame: the payload of the blocks the archiver wrote for the input.
+Peak memory: the most memory an ``--in-memory`` replay with MACD-V had allocated at once (tracemalloc's
+peak: Python objects and numpy arrays, the process's fixed footprint of code and imports not counted), in a
+process of its own, and that over the candles of the range it returned: a replay holds the candles, points
+and alerts of its whole range until it writes them, so this is what a longer range costs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import statistics
+import subprocess
+import sys
 import time
+import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 
 import asyncpg
 import uvloop
@@ -48,6 +58,7 @@ KINDS = (  # (key, how, in memory, MACD-V)
 )
 INPUTS = {"binance": "binance", "coinbase": "coinbase", "coinbase_1s": "coinbase"}  # input -> its exchange
 IN_MEMORY_ONLY = {"coinbase_1s"}
+Runs = dict[str, list[tuple[float, float, float]]]
 
 
 def _kinds(name: str) -> tuple[tuple[str, str, bool, bool], ...]:
@@ -63,17 +74,52 @@ def _first_hours(frames: list[bytes], hours: float) -> list[bytes]:
     return [f for f in frames if event_ms("coinbase", f) < end]
 
 
+async def _peak(dsn: str, source_url: str, target_url: str, exchange_id: str) -> tuple[float, int]:
+    """An ``--in-memory`` replay with MACD-V of ``exchange_id``'s input into an emptied target, under
+    tracemalloc: (the peak of the memory it allocated, MB; candles it returned)."""
+    settings = Settings.load({}, overrides={"indicators": True})
+    options = ReplayOptions(*WINDOWS[exchange_id], to_end=True, in_memory=True)
+    async with log.connect(source_url) as source, log.connect(target_url, reply_timeout=None) as target:
+        await target.flushdb()
+        tracemalloc.start()
+        try:
+            result, _ = await replay_into(source, target, settings, exchange_id, options, dsn=dsn)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        await target.flushdb()
+    return peak / 2**20, len(result.candles)
+
+
+def peak_main(argv: list[str]) -> None:
+    """``python -c 'from benchmarks.replay import peak_main; peak_main([DSN, SOURCE, TARGET, EXCHANGE])'``:
+    :func:`_peak` in a process of its own, printed as JSON."""
+    print(json.dumps(uvloop.run(_peak(*argv))))
+
+
+def _peak_in_child(dsn: str, source_url: str, target_url: str, exchange_id: str) -> tuple[float, int]:
+    code = "import sys; from benchmarks.replay import peak_main; peak_main(sys.argv[1:])"
+    args = [sys.executable, "-c", code, dsn, source_url, target_url, exchange_id]
+    done = subprocess.run(args, capture_output=True, text=True, check=False, cwd=Path(__file__).parent.parent)
+    if done.returncode != 0:
+        raise RuntimeError(f"the peak-memory replay of {exchange_id} failed: {done.stderr.strip()[-2000:]}")
+    rise, candles = json.loads(done.stdout.strip().splitlines()[-1])
+    return float(rise), int(candles)
+
+
 async def _measure(
     ctx: Context, dsn: str, source_url: str, target_url: str, servers: list[int]
-) -> tuple[dict[str, list[tuple[float, float, float]]], dict[str, tuple[int, float]]]:
-    """(figure key -> per run (frames per CPU s, per wall s, per CPU s with the servers)), and per input
-    (frames, archive payload bytes per frame)."""
+) -> tuple[Runs, dict[str, tuple[int, float]], dict[str, list[tuple[float, int]]]]:
+    """(figure key -> per run (frames per CPU s, per wall s, per CPU s with the servers)), per input (frames,
+    archive payload bytes per frame), and per input the in-memory MACD-V runs' (peak RSS rise in MB,
+    candles returned)."""
     from benchmarks.ingest_fold import frames as binance_frames
     from tests.synthetic import synthetic_day
 
     await migrate(dsn)
-    runs: dict[str, list[tuple[float, float, float]]] = {}
+    runs: Runs = {}
     sizes: dict[str, tuple[int, float]] = {}
+    peaks: dict[str, list[tuple[float, int]]] = {}
     inputs: dict[str, Callable[[], list[bytes]]] = {
         "binance": lambda: binance_frames(20 if ctx.quick else 200),
         "coinbase": lambda: synthetic_day(every_ms=20_000 if ctx.quick else 5_000),
@@ -114,6 +160,10 @@ async def _measure(
                     runs.setdefault(f"{name}.{key}", []).append(
                         (stats.frames / spent, stats.frames / took, stats.frames / (spent + others))
                     )
+            peaks[name] = [
+                await asyncio.to_thread(_peak_in_child, dsn, source_url, target_url, exchange_id)
+                for _ in range(ctx.repeats)
+            ]
             await source.flushdb()
             await target.flushdb()
             conn = await asyncpg.connect(dsn)
@@ -121,14 +171,14 @@ async def _measure(
                 await conn.execute("TRUNCATE archive_blocks, archive_positions")
             finally:
                 await conn.close()
-    return runs, sizes
+    return runs, sizes, peaks
 
 
 def run(ctx: Context) -> list[Figure]:
     decode = ctx.ceilings.decode()
     with private_servers() as at:
         work = _measure(ctx, at.dsn, at.source_url, at.target_url, at.pids)
-        runs, sizes = uvloop.run(work)  # as `tickfold replay` runs
+        runs, sizes, peaks = uvloop.run(work)  # as `tickfold replay` runs
     figures: list[Figure] = []
     for name, (frames, per_frame) in sizes.items():
         for key, how, in_memory, macdv in _kinds(name):
@@ -148,6 +198,18 @@ def run(ctx: Context) -> list[Figure]:
                     target=Target(1_000_000) if in_memory and macdv else None,
                 )
             )
+        rises = [mb for mb, _ in peaks[name]]
+        candles = peaks[name][0][1]
+        figures.append(
+            Figure(
+                f"replay {name} --in-memory -> MACD-V: peak memory allocated (tracemalloc)",
+                "MB",
+                rises,
+                note=f"{candles:,} candles of all timeframes returned: what the fold holds; the rest is a batch's "
+                "working set (frames, their columns, what they fold into)",
+                key=f"replay.{name}.peak_mb",
+            )
+        )
         figures.append(
             Figure(
                 f"archive bytes per frame, {name} (blocks as tickfold archive --until-idle writes them)",

@@ -29,6 +29,7 @@ EXPECTED = {
                                                                           "redis_candles")),
     "replay.coinbase_1s.memory_candles", "replay.coinbase_1s.memory_macdv",
     "archive.binance.bytes_per_frame", "archive.coinbase.bytes_per_frame", "archive.coinbase_1s.bytes_per_frame",
+    "replay.binance.peak_mb", "replay.coinbase.peak_mb", "replay.coinbase_1s.peak_mb",
 }  # fmt: skip
 TARGETS = {
     "fold.in_process", "fold.process_1", "fold.process_2", "adapter.ingest", "indicators.batch", "e2e.alert.p99",

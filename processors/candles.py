@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 import redis.asyncio as aioredis
 
 from processors import candle_rollups as rollup
@@ -68,7 +70,6 @@ GROUP = "candles"
 PROJECTION = "candles"
 NATIVE_TIMEFRAMES = {"coinbase": (COINBASE_CANDLE_TIMEFRAME,)}  # streamed by the exchange: not rolled up
 _MAX_CONFLICT_RETRIES = 20
-_MAX_SPLITS = 8  # a run of trade frames split this often folds the rest frame by frame (processors/trade_run.py)
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -187,6 +188,7 @@ class CandleProcessor:
         self.open_key = keys.open_candles(PROJECTION, exchange_id, partition)
         self._committed: tuple[bytes | None, int] = (None, 0)  # (position, watermark) of our last commit
         self._keys: dict[tuple[str, str, str], tuple[str, str]] = {}  # (exchange, symbol, tf) -> trade keys
+        self.raw_run_frames = 0  # frames of trade runs folded from their raw bytes instead (processors/trade_run.py)
 
     @property
     def times_only(self) -> bool:
@@ -460,36 +462,40 @@ class CandleProcessor:
                 touched.extend(self._apply_trades(item, tf, books, states, plan.dead, closes, deferred))
             settle(touched, item.event_ns)
 
+        def raw(run: TradeRun) -> None:
+            """Fold a run's frames one by one from their raw bytes, as live."""
+            for sub in self.plan(run.entries(), (0, 0)).items:
+                step(sub)
+            self.raw_run_frames += len(run.event_ns)
+
         for item in plan.items:
             if item.run is None:
                 step(item)
                 continue
-            run: TradeRun | None = item.run
-            splits = 0
-            while run is not None:
-                if splits == _MAX_SPLITS:  # a run blocked again and again: the rest from its raw frames
-                    for sub in self.plan(run.entries(), (0, 0)).items:
-                        step(sub)
-                    break
-                splits += 1
-                done = self._apply_run(run, mark, books, states, deferred)
-                if isinstance(done, list):
-                    settle(done, run.newest_ns)
-                    break
-                if done < 0:
-                    for sub in self.plan(run.entries(), (0, 0)).items:
-                        step(sub)
-                    break
-                # frame ``done`` can't join the run: the frames before it as a run, it from its raw frame, as
-                # live, then the rest as a run again
-                if done > 0:
-                    head = run.part(0, done)
-                    folded = self._apply_run(head, mark, books, states, deferred)
-                    assert isinstance(folded, list)  # (each condition held for every frame before ``done``)
-                    settle(folded, head.newest_ns)
-                for sub in self.plan(run.part(done, done + 1).entries(), (0, 0)).items:
-                    step(sub)
-                run = run.part(done + 1, len(run.event_ns)) if done + 1 < len(run.event_ns) else None
+            run = item.run
+            done = self._apply_run(run, mark, books, states, deferred)
+            if isinstance(done, list):
+                settle(done, run.newest_ns)
+                continue
+            if done is None:  # the fast path can't take the run's trades
+                raw(run)
+                continue
+            # frames ``done`` can't join the run: each from its raw frame, as live, and the frames between them
+            # as runs. A frame the run's start lets join still can between them: a bucket closes only by the
+            # watermark here (a trade frame closes nothing else), and a trade of a later frame into a bucket
+            # due by then is one of ``done`` already (condition 2); kept states are trimmed only after the batch
+            at = 0
+            for blocked in [*done.tolist(), len(run.event_ns)]:
+                if blocked > at:
+                    between = run.part(at, blocked)
+                    folded = self._apply_run(between, mark, books, states, deferred)
+                    if isinstance(folded, list):
+                        settle(folded, between.newest_ns)
+                    else:  # (not expected, see above; still exact)
+                        raw(between)
+                if blocked < len(run.event_ns):
+                    raw(run.part(blocked, blocked + 1))
+                at = blocked + 1
         for key in list(deferred):
             self._build(deferred, key, None, books, states, closes)
         return closes
@@ -524,19 +530,17 @@ class CandleProcessor:
         books: dict[str, CandleBook],
         states: dict[tuple[str, int], TradeBucket | None],
         deferred: dict[str, dict[int, tuple[str, str, str]]],
-    ) -> list[tuple[str, int]] | int:
+    ) -> list[tuple[str, int]] | npt.NDArray[np.intp] | None:
         """Fold a run of trade frames at once (:mod:`processors.trade_run`), at watermark ``mark``: the buckets
-        it touched; or (nothing changed) the first of its frames that must be folded on its own, as live (-1:
-        every frame, the fast path can't take the run's trades)."""
+        it touched; or (nothing changed) the frames of the run that must be folded on their own, as live (in
+        order, once each); None: every frame, the fast path can't take the run's trades."""
         planned = []
-        blocked = len(run.event_ns)
+        blocked: list[npt.NDArray[np.intp]] = []
         for tf in self.trade_timeframes:
             found = run.buckets(tf)
             if found is None:
-                return -1
-            late = found.late(run, self.close_grace_ms, mark)
-            if late >= 0:
-                blocked = min(blocked, late)
+                return None
+            blocked.append(found.late(run, self.close_grace_ms, mark))
             befores: list[TradeBucket | None] = []
             places: list[tuple[str, str, int]] = []
             stopped: list[int] = []
@@ -549,10 +553,10 @@ class CandleProcessor:
                 befores.append(state)
                 places.append((skey, ckey, start))
             if stopped:
-                blocked = min(blocked, found.first_frame(run, stopped))
+                blocked.append(found.frames(run, stopped))
             planned.append((found, befores, places))
-        if blocked < len(run.event_ns):
-            return blocked
+        if any(len(b) for b in blocked):
+            return np.unique(np.concatenate(blocked))
         touched: dict[tuple[str, int], tuple[str, str, str]] = {}
         for tf, (found, befores, places) in zip(self.trade_timeframes, planned, strict=True):
             after = fold_buckets(run, found, befores)

@@ -15,8 +15,9 @@ as one item (:class:`TradeRun`), with the same result as its frames one by one w
 Then one by one, each bucket takes the run's trades of it in the same order (frames, then each frame's
 order), no bucket's candle is built before the run's last trade of it, and the candles that close within the
 run close in deadline order either way (the fold pops them from a heap, and every bucket the run queues is
-due no earlier than the watermark before its frame). A run where either fails is folded frame by frame, from
-its raw frames, exactly as live (:meth:`TradeRun.items`).
+due no earlier than the watermark before its frame). A frame with a trade where either fails is folded on its
+own, from its raw bytes, exactly as live, and the frames between such frames as runs
+(:meth:`processors.candles.CandleProcessor.fold`).
 
 Each bucket's trades are summed in int64 (:func:`projections.trade_sums.sums`) and merged into the bucket's
 ``Decimal`` state: the same values, digits and exponents, as ``apply_trades`` one trade after the other when
@@ -58,21 +59,21 @@ class Buckets:
     start: I64
     dur: int  # the timeframe's length (ms)
 
-    def late(self, run: TradeRun, grace_ms: int, mark_ns: int) -> int:
-        """The first frame with a trade whose bucket was due before it (condition 2) when the watermark before
-        the run is ``mark_ns``; -1: none."""
+    def late(self, run: TradeRun, grace_ms: int, mark_ns: int) -> Index:
+        """The frames (in order, once each) with a trade whose bucket was due before the frame (condition 2)
+        when the watermark before the run is ``mark_ns``."""
         if not len(self.start):
-            return -1
+            return np.zeros(0, np.intp)
         # the watermark before each frame (ms, rounded down: ``end + grace > floor(mark / 1e6)`` is
         # ``(end + grace) * 1e6 > mark`` for an integer end), against each trade's bucket end + grace
         before = np.maximum.accumulate(np.concatenate(([mark_ns], run.event_ns[:-1]))) // 1_000_000
-        due = np.flatnonzero(self.start + (self.dur + grace_ms) <= before[run.frame_of])
-        return int(run.frame_of[due[0]]) if len(due) else -1
+        due = self.start + (self.dur + grace_ms) <= before[run.frame_of]
+        return np.unique(run.frame_of[due])
 
-    def first_frame(self, run: TradeRun, groups: list[int]) -> int:
-        """The first frame of ``run`` with a trade of one of ``groups``."""
+    def frames(self, run: TradeRun, groups: list[int]) -> Index:
+        """The frames of ``run`` (in order, once each) with a trade of one of ``groups``."""
         picked = np.concatenate([self.order[self.bounds[g] : self.bounds[g + 1]] for g in groups])
-        return int(run.frame_of[picked].min())
+        return np.unique(run.frame_of[picked])
 
 
 @dataclass

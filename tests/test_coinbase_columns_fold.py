@@ -412,3 +412,34 @@ def test_the_recorded_session_folds_as_the_entries(size: int) -> None:
     asyncio.run(run())
     assert first_difference(exact(outcome(slow)), exact(outcome(fast))) is None
     assert len(slow.series) > 4 and slow.states
+
+
+def test_a_sparse_feed_folds_around_its_blocked_frames() -> None:
+    """A product trading every 20 s, whose repeated snapshots (the previous frame's trades again, as after a
+    resubscribe) now and then fall into the previous minute's bucket, closed by then: such a frame can't join
+    a run (its trades are a correction), and is folded from its raw bytes in its place. Every other frame
+    of the batch still folds in runs, however many such frames a batch holds (a run is split at all of them
+    at once), and the result is the entry-by-entry fold's."""
+    from tests.synthetic import synthetic_day
+
+    raws = synthetic_day(seed=3, every_ms=20_000)[: 12 * 3 * 60 * 4]  # the first 4 hours of 12 products
+    entries: list[Entry] = [
+        (f"{1_786_233_600_000 + n}-0".encode(), {b"frame": raw, b"recv_ns": b"0"}) for n, raw in enumerate(raws)
+    ]
+    whole = Frames.of_entries("coinbase", entries)
+    slow, fast = MemoryCandles(processor("default")), MemoryCandles(processor("default"))
+    size = 5_000
+
+    async def run() -> None:
+        for a in range(0, len(entries), size):
+            await slow.fold(entries[a : a + size])
+            await fast.fold_frames([whole.take(slice(a, a + size))])
+
+    asyncio.run(run())
+    assert first_difference(exact(outcome(slow)), exact(outcome(fast))) is None
+    raw = fast.processor.raw_run_frames
+    repeats = sum(1 for r in raws if r.count(b'"type":"update"') > 1)
+    # frames folded from raw bytes: some (the case occurred, more than a batch once allowed before falling
+    # back to every later frame), and no more than the frames with repeated trades
+    assert 8 < raw <= repeats < len(raws) // 10
+    assert fast.run_frames == len(raws) and len(slow.closes) > 12 * 60 * 4

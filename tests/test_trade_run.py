@@ -77,7 +77,7 @@ def fold_both(
         states[key] = apply_trades(states.get(key), [t], MINUTE)
     run = run_of(raws)
     found = run.buckets("1m")
-    assert found is not None and found.late(run, 5000, 0) == -1
+    assert found is not None and not len(found.late(run, 5000, 0))
     befores = [states.get((symbol, start)) for _, symbol, start in found.keys]
     got = fold_buckets(run, found, befores)
     want: list[TradeBucket | None] = []
@@ -177,16 +177,16 @@ def test_a_trade_whose_bucket_was_due_before_its_frame_blocks_the_run_there() ->
     raws = [frame([later], T0 + MINUTE + 10), frame([later], T0 + MINUTE + 4_999), frame([t], T0 + 2 * MINUTE)]
     run = run_of(raws)
     found = run.buckets("1m")
-    assert found is not None and found.late(run, 5000, 0) == -1  # frame 2's watermark: 1 ms short of T0's deadline
+    assert found is not None and not len(found.late(run, 5000, 0))  # frame 2's watermark: 1 ms short of T0's deadline
     raws[1] = frame([later], T0 + MINUTE + 5_000)
     run = run_of(raws)
     found = run.buckets("1m")
-    assert found is not None and found.late(run, 5000, 0) == 2  # now at the deadline: closed before frame 2
+    assert found is not None and found.late(run, 5000, 0).tolist() == [2]  # now at the deadline: closed before frame 2
     alone = run_of([frame([t], T0), frame([later], T0)])
     deadline_ns = (T0 + MINUTE + 5_000) * 1_000_000
     found = alone.buckets("1m")
-    assert found is not None and found.late(alone, 5000, deadline_ns - 1) == -1
-    assert found.late(alone, 5000, deadline_ns) == 0  # the watermark before the run had closed it
+    assert found is not None and not len(found.late(alone, 5000, deadline_ns - 1))
+    assert found.late(alone, 5000, deadline_ns).tolist() == [0]  # the watermark before the run had closed it
 
 
 def test_a_repeat_in_the_run_and_of_the_state_is_skipped() -> None:

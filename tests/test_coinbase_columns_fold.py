@@ -395,12 +395,9 @@ def test_the_trade_columns_of_the_recorded_session() -> None:
     assert cases == {"columns": 59, "other": 196}  # every market_trades frame: 2 snapshots, 57 updates
 
 
-@pytest.mark.parametrize("size", [31, 1000])
-def test_the_recorded_session_folds_as_the_entries(size: int) -> None:
-    entries: list[Entry] = [
-        (f"{1_786_280_000_000 + n}-0".encode(), {b"frame": raw, b"recv_ns": b"0"})
-        for n, raw in enumerate(require(COINBASE_AT).read_bytes().splitlines())
-    ]
+def fold_both(entries: list[Entry], size: int) -> tuple[MemoryCandles, MemoryCandles]:
+    """The entries folded in batches of `size` twice: entry by entry (`fold`) and from the columns of their
+    frames (`fold_frames`)."""
     whole = Frames.of_entries("coinbase", entries)
     slow, fast = MemoryCandles(processor("default")), MemoryCandles(processor("default"))
 
@@ -410,6 +407,16 @@ def test_the_recorded_session_folds_as_the_entries(size: int) -> None:
             await fast.fold_frames([whole.take(slice(a, a + size))])
 
     asyncio.run(run())
+    return slow, fast
+
+
+@pytest.mark.parametrize("size", [31, 1000])
+def test_the_recorded_session_folds_as_the_entries(size: int) -> None:
+    entries: list[Entry] = [
+        (f"{1_786_280_000_000 + n}-0".encode(), {b"frame": raw, b"recv_ns": b"0"})
+        for n, raw in enumerate(require(COINBASE_AT).read_bytes().splitlines())
+    ]
+    slow, fast = fold_both(entries, size)
     assert first_difference(exact(outcome(slow)), exact(outcome(fast))) is None
     assert len(slow.series) > 4 and slow.states
 
@@ -426,16 +433,7 @@ def test_a_sparse_feed_folds_around_its_blocked_frames() -> None:
     entries: list[Entry] = [
         (f"{1_786_233_600_000 + n}-0".encode(), {b"frame": raw, b"recv_ns": b"0"}) for n, raw in enumerate(raws)
     ]
-    whole = Frames.of_entries("coinbase", entries)
-    slow, fast = MemoryCandles(processor("default")), MemoryCandles(processor("default"))
-    size = 5_000
-
-    async def run() -> None:
-        for a in range(0, len(entries), size):
-            await slow.fold(entries[a : a + size])
-            await fast.fold_frames([whole.take(slice(a, a + size))])
-
-    asyncio.run(run())
+    slow, fast = fold_both(entries, 5_000)
     assert first_difference(exact(outcome(slow)), exact(outcome(fast))) is None
     raw = fast.processor.raw_run_frames
     repeats = sum(1 for r in raws if r.count(b'"type":"update"') > 1)

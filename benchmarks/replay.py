@@ -65,15 +65,6 @@ def _kinds(name: str) -> tuple[tuple[str, str, bool, bool], ...]:
     return tuple(k for k in KINDS if k[2] or name not in IN_MEMORY_ONLY)
 
 
-def _first_hours(frames: list[bytes], hours: float) -> list[bytes]:
-    """The frames of the first ``hours`` of the synthetic day (they are in time order)."""
-    from streams.frames import event_ms
-    from tests.synthetic import DAY_START_MS
-
-    end = DAY_START_MS + int(hours * 3_600_000)
-    return [f for f in frames if event_ms("coinbase", f) < end]
-
-
 async def _peak(dsn: str, source_url: str, target_url: str, exchange_id: str) -> tuple[float, int]:
     """An ``--in-memory`` replay with MACD-V of ``exchange_id``'s input into an emptied target, under
     tracemalloc: (the peak of the memory it allocated, MB; candles it returned)."""
@@ -123,7 +114,7 @@ async def _measure(
     inputs: dict[str, Callable[[], list[bytes]]] = {
         "binance": lambda: binance_frames(20 if ctx.quick else 200),
         "coinbase": lambda: synthetic_day(every_ms=20_000 if ctx.quick else 5_000),
-        "coinbase_1s": lambda: _first_hours(synthetic_day(every_ms=1_000), 0.5 if ctx.quick else 6),
+        "coinbase_1s": lambda: synthetic_day(every_ms=1_000, hours=0.5 if ctx.quick else 6),
     }
     async with log.connect(source_url) as source, log.connect(target_url, reply_timeout=None) as target:
         for name, data in inputs.items():

@@ -102,8 +102,11 @@ async def test_serve_refreshes_tier1_on_schedule_once_per_round(redis_url: str, 
 @pytest.mark.redis
 @pytest.mark.postgres
 async def test_a_failing_refresh_is_reported_and_retried_and_a_typo_fails_at_start(
-    redis_url: str, pg_dsn: str
+    redis_url: str, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from streams.rest import http
+
+    monkeypatch.setattr(http.Backoff, "delay", lambda self, retry, rng: 0.01)  # the client's retries, quickly
     await migrate(pg_dsn)
     await set_urls(pg_dsn, "binance", ws_url=None, rest_url="http://127.0.0.1:9")  # nothing listens there
     async with log.connect(redis_url) as client:
@@ -111,7 +114,7 @@ async def test_a_failing_refresh_is_reported_and_retried_and_a_typo_fails_at_sta
         said: list[str] = []
         ctx = ServeContext(Settings(tier1="binance:3"), redis_url, pg_dsn, client, stop, said.append)
         task = asyncio.create_task(_tier1_task(ctx, every_s=0.3))
-        async with asyncio.timeout(30):  # the REST client gives up after its own retries (~10 s)
+        async with asyncio.timeout(30):  # the REST client gives up after its own retries
             while True:
                 if any("refresh failed" in line for line in said):
                     break

@@ -299,7 +299,7 @@ def runs(draw: st.DrawFn) -> tuple[TradeBucket | None, list[Trade]]:
     return bucket, trades
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(runs())
 def test_a_run_folds_as_its_trades_one_by_one(case: tuple[TradeBucket | None, list[Trade]]) -> None:
     bucket, trades = case

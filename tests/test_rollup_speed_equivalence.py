@@ -221,7 +221,7 @@ def outcome(f: Callable[..., object], *args: object) -> object:
         return ("raised", type(exc), str(exc))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(scenario())
 def test_rollup_equals_the_original(case: tuple[list[Candle | Rollup], str]) -> None:
     parts, timeframe = case
@@ -229,7 +229,7 @@ def test_rollup_equals_the_original(case: tuple[list[Candle | Rollup], str]) -> 
     assert outcome(rollups.rollup, iter(parts), timeframe) == outcome(oracle_rollup, iter(parts), timeframe)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(scenario(), st.data())
 def test_apply_rollup_equals_the_original(case: tuple[list[Candle | Rollup], str], data: st.DataObject) -> None:
     parts, timeframe = case
